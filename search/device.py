@@ -1,0 +1,84 @@
+"""Everything that depends on which device trains: picked here and nowhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+
+import torch
+
+from search.errors import UserError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_CHOICES or (index and not index.isdigit()):
+        raise UserError(f"--device {name!r}: expected one of auto, cpu, cuda, cuda:N, mps")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}); "
+                "use --device cpu or auto"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not _mps_available():
+        raise UserError(f"--device {name}: Apple MPS is not available here; use cpu or auto")
+    return torch.device(name)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def worker_device(device: torch.device, worker: int) -> torch.device:
+    """With several CUDA devices, worker i trains on device i mod n; otherwise on `device`."""
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        return torch.device("cuda", worker % torch.cuda.device_count())
+    return device
+
+
+def split_cpu_threads(jobs: int) -> int:
+    """Give each of `jobs` worker processes its share of the cores instead of oversubscribing."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // max(1, jobs))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (tensor cores, fp32 master weights); full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def optimizer_flags(device: torch.device, optimizer: str) -> dict[str, bool]:
+    """Fused kernels where PyTorch has them for this device, multi-tensor (foreach) otherwise."""
+    if device.type == "cuda" and optimizer in ("sgd", "adam", "adamw"):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def free_memory(device: torch.device) -> None:
+    """Drop what a finished or failed trial left behind, so memory does not grow across trials."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

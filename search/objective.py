@@ -1,0 +1,75 @@
+"""The Optuna objective: sample a config, train it with `fit`, turn epochs into reports and prunes.
+
+This is the only place where the trainer meets Optuna. The trainer returns metrics; the objective
+reports each epoch's validation accuracy, asks the pruner, and records on the trial what a person
+(or the dashboard) needs later: architecture, parameter count, seconds, epochs, device, reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from search import checkpoint
+from search.data import Dataset
+from search.model import architecture
+from search.space import sample_config, trial_seed
+from search.study_file import StudySpec
+from search.trainer import EpochMetrics, fit
+
+# User attrs every finished trial carries (the README explains them).
+ATTR_ARCH = "architecture"
+ATTR_PARAMS = "n_params"
+ATTR_SECONDS = "train_seconds"
+ATTR_EPOCHS = "epochs_run"
+ATTR_DEVICE = "device"
+ATTR_SEED = "seed"
+ATTR_REASON = "reason"  # why a trial was pruned or failed, in words
+
+
+@dataclass
+class Objective:
+    spec: StudySpec  # space, epochs
+    data: Dataset  # already on the training device
+    seed: int = 0  # base seed; each trial trains with trial_seed(seed, number)
+    checkpoint_dir: Path | None = None  # keep the best trial's weights here; None = don't
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        seed = trial_seed(self.seed, trial.number)
+        config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
+        trial.set_user_attr(ATTR_SEED, seed)
+        trial.set_user_attr(
+            ATTR_ARCH,
+            architecture(config, in_features=self.data.in_features, n_classes=self.data.n_classes),
+        )
+
+        def on_epoch(m: EpochMetrics) -> bool:
+            trial.report(m.val_acc, m.epoch)
+            return trial.should_prune()
+
+        result = fit(config, self.data, on_epoch=on_epoch)
+        for key, value in (
+            (ATTR_PARAMS, result.n_params),
+            (ATTR_SECONDS, round(result.train_seconds, 4)),
+            (ATTR_EPOCHS, result.epochs_run),
+            (ATTR_DEVICE, str(self.data.device)),
+        ):
+            trial.set_user_attr(key, value)
+        if result.diverged:
+            trial.set_user_attr(ATTR_REASON, result.diverged)
+            raise optuna.TrialPruned(result.diverged)
+        if result.stopped:
+            reason = f"pruned after epoch {result.epochs_run} at val_acc {result.val_acc:.4f}"
+            trial.set_user_attr(ATTR_REASON, reason)
+            raise optuna.TrialPruned(reason)
+        if self.checkpoint_dir is not None:
+            checkpoint.save_if_best(
+                self.checkpoint_dir,
+                value=result.val_acc,
+                trial_number=trial.number,
+                model=result.model,
+                meta={"config": config.to_dict(), "study": trial.study.study_name},
+            )
+        return result.val_acc

@@ -1,0 +1,151 @@
+"""`python -m search.run`: search a study's hyperparameters, resumably, with a progress bar."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from tqdm import tqdm
+
+from search.cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    ArgumentParser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
+from search.data import DATASETS, load_dataset
+from search.device import resolve_device, split_cpu_threads
+from search.runner import RunOptions, RunSummary, TrialEvent, install_signal_handlers, run_search
+from search.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage, dashboard_command
+from search.study_file import PRUNERS, SAMPLERS, load_study
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m search.run",
+        description="Search MLP hyperparameters with Optuna. Rerunning the same command resumes "
+        "the study and adds --trials more finished trials.",
+    )
+    p.add_argument("--study", default="cifar10", help="study name (studies/NAME.toml) or a .toml path")
+    p.add_argument("--trials", type=positive_int, default=100, help="finished trials to add")
+    p.add_argument("--timeout", type=positive_float, default=None, help="start no trial after SECONDS")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="any Optuna storage URL")
+    p.add_argument("--study-name", default=None, help="Optuna study name (default: the study file's)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: data/)")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="override the study's dataset")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the epochs per trial")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed of sampler and trials")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="override the study's sampler")
+    p.add_argument("--pruner", choices=PRUNERS, default=None, help="override the study's pruner")
+    p.add_argument("--jobs", type=positive_int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--heartbeat", type=positive_int, default=DEFAULT_HEARTBEAT_S,
+        help="seconds between worker heartbeats; a dead worker's trial is retried after 2 of them",
+    )
+    p.add_argument("--results-dir", default="results", help="where best weights and exports go")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    # Check everything before touching the storage, so bad input never changes a database.
+    spec = load_study(args.study).with_overrides(
+        dataset=args.dataset, epochs=args.epochs, sampler=args.sampler, pruner=args.pruner
+    )
+    device = resolve_device(args.device)
+    storage_url = check_storage(args.storage)
+    if args.jobs == 1:
+        split_cpu_threads(1)
+    # Loads (and caches) the data now: a bad --data-dir fails here, and one worker reuses it.
+    load_dataset(
+        spec.dataset, data_dir=args.data_dir, device=device if args.jobs == 1 else "cpu",
+        val_fraction=spec.val_fraction, split_seed=spec.split_seed, progress=True,
+    )
+    opts = RunOptions(
+        spec=spec,
+        storage_url=storage_url,
+        study_name=args.study_name or spec.name,
+        trials=args.trials,
+        timeout=args.timeout,
+        data_dir=args.data_dir,
+        device=str(device) if args.jobs == 1 else args.device,
+        seed=args.seed,
+        jobs=args.jobs,
+        heartbeat_s=args.heartbeat,
+        results_dir=Path(args.results_dir),
+    )
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
+    install_signal_handlers()
+    bar = tqdm(
+        total=args.trials, desc=opts.study_name, unit="trial", disable=args.no_progress or None,
+        dynamic_ncols=True,
+    )
+    best = [None]
+
+    def on_event(e: TrialEvent) -> None:
+        if e.state == "FAIL":
+            bar.write(f"trial {e.number} failed: {e.reason}")
+            return
+        if e.state == "COMPLETE" and (best[0] is None or e.value > best[0]):
+            best[0] = e.value
+        bar.update(1)
+        if best[0] is not None:
+            bar.set_postfix(best=f"{best[0]:.4f}", refresh=False)
+
+    try:
+        summary = run_search(opts, on_event=on_event)
+    except KeyboardInterrupt as e:  # interrupted outside a trial (opening the study, say)
+        bar.close()
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGTERM if type(e).__name__ == "Terminated" else EXIT_SIGINT
+    finally:
+        bar.close()
+    print(format_summary(summary, jobs=args.jobs))
+    if summary.interrupted:
+        return EXIT_SIGTERM if summary.interrupted == "SIGTERM" else EXIT_SIGINT
+    if summary.error:
+        print(f"python -m search.run: error: {summary.error}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
+    failed = sum(w.failed for w in s.workers)
+    by_state = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.states.items()))
+    lines = [
+        f"study {s.study_name}: this run finished {s.finished} trial(s), {failed} failed, "
+        f"in {s.wall_seconds:.1f} s with {jobs} worker(s); the study holds {by_state or 'nothing'}",
+    ]
+    if s.interrupted:
+        lines.append(f"interrupted by {s.interrupted}: the running trial(s) were marked FAIL")
+    if s.best_value is not None:
+        lines.append(f"best: trial {s.best_number}, validation accuracy {s.best_value:.4f}")
+        for k, v in sorted(s.best_params.items()):
+            lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
+        arch = s.best_attrs.get("architecture")
+        if arch:
+            lines.append(f"  architecture: {arch}")
+    if s.overhead is not None:
+        lines.append(
+            f"search overhead: {s.overhead:.1%} of worker time outside training "
+            "(sampler, storage, evaluation, data loading)"
+        )
+    lines.append(f"dashboard: {dashboard_command(s.storage_url)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("python -m search.run", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

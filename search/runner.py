@@ -1,0 +1,359 @@
+"""Run a search: one or more worker processes pull trials from one shared Optuna study.
+
+A run adds `trials` *finished* trials (complete or pruned) to the study. Workers claim a slot
+before each trial and give it back if the trial fails, so failures, crashes and retries never
+shrink the run. Each worker loads the dataset once and trains trial after trial in-process.
+
+Nothing here prints: progress goes out as `TrialEvent`s, the end as a `RunSummary`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue as queue_mod
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search import checkpoint
+from search.data import load_dataset
+from search.device import free_memory, resolve_device, split_cpu_threads, worker_device
+from search.errors import UserError
+from search.objective import ATTR_REASON, ATTR_SECONDS, Objective
+from search.storage import open_storage
+from search.study_file import StudySpec
+
+MAX_CONSECUTIVE_FAILURES = 5
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so Optuna marks the running trial FAIL on its way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM both unwind through the running trial (even if SIGINT was ignored
+    when we started, as for a background job of a non-interactive shell)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    spec: StudySpec  # the study file, with command-line overrides applied
+    storage_url: str  # checked by search.storage.check_storage
+    study_name: str
+    trials: int  # finished trials this run adds
+    timeout: float | None = None  # seconds; no new trial starts after it
+    data_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    jobs: int = 1  # worker processes on this machine
+    heartbeat_s: int | None = 30
+    results_dir: Path = Path("results")
+    save_best: bool = True  # keep the best trial's weights in results/<study>/
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    worker: int
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None
+    reason: str | None
+
+
+@dataclass
+class WorkerReport:
+    worker: int
+    wall_seconds: float = 0.0  # from before data loading to after the last trial
+    train_seconds: float = 0.0  # inside fit(), summed over this worker's trials
+    finished: int = 0
+    failed: int = 0
+    error: str | None = None  # why the worker stopped early, if it did
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM"
+
+
+@dataclass
+class RunSummary:
+    study_name: str
+    storage_url: str
+    wall_seconds: float
+    workers: list[WorkerReport] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)  # the whole study, by state
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_number: int | None = None
+    best_attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return sum(w.finished for w in self.workers)
+
+    @property
+    def overhead(self) -> float | None:
+        """Share of worker time spent outside training: sampler, storage, evaluation, data loading."""
+        wall = sum(w.wall_seconds for w in self.workers)
+        train = sum(w.train_seconds for w in self.workers)
+        return None if wall <= 0 or train <= 0 else max(0.0, 1.0 - train / wall)
+
+    @property
+    def error(self) -> str | None:
+        return next((w.error for w in self.workers if w.error), None)
+
+    @property
+    def interrupted(self) -> str | None:
+        return next((w.interrupted for w in self.workers if w.interrupted), None)
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Optuna 5's defaults (multivariate, constant liar) plus `group`, which lets multivariate
+        # TPE model a conditional space (widths per layer, momentum only for sgd/rmsprop).
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def study_attrs(spec: StudySpec, data_dir: str | None, seed: int) -> dict[str, Any]:
+    """What a study is bound to: export and retraining read these back to rebuild the data."""
+    return {
+        "dataset": spec.dataset,
+        "data_dir": str(data_dir) if data_dir else None,
+        "val_fraction": spec.val_fraction,
+        "split_seed": spec.split_seed,
+        "epochs": spec.epochs,
+        "seed": seed,
+        "space": spec.raw_space,
+        "study_file": str(spec.path),
+    }
+
+
+# Resuming a study with different values for these would mix incomparable trials.
+BINDING_ATTRS = ("dataset", "val_fraction", "split_seed", "epochs", "space")
+
+
+def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Study:
+    storage = storage or open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    n_before = 0
+    study = optuna.create_study(
+        storage=storage,
+        study_name=opts.study_name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(),  # replaced below, once we know the trial count
+        pruner=make_pruner(opts.spec.pruner, opts.spec.epochs),
+    )
+    attrs = study_attrs(opts.spec, opts.data_dir, opts.seed)
+    if opts.study_name in existing:
+        n_before = len(study.get_trials(deepcopy=False))
+        stored = study.user_attrs
+        for key in BINDING_ATTRS:
+            if key in stored and stored[key] != attrs[key]:
+                raise UserError(
+                    f"study {opts.study_name!r} was created with a different {key} "
+                    f"({_short(stored[key])} vs now {_short(attrs[key])}); "
+                    "pass --study-name NEW to start another study"
+                )
+    if not study.user_attrs:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+    # A fresh seed per run and per worker: a resumed random search must not replay old params.
+    study.sampler = make_sampler(opts.spec.sampler, opts.seed * 7919 + n_before * 31 + worker)
+    return study
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Slots:
+    """Finished-trial slots of one run, shared by its workers (a counter under a lock)."""
+
+    def __init__(self, target: int, ctx=None):
+        ctx = ctx or mp.get_context("spawn")
+        self.target = target
+        self.claimed = ctx.Value("i", 0)
+
+    def claim(self) -> bool:
+        with self.claimed.get_lock():
+            if self.claimed.value >= self.target:
+                return False
+            self.claimed.value += 1
+            return True
+
+    def release(self) -> None:
+        with self.claimed.get_lock():
+            self.claimed.value -= 1
+
+
+def run_worker(
+    opts: RunOptions,
+    worker: int,
+    slots: _Slots,
+    emit: Callable[[TrialEvent], None],
+    deadline: float | None,
+) -> WorkerReport:
+    report = WorkerReport(worker=worker)
+    started = time.perf_counter()
+    device = worker_device(resolve_device(opts.device), worker)
+    try:
+        data = load_dataset(
+            opts.spec.dataset,
+            data_dir=opts.data_dir,
+            device=device,
+            val_fraction=opts.spec.val_fraction,
+            split_seed=opts.spec.split_seed,
+        )
+        study = open_study(opts, worker=worker)
+        ckpt = checkpoint.study_dir(opts.results_dir, opts.study_name) if opts.save_best else None
+        objective = Objective(spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt)
+        consecutive, last_reason = 0, None
+
+        def guarded(trial: optuna.Trial) -> float:
+            try:
+                return objective(trial)
+            except optuna.TrialPruned:
+                raise
+            except KeyboardInterrupt:
+                trial.set_user_attr(ATTR_REASON, "interrupted")
+                raise
+            except Exception as e:
+                trial.set_user_attr(ATTR_REASON, f"{type(e).__name__}: {e}".splitlines()[0][:500])
+                free_memory(device)
+                raise
+
+        def after(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+            nonlocal consecutive, last_reason
+            report.train_seconds += float(frozen.user_attrs.get(ATTR_SECONDS, 0.0))
+            reason = frozen.user_attrs.get(ATTR_REASON)
+            if frozen.state == TrialState.FAIL:
+                slots.release()
+                report.failed += 1
+                consecutive, last_reason = consecutive + 1, reason or "unknown error"
+            else:
+                report.finished += 1
+                consecutive = 0
+            emit(TrialEvent(worker, frozen.number, frozen.state.name, frozen.value, reason))
+
+        while deadline is None or time.time() < deadline:
+            if not slots.claim():
+                break
+            study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after])
+            if consecutive >= MAX_CONSECUTIVE_FAILURES:
+                report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"
+                break
+    except Terminated:
+        report.interrupted = "SIGTERM"
+    except KeyboardInterrupt:
+        report.interrupted = "SIGINT"
+    except UserError as e:
+        report.error = str(e)
+    finally:
+        report.wall_seconds = time.perf_counter() - started
+    return report
+
+
+def _worker_process(opts, worker, slots, events, reports, deadline) -> None:
+    install_signal_handlers()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    split_cpu_threads(opts.jobs)
+    report = run_worker(opts, worker, slots, events.put, deadline)
+    reports.put(report)
+
+
+def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | None = None) -> RunSummary:
+    """Create or resume the study, run `opts.trials` finished trials over `opts.jobs` workers."""
+    emit = on_event or (lambda _e: None)
+    started = time.perf_counter()
+    deadline = time.time() + opts.timeout if opts.timeout else None
+    storage = open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
+    open_study(opts, storage=storage)  # create it once, before workers race to
+    if opts.jobs == 1:
+        reports = [run_worker(opts, 0, _Slots(opts.trials), emit, deadline)]
+    else:
+        reports = _run_processes(opts, emit, deadline)
+    return summarize(opts, storage, reports, time.perf_counter() - started)
+
+
+def _run_processes(opts: RunOptions, emit, deadline) -> list[WorkerReport]:
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked; spawn also isolates torch threads
+    slots = _Slots(opts.trials, ctx)
+    events, reports_q = ctx.Queue(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker_process, args=(opts, i, slots, events, reports_q, deadline))
+        for i in range(opts.jobs)
+    ]
+    for p in procs:
+        p.start()
+    reports: list[WorkerReport] = []
+    interrupted = None
+    try:
+        while any(p.is_alive() for p in procs) or not events.empty():
+            try:
+                emit(events.get(timeout=0.2))
+            except queue_mod.Empty:
+                pass
+            while True:
+                try:
+                    reports.append(reports_q.get_nowait())
+                except queue_mod.Empty:
+                    break
+    except KeyboardInterrupt as e:
+        interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        for p in procs:  # Ctrl-C reached them through the process group; SIGTERM may not have
+            if p.is_alive() and isinstance(e, Terminated):
+                p.terminate()
+        for p in procs:
+            p.join(timeout=60)
+    while len(reports) < len(procs):
+        try:
+            reports.append(reports_q.get(timeout=1))
+        except queue_mod.Empty:
+            break
+    for p in procs:
+        p.join(timeout=5)
+    seen = {r.worker for r in reports}
+    for i, p in enumerate(procs):
+        if i not in seen:
+            reports.append(WorkerReport(worker=i, error=f"worker {i} died (exit code {p.exitcode})"))
+    if interrupted:
+        for r in reports:
+            r.interrupted = r.interrupted or interrupted
+    return sorted(reports, key=lambda r: r.worker)
+
+
+def summarize(opts: RunOptions, storage, reports: list[WorkerReport], wall: float) -> RunSummary:
+    study = optuna.load_study(study_name=opts.study_name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    summary = RunSummary(opts.study_name, opts.storage_url, wall, workers=reports)
+    for t in trials:
+        summary.states[t.state.name] = summary.states.get(t.state.name, 0) + 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        summary.best_value, summary.best_params = best.value, dict(best.params)
+        summary.best_number, summary.best_attrs = best.number, dict(best.user_attrs)
+    return summary

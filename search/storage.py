@@ -1,0 +1,158 @@
+"""Where trials are kept: SQLite by default, any Optuna RDB URL (PostgreSQL, MySQL) for many workers.
+
+Choices, and why:
+- SQLite with several local workers: WAL journal (readers such as optuna-dashboard never block
+  writers), a long busy timeout, and `BEGIN IMMEDIATE` transactions. Without the last one, two
+  processes that both read and then write deadlock, and SQLite answers one of them with
+  "database is locked" at once, busy timeout or not.
+- Heartbeats on every RDB storage: a worker that dies mid-trial (SIGKILL, power loss) leaves a
+  RUNNING trial that the next worker marks FAIL and re-queues with the same params.
+- Every check of a URL happens before anything is written, so bad input never touches a database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from search.errors import UserError
+
+DEFAULT_STORAGE = "sqlite:///results/search.db"
+SQLITE_BUSY_TIMEOUT_S = 600  # a worker waits this long for the write lock before failing
+DEFAULT_HEARTBEAT_S = 30  # a dead worker's trial is re-queued ~2 heartbeats after it died
+MAX_RETRIES = 3  # re-queue a crashed trial at most this often
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def normalize_url(url: str) -> str:
+    """Parse the URL (one-line error if malformed); pick the installed PostgreSQL driver."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise UserError(
+            f"--storage {url!r} is not a storage URL; e.g. {DEFAULT_STORAGE} or "
+            "postgresql://user@host/dbname"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; the `postgres` extra installs psycopg 3.
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def check_storage(url: str) -> str:
+    """Validate a storage URL without writing anything; return the URL to use."""
+    url = normalize_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        if path.is_dir():
+            raise UserError(f"--storage {url}: {path} is a directory, not an SQLite file")
+        if path.exists() and path.stat().st_size > 0:
+            with open(path, "rb") as fh:
+                if fh.read(16) != b"SQLite format 3\x00":
+                    raise UserError(f"--storage {url}: {path} is not an SQLite database")
+        return url
+    if make_url(url).get_backend_name() == "sqlite":
+        return url
+    engine = sqlalchemy.create_engine(url, **_connect_args(url))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except ImportError as e:
+        raise UserError(
+            f"--storage {_redacted(url)}: driver missing ({e}); "
+            "for PostgreSQL: pip install -e '.[postgres]'"
+        ) from None
+    except Exception as e:
+        first = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise UserError(f"--storage {_redacted(url)}: cannot connect: {first}") from None
+    finally:
+        engine.dispose()
+    return url
+
+
+def _connect_args(url: str) -> dict:
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    if backend == "mysql":
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    return {}
+
+
+def _sqlite_engine_kwargs() -> dict:
+    return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}}
+
+
+def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
+    """Take SQLite's write lock when a transaction starts (SQLAlchemy's pysqlite recipe).
+
+    The driver's own BEGIN is off (isolation_level=None in connect_args), so this event owns it.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")  # WAL stays durable across app crashes
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks were attached are dropped
+
+
+def open_storage(
+    url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S
+) -> optuna.storages.RDBStorage:
+    """An Optuna storage for `url` (already checked), with heartbeats for crash recovery."""
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL is a property of the file: set it once, before SQLAlchemy opens it.
+        conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+    is_sqlite = make_url(url).get_backend_name() == "sqlite"
+    engine_kwargs = _sqlite_engine_kwargs() if is_sqlite else _connect_args(url)
+    with warnings.catch_warnings():
+        # Heartbeats are marked experimental in Optuna; the warning tells our users nothing.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        heartbeat = {}
+        if heartbeat_s:
+            heartbeat = dict(
+                heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES
+                ),
+            )
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    if is_sqlite:
+        _begin_immediate(storage.engine)
+    return storage
+
+
+def dashboard_command(url: str) -> str:
+    return f"optuna-dashboard {_redacted(url)}"
