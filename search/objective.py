@@ -27,6 +27,7 @@ ATTR_EPOCHS = "epochs_run"
 ATTR_DEVICE = "device"
 ATTR_SEED = "seed"
 ATTR_REASON = "reason"  # why a trial was pruned or failed, in words
+ATTR_WORKER = "worker"  # host:pid:index of the worker that ran it
 
 
 @dataclass

@@ -33,24 +33,44 @@ def build_parser() -> ArgumentParser:
         description="Search MLP hyperparameters with Optuna. Rerunning the same command resumes "
         "the study and adds --trials more finished trials.",
     )
-    p.add_argument("--study", default="cifar10", help="study name (studies/NAME.toml) or a .toml path")
-    p.add_argument("--trials", type=positive_int, default=100, help="finished trials to add")
-    p.add_argument("--timeout", type=positive_float, default=None, help="start no trial after SECONDS")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="any Optuna storage URL")
-    p.add_argument("--study-name", default=None, help="Optuna study name (default: the study file's)")
-    p.add_argument("--data-dir", default=None, help="dataset directory (default: data/)")
+    p.add_argument(
+        "--study",
+        default="cifar10",
+        metavar="NAME|PATH",
+        help="study name (studies/NAME.toml) or a .toml path",
+    )
+    p.add_argument("--trials", type=positive_int, metavar="N", default=100, help="finished trials to add")
+    p.add_argument(
+        "--timeout", type=positive_float, metavar="SECONDS", default=None, help="start no trial after SECONDS"
+    )
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="any Optuna storage URL")
+    p.add_argument(
+        "--study-name", default=None, metavar="NAME", help="Optuna study name (default: the study file's)"
+    )
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="dataset directory (default: data/)")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="override the study's dataset")
-    p.add_argument("--epochs", type=positive_int, default=None, help="override the epochs per trial")
+    p.add_argument(
+        "--epochs", type=positive_int, metavar="N", default=None, help="override the epochs per trial"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed of sampler and trials")
+    p.add_argument(
+        "--seed", type=non_negative_int, metavar="N", default=0, help="base seed of sampler and trials"
+    )
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="override the study's sampler")
     p.add_argument("--pruner", choices=PRUNERS, default=None, help="override the study's pruner")
-    p.add_argument("--jobs", type=positive_int, default=1, help="worker processes on this machine")
     p.add_argument(
-        "--heartbeat", type=positive_int, default=DEFAULT_HEARTBEAT_S,
+        "--jobs", type=positive_int, metavar="N", default=1, help="worker processes on this machine"
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=positive_int,
+        metavar="SECONDS",
+        default=DEFAULT_HEARTBEAT_S,
         help="seconds between worker heartbeats; a dead worker's trial is retried after 2 of them",
     )
-    p.add_argument("--results-dir", default="results", help="where best weights and exports go")
+    p.add_argument(
+        "--results-dir", default="results", metavar="DIR", help="where best weights and exports go"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     return p
 
@@ -67,8 +87,12 @@ def _main(argv: Sequence[str] | None) -> int:
         split_cpu_threads(1)
     # Loads (and caches) the data now: a bad --data-dir fails here, and one worker reuses it.
     load_dataset(
-        spec.dataset, data_dir=args.data_dir, device=device if args.jobs == 1 else "cpu",
-        val_fraction=spec.val_fraction, split_seed=spec.split_seed, progress=True,
+        spec.dataset,
+        data_dir=args.data_dir,
+        device=device if args.jobs == 1 else "cpu",
+        val_fraction=spec.val_fraction,
+        split_seed=spec.split_seed,
+        progress=True,
     )
     opts = RunOptions(
         spec=spec,
@@ -86,14 +110,17 @@ def _main(argv: Sequence[str] | None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
     install_signal_handlers()
     bar = tqdm(
-        total=args.trials, desc=opts.study_name, unit="trial", disable=args.no_progress or None,
+        total=args.trials,
+        desc=opts.study_name,
+        unit="trial",
+        disable=args.no_progress or None,
         dynamic_ncols=True,
     )
     best = [None]
 
     def on_event(e: TrialEvent) -> None:
         if e.state == "FAIL":
-            bar.write(f"trial {e.number} failed: {e.reason}")
+            bar.write(f"trial {e.number} failed: {e.reason}", file=sys.stderr)
             return
         if e.state == "COMPLETE" and (best[0] is None or e.value > best[0]):
             best[0] = e.value

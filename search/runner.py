@@ -10,8 +10,10 @@ Nothing here prints: progress goes out as `TrialEvent`s, the end as a `RunSummar
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import signal
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from search import checkpoint
 from search.data import load_dataset
 from search.device import free_memory, resolve_device, split_cpu_threads, worker_device
 from search.errors import UserError
-from search.objective import ATTR_REASON, ATTR_SECONDS, Objective
+from search.objective import ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
 from search.storage import open_storage
 from search.study_file import StudySpec
 
@@ -190,23 +192,38 @@ def _short(value: Any) -> str:
 
 
 class _Slots:
-    """Finished-trial slots of one run, shared by its workers (a counter under a lock)."""
+    """Finished-trial slots of one run, shared by its workers (a counter under a lock), and
+    which workers hold one right now, so a worker that dies mid-trial can hand its slot back."""
 
-    def __init__(self, target: int, ctx=None):
+    def __init__(self, target: int, jobs: int = 1, ctx=None):
         ctx = ctx or mp.get_context("spawn")
         self.target = target
         self.claimed = ctx.Value("i", 0)
+        self.holding = ctx.Array("b", jobs)
 
-    def claim(self) -> bool:
+    def claim(self, worker: int) -> bool:
         with self.claimed.get_lock():
             if self.claimed.value >= self.target:
                 return False
             self.claimed.value += 1
+            self.holding[worker] = 1
             return True
 
-    def release(self) -> None:
+    def done(self, worker: int, *, counted: bool) -> None:
+        """The worker's trial ended: keep the slot if it finished, give it back if not."""
         with self.claimed.get_lock():
-            self.claimed.value -= 1
+            if self.holding[worker]:
+                self.holding[worker] = 0
+                if not counted:
+                    self.claimed.value -= 1
+
+    @property
+    def left(self) -> int:
+        return self.target - self.claimed.value
+
+
+def _worker_tag(worker: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{worker}"
 
 
 def run_worker(
@@ -219,6 +236,7 @@ def run_worker(
     report = WorkerReport(worker=worker)
     started = time.perf_counter()
     device = worker_device(resolve_device(opts.device), worker)
+    study = None
     try:
         data = load_dataset(
             opts.spec.dataset,
@@ -230,9 +248,11 @@ def run_worker(
         study = open_study(opts, worker=worker)
         ckpt = checkpoint.study_dir(opts.results_dir, opts.study_name) if opts.save_best else None
         objective = Objective(spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt)
+        tag = _worker_tag(worker)
         consecutive, last_reason = 0, None
 
         def guarded(trial: optuna.Trial) -> float:
+            trial.set_user_attr(ATTR_WORKER, tag)
             try:
                 return objective(trial)
             except optuna.TrialPruned:
@@ -249,8 +269,9 @@ def run_worker(
             nonlocal consecutive, last_reason
             report.train_seconds += float(frozen.user_attrs.get(ATTR_SECONDS, 0.0))
             reason = frozen.user_attrs.get(ATTR_REASON)
-            if frozen.state == TrialState.FAIL:
-                slots.release()
+            failed = frozen.state == TrialState.FAIL
+            slots.done(worker, counted=not failed)
+            if failed:
                 report.failed += 1
                 consecutive, last_reason = consecutive + 1, reason or "unknown error"
             else:
@@ -259,25 +280,41 @@ def run_worker(
             emit(TrialEvent(worker, frozen.number, frozen.state.name, frozen.value, reason))
 
         while deadline is None or time.time() < deadline:
-            if not slots.claim():
+            if not slots.claim(worker):
                 break
             study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after])
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
                 report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"
                 break
-    except Terminated:
-        report.interrupted = "SIGTERM"
-    except KeyboardInterrupt:
-        report.interrupted = "SIGINT"
+    except KeyboardInterrupt as e:
+        report.interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     except UserError as e:
         report.error = str(e)
     finally:
+        slots.done(worker, counted=False)
+        if report.interrupted and study is not None:
+            fail_orphans(study, {_worker_tag(worker)})
         report.wall_seconds = time.perf_counter() - started
     return report
 
 
+def fail_orphans(study: optuna.Study, tags: set[str], reason: str = "interrupted") -> int:
+    """Mark FAIL the RUNNING trials these workers left behind (stopped between Optuna's
+    ask and tell); a crashed worker on another machine is the heartbeat's job instead."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(ATTR_WORKER) in tags:
+            study._storage.set_trial_user_attr(t._trial_id, ATTR_REASON, reason)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            n += 1
+    return n
+
+
 def _worker_process(opts, worker, slots, events, reports, deadline) -> None:
-    install_signal_handlers()
+    # The parent owns Ctrl-C: it stops each worker with SIGTERM, once, so a second signal
+    # cannot land while a worker is recording its interrupted trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     split_cpu_threads(opts.jobs)
     report = run_worker(opts, worker, slots, events.put, deadline)
@@ -298,51 +335,81 @@ def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | Non
     return summarize(opts, storage, reports, time.perf_counter() - started)
 
 
+MAX_RESPAWNS = 3  # per worker slot: a worker that keeps dying points at a real problem
+
+
 def _run_processes(opts: RunOptions, emit, deadline) -> list[WorkerReport]:
     ctx = mp.get_context("spawn")  # CUDA cannot be forked; spawn also isolates torch threads
-    slots = _Slots(opts.trials, ctx)
+    slots = _Slots(opts.trials, opts.jobs, ctx)
     events, reports_q = ctx.Queue(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker_process, args=(opts, i, slots, events, reports_q, deadline))
-        for i in range(opts.jobs)
-    ]
-    for p in procs:
+
+    def start(i: int):
+        p = ctx.Process(target=_worker_process, args=(opts, i, slots, events, reports_q, deadline))
         p.start()
-    reports: list[WorkerReport] = []
+        return p
+
+    procs = {i: start(i) for i in range(opts.jobs)}
+    respawns = dict.fromkeys(procs, 0)
+    reports: dict[int, WorkerReport] = {}
     interrupted = None
-    try:
-        while any(p.is_alive() for p in procs) or not events.empty():
+
+    def drain(block: float = 0.0) -> None:
+        try:
+            emit(events.get(timeout=block) if block else events.get_nowait())
+        except queue_mod.Empty:
+            return
+        while True:
             try:
-                emit(events.get(timeout=0.2))
+                emit(events.get_nowait())
             except queue_mod.Empty:
-                pass
-            while True:
-                try:
-                    reports.append(reports_q.get_nowait())
-                except queue_mod.Empty:
-                    break
+                break
+
+    def collect() -> None:
+        while True:
+            try:
+                r = reports_q.get_nowait()
+            except queue_mod.Empty:
+                return
+            reports[r.worker] = r
+
+    try:
+        while True:
+            drain(block=0.2)
+            collect()
+            for i, p in list(procs.items()):
+                if p.is_alive() or i in reports:
+                    continue
+                collect()  # its report may have arrived just now
+                if i in reports:
+                    continue
+                # Died without a report (killed, segfault, out of memory): free its slot and
+                # replace it while work is left. The heartbeat fails and re-queues its trial.
+                slots.done(i, counted=False)
+                if slots.left > 0 and respawns[i] < MAX_RESPAWNS:
+                    respawns[i] += 1
+                    procs[i] = start(i)
+                else:
+                    reports[i] = WorkerReport(worker=i, error=f"worker {i} died (exit code {p.exitcode})")
+            if not any(p.is_alive() for p in procs.values()):
+                break
     except KeyboardInterrupt as e:
         interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        for p in procs:  # Ctrl-C reached them through the process group; SIGTERM may not have
-            if p.is_alive() and isinstance(e, Terminated):
+        for p in procs.values():
+            if p.is_alive():
                 p.terminate()
-        for p in procs:
+        for p in procs.values():
             p.join(timeout=60)
-    while len(reports) < len(procs):
-        try:
-            reports.append(reports_q.get(timeout=1))
-        except queue_mod.Empty:
-            break
-    for p in procs:
+    for p in procs.values():
         p.join(timeout=5)
-    seen = {r.worker for r in reports}
-    for i, p in enumerate(procs):
-        if i not in seen:
-            reports.append(WorkerReport(worker=i, error=f"worker {i} died (exit code {p.exitcode})"))
+    drain()
+    collect()
+    for i, p in procs.items():
+        if i not in reports:
+            reports[i] = WorkerReport(worker=i, error=f"worker {i} died (exit code {p.exitcode})")
     if interrupted:
-        for r in reports:
-            r.interrupted = r.interrupted or interrupted
-    return sorted(reports, key=lambda r: r.worker)
+        for r in reports.values():
+            r.interrupted = interrupted
+    return [reports[i] for i in sorted(reports)]
 
 
 def summarize(opts: RunOptions, storage, reports: list[WorkerReport], wall: float) -> RunSummary:

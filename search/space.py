@@ -14,6 +14,7 @@ retraining cannot drift apart.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ INT_KNOBS = {"n_layers": (0, 16), "width": (1, 65536), "batch_size": (1, 1 << 20
 FLOAT_KNOBS = {
     "dropout": (0.0, 0.99),
     "bn_momentum": (0.0, 1.0),
-    "lr": (1e-12, 10.0),
+    "lr": (1e-12, 1e3),
     "momentum": (0.0, 0.9999),
     "weight_decay": (0.0, 10.0),
     "l1": (0.0, 10.0),
@@ -91,18 +92,19 @@ def _parse_range(name: str, raw: dict[str, Any], *, where: str) -> Param:
         raise UserError(f"{where}: takes a value or a list of choices from {allowed}, not a range")
     extra = set(raw) - {"low", "high", "log", "step"}
     if extra or not {"low", "high"} <= set(raw):
-        raise UserError(
-            f"{where}: a range is {{low = ..., high = ...[, log = true][, step = ...]}}"
-        )
+        raise UserError(f"{where}: a range is {{low = ..., high = ...[, log = true][, step = ...]}}")
     low, high, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
-    _check_value(name, low, where=where)
-    _check_value(name, high, where=where)
+    for v in (low, high):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise UserError(f"{where}: {v!r} is not a number")
     if not isinstance(log, bool):
         raise UserError(f"{where}: log must be true or false")
     if low > high:
         raise UserError(f"{where}: low ({low}) > high ({high})")
     if log and low <= 0:
         raise UserError(f"{where}: a log range needs low > 0, got low = {low}")
+    _check_value(name, low, where=where)
+    _check_value(name, high, where=where)
     if step is not None:
         if log:
             raise UserError(f"{where}: step and log cannot be combined")
@@ -116,9 +118,7 @@ def _check_value(name: str, v: Any, *, where: str) -> None:
     if name in CHOICE_KNOBS:
         allowed = CHOICE_KNOBS[name]
         if isinstance(v, bool) != (name == "batchnorm") or v not in allowed:
-            raise UserError(
-                f"{where}: {v!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
-            )
+            raise UserError(f"{where}: {v!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
         return
     lo, hi = INT_KNOBS.get(name) or FLOAT_KNOBS[name]
     is_int = isinstance(v, int) and not isinstance(v, bool)
@@ -184,13 +184,14 @@ def sample_config(
     return TrainConfig(**values, epochs=epochs, seed=seed)
 
 
-def replay_config(
-    params: dict[str, Any], space: dict[str, Param], *, epochs: int, seed: int
-) -> TrainConfig:
+def replay_config(params: dict[str, Any], space: dict[str, Param], *, epochs: int, seed: int) -> TrainConfig:
     """The config a trial with these params trained: the same code path, fed by a FixedTrial."""
     try:
-        return sample_config(optuna.trial.FixedTrial(params), space, epochs=epochs, seed=seed)
-    except ValueError as e:  # FixedTrial: a param the space needs is missing or out of range
+        with warnings.catch_warnings():
+            # FixedTrial only warns about a value outside its range; a replay must be exact.
+            warnings.simplefilter("error", UserWarning)
+            return sample_config(optuna.trial.FixedTrial(params), space, epochs=epochs, seed=seed)
+    except (ValueError, UserWarning) as e:  # a param the space needs is missing or out of range
         raise UserError(f"the stored params do not fit this study's space: {e}") from None
 
 

@@ -41,8 +41,7 @@ def normalize_url(url: str) -> str:
         parsed = make_url(url)
     except Exception:
         raise UserError(
-            f"--storage {url!r} is not a storage URL; e.g. {DEFAULT_STORAGE} or "
-            "postgresql://user@host/dbname"
+            f"--storage {url!r} is not a storage URL; e.g. {DEFAULT_STORAGE} or postgresql://user@host/dbname"
         ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         # SQLAlchemy's default PostgreSQL driver is psycopg2; the `postgres` extra installs psycopg 3.
@@ -80,8 +79,7 @@ def check_storage(url: str) -> str:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except ImportError as e:
         raise UserError(
-            f"--storage {_redacted(url)}: driver missing ({e}); "
-            "for PostgreSQL: pip install -e '.[postgres]'"
+            f"--storage {_redacted(url)}: driver missing ({e}); for PostgreSQL: pip install -e '.[postgres]'"
         ) from None
     except Exception as e:
         first = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else repr(e)
@@ -121,9 +119,7 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections opened before the hooks were attached are dropped
 
 
-def open_storage(
-    url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S
-) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> optuna.storages.RDBStorage:
     """An Optuna storage for `url` (already checked), with heartbeats for crash recovery."""
     path = sqlite_path(url)
     if path is not None:

@@ -1,0 +1,122 @@
+"""Bad input: exit code 2, one line on stderr naming the problem, and the database untouched."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.run import main
+
+BAD_STUDIES = {
+    "syntax.toml": "[study\ndataset = 'digits'\n",
+    "activation.toml": '[study]\ndataset = "digits"\n[space]\nactivation = ["relu", "swish"]\n',
+    "optimizer.toml": '[study]\ndataset = "digits"\n[space]\noptimizer = ["sgd", "lbfgs"]\n',
+    "low_high.toml": '[study]\ndataset = "digits"\n[space]\nlr = {low = 0.1, high = 0.001}\n',
+    "log_low.toml": '[study]\ndataset = "digits"\n[space]\nweight_decay = {low = 0.0, high = 0.1, log = true}\n',
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A real study database made by a real run, and the files the bad inputs point at."""
+    root = tmp_path_factory.mktemp("bad")
+    db = root / "search.db"
+    args = [
+        "--study",
+        "digits",
+        "--trials",
+        "1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--storage",
+        f"sqlite:///{db}",
+        "--results-dir",
+        str(root / "results"),
+    ]
+    assert main(args) == 0
+    for name, text in BAD_STUDIES.items():
+        (root / name).write_text(text)
+    (root / "notes.txt").write_text("this is not a database\n" * 10)
+    (root / "empty").mkdir()
+    return root, db
+
+
+def _digest(db: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(db.parent.glob(db.name + "*")):  # the database and any -wal / -shm beside it
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+CASES = {
+    "trials zero": (["--trials", "0"], "--trials"),
+    "trials negative": (["--trials", "-3"], "--trials"),
+    "trials not a number": (["--trials", "abc"], "'abc' is not a whole number"),
+    "negative timeout": (["--timeout", "-1"], "--timeout"),
+    "no jobs": (["--jobs", "0"], "--jobs"),
+    "unknown study": (["--study", "nope"], "unknown study 'nope'"),
+    "toml syntax": (["--study", "{root}/syntax.toml"], "TOML syntax error"),
+    "unknown activation": (["--study", "{root}/activation.toml"], "'swish' is not allowed"),
+    "unknown optimizer": (["--study", "{root}/optimizer.toml"], "'lbfgs' is not allowed"),
+    "low above high": (["--study", "{root}/low_high.toml"], "low (0.1) > high (0.001)"),
+    "log low not positive": (["--study", "{root}/log_low.toml"], "log range needs low > 0"),
+    "unknown sampler": (["--sampler", "grid"], "--sampler"),
+    "unknown pruner": (["--pruner", "asha"], "--pruner"),
+    "malformed storage": (["--storage", "not a url"], "is not a storage URL"),
+    "postgres not answering": (["--storage", "postgresql://postgres@127.0.0.1:1/test"], "cannot connect"),
+    "storage not sqlite": (["--storage", "sqlite:///{root}/notes.txt"], "not an SQLite database"),
+    "data dir missing": (["--dataset", "cifar10", "--data-dir", "{root}/missing"], "missing"),
+    "data dir without images": (["--dataset", "imagefolder", "--data-dir", "{root}/empty"], "empty"),
+}
+if not torch.cuda.is_available():
+    CASES["cuda without cuda"] = (["--device", "cuda"], "CUDA is not available")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_exits_2_with_one_line_and_leaves_the_database_unchanged(world, name, capsys):
+    root, db = world
+    extra, words = CASES[name]
+    extra = [a.format(root=root) for a in extra]
+    args = [
+        "--study",
+        "digits",
+        "--trials",
+        "1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--storage",
+        f"sqlite:///{db}",
+        "--results-dir",
+        str(root / "results"),
+        *extra,
+    ]
+    before = _digest(db)
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("python -m search.run: error: ") and words in err
+    assert "Traceback" not in captured.err + captured.out
+    assert _digest(db) == before
+
+
+def test_a_bad_flag_from_the_shell_prints_no_traceback(world):
+    root, db = world
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--trials", "abc", "--storage", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "python -m search.run: error: argument --trials: 'abc' is not a whole number"
+    ]

@@ -1,0 +1,154 @@
+"""Never lose a trial: failures are recorded and survived, signals stop cleanly, crashes retry."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import objective as objective_mod
+from search import runner
+from search.run import main
+
+
+def _args(tmp_path, *extra, epochs="1"):
+    return [
+        "--study",
+        "digits",
+        "--epochs",
+        epochs,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--storage",
+        f"sqlite:///{tmp_path}/s.db",
+        "--results-dir",
+        str(tmp_path / "results"),
+        *extra,
+    ]
+
+
+def _study(tmp_path):
+    return optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path}/s.db")
+
+
+def test_five_failures_in_a_row_stop_the_run_naming_the_last_reason(tmp_path, monkeypatch, capsys):
+    freed = []
+    monkeypatch.setattr(runner, "free_memory", lambda device: freed.append(device))
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(objective_mod, "fit", out_of_memory)
+    assert main(_args(tmp_path, "--trials", "20")) == 1
+    err = capsys.readouterr().err
+    assert "5 trials failed in a row" in err and "CUDA out of memory" in err
+    trials = _study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 5
+    assert all(t.user_attrs["reason"].startswith("RuntimeError: CUDA out of memory") for t in trials)
+    assert len(freed) == 5  # memory was released after every failure
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
+    real_fit, calls = objective_mod.fit, []
+
+    def flaky(config, data, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("odd config")
+        return real_fit(config, data, **kw)
+
+    monkeypatch.setattr(objective_mod, "fit", flaky)
+    assert main(_args(tmp_path, "--trials", "3")) == 0
+    states = [t.state for t in _study(tmp_path).trials]
+    assert states.count(TrialState.FAIL) == 1 and len(states) == 4  # the failure did not count
+    assert "trial 1 failed: ValueError: odd config" in capsys.readouterr().err
+
+
+def _wait_for_running_trial(tmp_path, proc, timeout=120):
+    """Poll the database until a trial has reported at least one epoch."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            running = _study(tmp_path).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # the study may not exist yet
+            running = []
+        if any(t.intermediate_values for t in running):
+            return running
+        time.sleep(0.1)
+    raise AssertionError("no trial started in time")
+
+
+# Slow trials on purpose (tiny batches): a signal or a kill must land mid-trial, every time.
+SLOW_STUDY = """
+[study]
+dataset = "digits"
+epochs = 20
+[space]
+n_layers = 1
+width = 16
+batch_size = 4
+lr = {low = 0.001, high = 0.1, log = true}
+activation = ["relu", "tanh"]
+"""
+
+
+def _slow_args(tmp_path, *extra):
+    (tmp_path / "digits.toml").write_text(SLOW_STUDY)
+    args = _args(tmp_path, *extra)
+    args[args.index("--study") + 1] = str(tmp_path / "digits.toml")
+    args[args.index("--epochs") : args.index("--epochs") + 2] = []
+    return args
+
+
+def _start(tmp_path, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.run", *_slow_args(tmp_path, *extra)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "sig, code, jobs", [(signal.SIGINT, 130, "1"), (signal.SIGTERM, 143, "1"), (signal.SIGINT, 130, "2")]
+)
+def test_a_signal_marks_running_trials_failed_prints_the_summary_and_exits(tmp_path, sig, code, jobs):
+    proc = _start(tmp_path, "--trials", "50", "--jobs", jobs)
+    try:
+        _wait_for_running_trial(tmp_path, proc)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert f"interrupted by {signal.Signals(sig).name}" in out and "dashboard:" in out
+    trials = _study(tmp_path).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs.get("reason") == "interrupted" for t in failed)
+
+
+def test_a_killed_worker_costs_one_retried_trial_and_nothing_else(tmp_path):
+    proc = _start(tmp_path, "--trials", "50", "--heartbeat", "1")
+    try:
+        killed = _wait_for_running_trial(tmp_path, proc)[0]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    time.sleep(2.5)  # past the grace period of two missed heartbeats
+    # The next worker's first act is to fail the stale trial and re-queue its params.
+    assert main(_slow_args(tmp_path, "--trials", "1", "--heartbeat", "1")) == 0
+    trials = _study(tmp_path).trials
+    dead = trials[killed.number]
+    assert dead.state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retries[0].params == killed.params
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
