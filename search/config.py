@@ -36,18 +36,14 @@ class TrainConfig:
     batch_size: int = 128  # samples per optimizer step
     epochs: int = 10  # passes over the training split
     seed: int = 0  # weight init and batch order; the same seed on the CPU retrains bit for bit
-    extra: dict[str, Any] = field(
-        default_factory=dict, compare=False
-    )  # unknown keys, kept for provenance
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, kept for provenance
 
     def __post_init__(self) -> None:
         # Normalise JSON's lists back to tuples so configs compare and hash reliably.
         object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
         problems = []
         if self.activation not in ACTIVATIONS:
-            problems.append(
-                f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}"
-            )
+            problems.append(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if any(w < 1 for w in self.hidden):

@@ -13,6 +13,7 @@ Choices, and why:
 from __future__ import annotations
 
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
@@ -144,10 +145,23 @@ def open_storage(url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> 
                     max_retry=MAX_RETRIES
                 ),
             )
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        storage = _create_rdb_storage(url, engine_kwargs, heartbeat)
     if is_sqlite:
         _begin_immediate(storage.engine)
     return storage
+
+
+def _create_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict) -> optuna.storages.RDBStorage:
+    """Workers that start together on a fresh database race to create Optuna's tables; the
+    losers see an integrity or "already exists" error once, and succeed on a second look."""
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=dict(engine_kwargs), **heartbeat)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def dashboard_command(url: str) -> str:

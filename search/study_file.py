@@ -122,8 +122,9 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
         values.setdefault(key, default)
     if values["dataset"] is None:
         raise UserError(f"{where}: study.dataset is required; allowed: {', '.join(DATASETS)}")
+    raw_space = doc.get("space", {})
     spec = StudySpec(
-        name=name, path=path, space=parse_space(doc.get("space", {}), where=where), **values
+        name=name, path=path, space=parse_space(raw_space, where=where), raw_space=raw_space, **values
     )
     _check_study_values(spec, where=where)
     return spec
@@ -131,17 +132,11 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
 
 def _check_study_values(spec: StudySpec, *, where: str) -> None:
     if spec.dataset not in DATASETS:
-        raise UserError(
-            f"{where}: dataset {spec.dataset!r} is unknown; allowed: {', '.join(DATASETS)}"
-        )
+        raise UserError(f"{where}: dataset {spec.dataset!r} is unknown; allowed: {', '.join(DATASETS)}")
     if spec.sampler not in SAMPLERS:
-        raise UserError(
-            f"{where}: sampler {spec.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}"
-        )
+        raise UserError(f"{where}: sampler {spec.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
     if spec.pruner not in PRUNERS:
-        raise UserError(
-            f"{where}: pruner {spec.pruner!r} is unknown; allowed: {', '.join(PRUNERS)}"
-        )
+        raise UserError(f"{where}: pruner {spec.pruner!r} is unknown; allowed: {', '.join(PRUNERS)}")
     if spec.epochs < 1:
         raise UserError(f"{where}: epochs must be >= 1, got {spec.epochs}")
     if not 0.0 < spec.val_fraction < 1.0:

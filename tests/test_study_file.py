@@ -54,3 +54,9 @@ def test_command_line_overrides_are_checked_too():
     assert spec.epochs == 2 and spec.pruner == "median"
     with pytest.raises(UserError, match="sampler 'grid'"):
         load_study("digits").with_overrides(sampler="grid")
+
+
+def test_the_space_table_is_kept_as_written_for_the_study_record():
+    spec = load_study("digits")
+    assert spec.raw_space["lr"] == {"low": 1e-4, "high": 1e-1, "log": True}
+    assert set(spec.raw_space) == set(spec.space)
