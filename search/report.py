@@ -1,0 +1,516 @@
+"""`python -m search.report`: one self-contained HTML page about a study, readable offline.
+
+The page embeds plotly.js once (no CDN, so it opens from a laptop on a plane or from a CI
+artifact) and shows: the optimization history, every trial's learning curve (pruned ones dashed
+and ending early), parallel coordinates, parameter importances, slice plots and the best trials.
+It also warns when the best trials crowd a bound of a range: the optimum may lie outside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import re
+import sqlite3
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from plotly.offline import get_plotlyjs
+from sqlalchemy.engine import make_url
+
+from search.checkpoint import study_dir
+from search.cli import ArgumentParser, run_main
+from search.errors import UserError
+from search.space import FLOAT_KNOBS, INT_KNOBS, Param, parse_space
+from search.storage import DEFAULT_STORAGE, check_storage, open_storage, sqlite_path
+
+REPORT = "report.html"
+TOP_FRACTION, TOP_MIN = 0.1, 5  # "the best trials": the top 10% of complete trials, at least 5
+EDGE_MARGIN = 0.1  # within 10% of a range's span (log span for log ranges) is "at the bound"
+EDGE_SHARE = 0.5  # ...and at least half of the best values sitting there is worth a warning
+EDGE_MIN_VALUES = 3  # fewer best values than this say nothing about a bound
+MIN_IMPORTANCE_TRIALS = 5  # below this, importances are noise: the page shows a note instead
+N_BEST_ROWS = 10
+SLICE_COLUMNS = 4  # Optuna draws one 300 px panel per param; 4 fit beside each other on a screen
+# >>> Images another command writes into results/<study>/; extra_sections() embeds them. <<<
+EXTRA_IMAGES = (
+    ("samples.png", "Training images"),  # search.show data
+    ("predictions.png", "Test predictions"),  # search.pictures.write_prediction_figures
+    ("errors.png", "Most confident mistakes on the test split"),
+)
+_WIDTH = re.compile(r"width_\d+")  # per-layer widths, all drawn from the `width` range
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+# ---------------------------------------------------------------- edges of the search space
+
+
+@dataclass(frozen=True)
+class EdgeWarning:
+    param: str  # the knob, e.g. "lr" or "width" (for width_0, width_1, ...)
+    bound: str  # "lower" or "upper"
+    value: float  # the bound itself
+    hits: int  # best values within the margin of that bound
+    total: int  # best values of this knob
+
+    def message(self) -> str:
+        return (
+            f"best {self.param} values are at the {self.bound} bound {self.value:g} "
+            f"({self.hits} of {self.total}): widen the range"
+        )
+
+
+def best_trials(
+    trials: Sequence[FrozenTrial],
+    *,
+    maximize: bool = True,
+    fraction: float = TOP_FRACTION,
+    minimum: int = TOP_MIN,
+) -> list[FrozenTrial]:
+    """The top `fraction` of COMPLETE trials (at least `minimum` of them), best first."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete.sort(key=lambda t: t.value, reverse=maximize)
+    return complete[: max(minimum, math.ceil(fraction * len(complete)))]
+
+
+def knob_of(param: str, space: Mapping[str, Param]) -> str:
+    return "width" if _WIDTH.fullmatch(param) and "width" in space else param
+
+
+def _position(v: float, p: Param) -> float:
+    """Where `v` sits in p's range: 0 at low, 1 at high; log ranges measure in log space."""
+    if p.log:
+        return (math.log(v) - math.log(p.low)) / (math.log(p.high) - math.log(p.low))
+    return (v - p.low) / (p.high - p.low)
+
+
+def edge_warnings(
+    best_params: Sequence[Mapping[str, Any]],
+    space: Mapping[str, Param],
+    *,
+    margin: float = EDGE_MARGIN,
+    share: float = EDGE_SHARE,
+    min_values: int = EDGE_MIN_VALUES,
+) -> list[EdgeWarning]:
+    """Numeric knobs whose best values crowd a bound of their range.
+
+    A bound is crowded when at least `share` of the best values lie within `margin` of it, and
+    at least twice what uniform sampling would put there (for a small int range such as
+    n_layers 1..3, a third of all draws hit each end by chance). A bound that is the knob's hard
+    limit (dropout 0, say) is not reported: it cannot be widened.
+    """
+    values: dict[str, list[float]] = {}
+    for params in best_params:
+        for name, v in params.items():
+            knob = knob_of(name, space)
+            p = space.get(knob)
+            if p is None or p.kind not in ("int", "float") or not p.high > p.low:
+                continue
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                values.setdefault(knob, []).append(float(v))
+    found = []
+    for knob, vs in values.items():
+        if len(vs) < min_values:
+            continue
+        p = space[knob]
+        chance = margin
+        if p.kind == "int":
+            chance = max(margin, 1.0 / ((p.high - p.low) // (p.step or 1) + 1))
+        needed = max(share, 2 * chance) * len(vs)
+        pos = [_position(v, p) for v in vs]
+        limits = INT_KNOBS.get(knob) or FLOAT_KNOBS.get(knob) or (None, None)
+        for bound, value, hits, limit in (
+            ("lower", p.low, sum(u <= margin + 1e-9 for u in pos), limits[0]),
+            ("upper", p.high, sum(u >= 1 - margin - 1e-9 for u in pos), limits[1]),
+        ):
+            if hits >= needed and value != limit:
+                found.append(EdgeWarning(knob, bound, value, hits, len(vs)))
+    return found
+
+
+def study_space(study: optuna.Study, trials: Sequence[FrozenTrial]) -> dict[str, Param]:
+    """The ranges searched: the study file's [space] stored by search.run, else Optuna's own."""
+    raw = study.user_attrs.get("space")
+    if isinstance(raw, dict) and raw:
+        try:
+            return parse_space(raw, where=f"study {study.study_name}")
+        except UserError:
+            pass  # a space this version cannot read: fall back to the stored distributions
+    space: dict[str, Param] = {}
+    for t in trials:
+        for name, d in t.distributions.items():
+            knob = "width" if _WIDTH.fullmatch(name) else name  # width_i share one range
+            if isinstance(d, (IntDistribution, FloatDistribution)) and knob not in space:
+                kind = "int" if isinstance(d, IntDistribution) else "float"
+                step = None if d.step in (None, 1) and kind == "int" else d.step
+                space[knob] = Param(knob, kind, low=d.low, high=d.high, log=d.log, step=step)
+    return space
+
+
+# ---------------------------------------------------------------- figures and sections
+
+
+def learning_curves_figure(
+    trials: Sequence[FrozenTrial], *, epochs: int | None = None, maximize: bool = True
+) -> go.Figure:
+    """Validation accuracy per epoch of every trial; pruned ones dashed red, ending in an x."""
+    fig = go.Figure()
+    styles = {
+        TrialState.COMPLETE: ("complete", dict(color="rgba(31,119,180,0.55)", width=1.5)),
+        TrialState.PRUNED: (
+            "pruned (stopped early)",
+            dict(color="rgba(214,39,40,0.8)", width=1.5, dash="dash"),
+        ),
+    }
+    other = ("failed / running", dict(color="rgba(127,127,127,0.8)", width=1, dash="dot"))
+    best = (best_trials(trials, maximize=maximize, minimum=1) or [None])[0]
+    shown: set[str] = set()
+    for t in sorted(trials, key=lambda t: t is best):  # the best trial last: drawn on top
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        label, line = styles.get(t.state, other)
+        if t is best:
+            label, line = f"best (trial {t.number})", dict(color="rgb(44,160,44)", width=3.5)
+        ends = t.state == TrialState.PRUNED
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[t.intermediate_values[s] for s in steps],
+                name=label,
+                legendgroup=label,
+                showlegend=label not in shown,
+                mode="lines+markers" if ends else "lines",
+                line=line,
+                marker=dict(symbol="x", size=[0] * (len(steps) - 1) + [10], color=line["color"]),
+                hovertemplate=f"trial {t.number} ({t.state.name.lower()})<br>"
+                "epoch %{x}: %{y:.4f}<extra></extra>",
+            )
+        )
+        shown.add(label)
+    last = epochs or max((max(t.intermediate_values) for t in trials if t.intermediate_values), default=1)
+    fig.update_layout(
+        title="Learning curves: validation accuracy per epoch",
+        xaxis=dict(title="epoch", range=[0.5, last + 0.5], dtick=1),
+        yaxis=dict(title="validation accuracy"),
+        legend=dict(orientation="h", y=-0.15),
+    )
+    return fig
+
+
+def importance_figure(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[go.Figure | None, str]:
+    """A bar chart of PED-ANOVA importances (Optuna 5's default), or why there is none."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    searched = sorted({n for t in complete for n, d in t.distributions.items() if not d.single()})
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return None, (
+            f"Parameter importances need at least {MIN_IMPORTANCE_TRIALS} complete "
+            f"trials; this study has {len(complete)}."
+        )
+    if len(searched) < 2:
+        names = ", ".join(searched) or "none"
+        return None, f"Only {len(searched)} searched parameter ({names}): nothing to rank."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        imp = optuna.importance.get_param_importances(study)
+    if any("will be equal" in str(w.message) for w in caught) or len(set(imp.values())) < 2:
+        return None, "Too few distinct trials to tell the parameters' importances apart."
+    names = list(imp)[::-1]  # plotly draws the first bar at the bottom; the most important on top
+    fig = go.Figure(
+        go.Bar(
+            x=[imp[n] for n in names], y=names, orientation="h", hovertemplate="%{y}: %{x:.3f}<extra></extra>"
+        )
+    )
+    fig.update_layout(
+        title="Parameter importances (PED-ANOVA: how much each parameter's "
+        "distribution in the best 10% differs from all trials)",
+        xaxis_title="importance (sums to 1)",
+        height=max(350, 28 * len(names) + 150),
+    )
+    return fig, ""
+
+
+def short_params(params: Mapping[str, Any], *, limit: int | None = None) -> str:
+    """`lr=0.0123, optimizer=adam, ...`: floats to 3 significant digits, names sorted."""
+    text = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items())
+    )
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def best_table(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> str:
+    rows = []
+    for rank, t in enumerate(best_trials(trials, maximize=maximize, fraction=0, minimum=N_BEST_ROWS), 1):
+        a = t.user_attrs
+        cells = (
+            rank,
+            t.number,
+            f"{t.value:.4f}",
+            short_params(t.params),
+            a.get("architecture", ""),
+            f"{a['n_params']:,}" if isinstance(a.get("n_params"), int) else "",
+            f"{a['train_seconds']:.2f}" if isinstance(a.get("train_seconds"), (int, float)) else "",
+        )
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    head = "".join(
+        f"<th>{h}</th>" for h in ("#", "trial", "value", "params", "architecture", "n_params", "train s")
+    )
+    return f'<table class="best"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def extra_sections(study_dir: str | Path) -> list[str]:
+    """EXTENSION POINT: HTML sections for the images other commands leave in results/<study>/.
+
+    Each PNG in EXTRA_IMAGES that exists is embedded as base64, so the page stays one file.
+    """
+    sections = []
+    for name, title in EXTRA_IMAGES:
+        path = Path(study_dir) / name
+        if path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            sections.append(
+                f'<section id="{path.stem}"><h2>{html.escape(title)}</h2>'
+                f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+                "</section>"
+            )
+    return sections
+
+
+# ---------------------------------------------------------------- the page
+
+
+@dataclass
+class Report:
+    path: Path
+    study_name: str
+    n_trials: int
+    warnings: list[EdgeWarning] = field(default_factory=list)
+
+
+def open_existing_storage(url: str) -> tuple[optuna.storages.BaseStorage, str]:
+    """Open a storage that must already hold Optuna's tables; never create or change a file."""
+    url = check_storage(url)
+    shown = make_url(url).render_as_string(hide_password=True)
+    path = sqlite_path(url)
+    if path is not None:
+        if not path.is_file():
+            raise UserError(f"--storage {shown}: {path} does not exist; run python -m search.run first")
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                known = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'studies'").fetchone()
+        except sqlite3.Error as e:
+            raise UserError(f"--storage {shown}: cannot read {path}: {e}") from None
+        if not known:
+            raise UserError(f"--storage {shown}: {path} holds no Optuna studies")
+    try:
+        return open_storage(url, heartbeat_s=None), url
+    except Exception as e:  # e.g. a schema from another Optuna version
+        raise UserError(f"--storage {shown}: cannot open: {str(e).strip().splitlines()[0]}") from None
+
+
+def pick_study(storage: optuna.storages.BaseStorage, name: str | None, *, url: str) -> str:
+    names = sorted(optuna.get_all_study_names(storage))
+    shown = make_url(url).render_as_string(hide_password=True)
+    if name is None and len(names) == 1:
+        return names[0]
+    if name is None or name not in names:
+        what = (
+            "the storage holds several studies; pass --study-name"
+            if name is None
+            else (f"no study {name!r} in {shown}")
+        )
+        raise UserError(f"{what}; known studies: {', '.join(names) or 'none'}")
+    return name
+
+
+def write_report(
+    *,
+    storage_url: str,
+    study_name: str | None = None,
+    results_dir: str | Path = "results",
+    out: str | Path | None = None,
+) -> Report:
+    storage, url = open_existing_storage(storage_url)
+    name = pick_study(storage, study_name, url=url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    if len(study.directions) != 1:
+        raise UserError(f"study {name!r} has {len(study.directions)} objectives; the report needs one")
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    if not counts["complete"]:
+        states = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no trials"
+        raise UserError(
+            f"study {name!r} has no finished (complete) trial yet ({states}); run python -m search.run first"
+        )
+    folder = study_dir(results_dir, name)
+    path = Path(out) if out else folder / REPORT
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    found = edge_warnings(
+        [t.params for t in best_trials(trials, maximize=maximize)], study_space(study, trials)
+    )
+    page = render_page(
+        study, trials, counts=counts, url=url, edges=found, extras=extra_sections(folder), maximize=maximize
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)  # a browser reloading the page never sees half of it
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the report to {path}: {e.strerror or e}") from None
+    return Report(path, name, len(trials), found)
+
+
+def _figure_html(fig: go.Figure, anchor: str) -> str:
+    fig.update_layout(margin=dict(t=60), template="plotly_white")
+    return fig.to_html(include_plotlyjs=False, full_html=False, config=PLOT_CONFIG, div_id=anchor)
+
+
+def render_page(
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    *,
+    counts: Mapping[str, int],
+    url: str,
+    edges: Sequence[EdgeWarning],
+    extras: Sequence[str],
+    maximize: bool,
+) -> str:
+    vis = optuna.visualization
+    esc = html.escape
+
+    def section(anchor: str, title: str, body: str) -> str:
+        return f'<section id="{anchor}"><h2>{esc(title)}</h2>{body}</section>'
+
+    imp, note = importance_figure(study, trials)
+    params = sorted({n for t in trials if t.state == TrialState.COMPLETE for n in t.params})
+    slices = []
+    for i in range(0, len(params), SLICE_COLUMNS):
+        fig = vis.plot_slice(study, params=params[i : i + SLICE_COLUMNS])
+        if len(params[i : i + SLICE_COLUMNS]) == 1:
+            fig.update_layout(width=450)  # Optuna leaves a lone panel as wide as the page
+        slices.append(_figure_html(fig, f"slice-{i}"))
+    curves = learning_curves_figure(trials, epochs=study.user_attrs.get("epochs"), maximize=maximize)
+    sections = [
+        section("best", f"Best trials (top {N_BEST_ROWS})", best_table(trials, maximize=maximize)),
+        section(
+            "history",
+            "Optimization history",
+            _figure_html(vis.plot_optimization_history(study), "history-plot"),
+        ),
+        section("curves", "Learning curves", _figure_html(curves, "curves-plot")),
+        section(
+            "importances",
+            "Parameter importances",
+            _figure_html(imp, "importances-plot") if imp else f'<p class="note">{esc(note)}</p>',
+        ),
+        section(
+            "parallel",
+            "Parallel coordinates",
+            _figure_html(vis.plot_parallel_coordinate(study), "parallel-plot"),
+        ),
+        section("slices", "Slice plots", "".join(slices)),
+    ]
+    sections.extend(extras)
+    return PAGE.format(
+        title=esc(f"Study {study.study_name}"),
+        plotlyjs=get_plotlyjs(),
+        summary=_summary(study, trials, counts=counts, url=url, edges=edges, maximize=maximize),
+        sections="\n".join(sections),
+    )
+
+
+def _summary(
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    *,
+    counts: Mapping[str, int],
+    url: str,
+    edges: Sequence[EdgeWarning],
+    maximize: bool,
+) -> str:
+    esc, attrs = html.escape, study.user_attrs
+    best = best_trials(trials, maximize=maximize, minimum=1)[0]
+    states = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    seconds = sum(float(t.user_attrs.get("train_seconds") or 0) for t in trials)
+    warn_items = "".join(f"<li>{esc(w.message())}</li>" for w in edges)
+    return (
+        f"<p>Dataset <b>{esc(str(attrs.get('dataset', '?')))}</b>, "
+        f"{esc(str(attrs.get('epochs', '?')))} epochs per trial; {len(trials)} trials ({states}); "
+        f"{seconds:.0f} s of training.<br>Best: trial {best.number}, value <b>{best.value:.4f}</b>, "
+        f"{esc(str(best.user_attrs.get('architecture', '')))}<br>"
+        f'<span class="muted">storage {esc(make_url(url).render_as_string(hide_password=True))}; '
+        f"written {datetime.now().isoformat(timespec='seconds')}</span></p>"
+        + (f'<div class="warn"><b>Search space</b><ul>{warn_items}</ul></div>' if edges else "")
+    )
+
+
+# A page error (from plotly or ours) is written onto <html>, so a headless browser test sees it.
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<script>
+window.addEventListener("error", function (e) {{
+  document.documentElement.setAttribute("data-js-error", String(e.message || e)); }});
+window.addEventListener("unhandledrejection", function (e) {{
+  document.documentElement.setAttribute("data-js-error", String(e.reason)); }});
+</script>
+<script>{plotlyjs}</script>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }}
+section {{ margin: 2em 0; }} h2 {{ border-bottom: 1px solid #ddd; }}
+.muted {{ color: #777; font-size: 0.9em; }} .note {{ color: #555; font-style: italic; }}
+.warn {{ background: #fff4e0; border-left: 4px solid #f0a020; padding: 0.5em 1em; }}
+table.best {{ border-collapse: collapse; font-size: 0.85em; }}
+table.best td, table.best th {{ border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; }}
+table.best th {{ white-space: nowrap; }}
+table.best td:nth-child(4) {{ max-width: 520px; }} img {{ max-width: 100%; }}
+</style></head>
+<body><h1>{title}</h1>
+{summary}
+{sections}
+</body></html>
+"""
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m search.report",
+        description="Write one self-contained HTML report (works offline) of a study.",
+    )
+    p.add_argument("--study-name", default=None, help="the Optuna study (default: the only one)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="any Optuna storage URL")
+    p.add_argument("--results-dir", default="results", help="the page goes to RESULTS_DIR/<study>/")
+    p.add_argument("--out", default=None, help=f"write here instead of RESULTS_DIR/<study>/{REPORT}")
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    report = write_report(
+        storage_url=args.storage, study_name=args.study_name, results_dir=args.results_dir, out=args.out
+    )
+    print(f"wrote {report.path} (study {report.study_name}, {report.n_trials} trials)")
+    for w in report.warnings:
+        print(f"warning: {w.message()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("python -m search.report", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
