@@ -15,7 +15,6 @@ import queue as queue_mod
 import signal
 import socket
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from search.device import free_memory, resolve_device, split_cpu_threads, worker
 from search.errors import UserError
 from search.objective import ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
 from search.storage import open_storage
+from search.strategy import make_pruner, make_sampler
 from search.study_file import StudySpec
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -117,24 +117,6 @@ class RunSummary:
     @property
     def interrupted(self) -> str | None:
         return next((w.interrupted for w in self.workers if w.interrupted), None)
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # Optuna 5's defaults (multivariate, constant liar) plus `group`, which lets multivariate
-        # TPE model a conditional space (widths per layer, momentum only for sgd/rmsprop).
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-
-
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5))
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    return optuna.pruners.NopPruner()
 
 
 def study_attrs(spec: StudySpec, data_dir: str | None, seed: int) -> dict[str, Any]:
