@@ -13,7 +13,6 @@ import html
 import math
 import os
 import re
-import sqlite3
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from search.checkpoint import study_dir
 from search.cli import ArgumentParser, run_main
 from search.errors import UserError
 from search.space import FLOAT_KNOBS, INT_KNOBS, Param, parse_space
-from search.storage import DEFAULT_STORAGE, check_storage, open_storage, sqlite_path
+from search.storage import DEFAULT_STORAGE, check_storage, choose_study, open_readonly
 
 REPORT = "report.html"
 TOP_FRACTION, TOP_MIN = 0.1, 5  # "the best trials": the top 10% of complete trials, at least 5
@@ -299,39 +298,9 @@ class Report:
 
 
 def open_existing_storage(url: str) -> tuple[optuna.storages.BaseStorage, str]:
-    """Open a storage that must already hold Optuna's tables; never create or change a file."""
+    """Check the URL, then open the storage read-only: a report never creates or changes a file."""
     url = check_storage(url)
-    shown = make_url(url).render_as_string(hide_password=True)
-    path = sqlite_path(url)
-    if path is not None:
-        if not path.is_file():
-            raise UserError(f"--storage {shown}: {path} does not exist; run python -m search.run first")
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-                known = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'studies'").fetchone()
-        except sqlite3.Error as e:
-            raise UserError(f"--storage {shown}: cannot read {path}: {e}") from None
-        if not known:
-            raise UserError(f"--storage {shown}: {path} holds no Optuna studies")
-    try:
-        return open_storage(url, heartbeat_s=None), url
-    except Exception as e:  # e.g. a schema from another Optuna version
-        raise UserError(f"--storage {shown}: cannot open: {str(e).strip().splitlines()[0]}") from None
-
-
-def pick_study(storage: optuna.storages.BaseStorage, name: str | None, *, url: str) -> str:
-    names = sorted(optuna.get_all_study_names(storage))
-    shown = make_url(url).render_as_string(hide_password=True)
-    if name is None and len(names) == 1:
-        return names[0]
-    if name is None or name not in names:
-        what = (
-            "the storage holds several studies; pass --study-name"
-            if name is None
-            else (f"no study {name!r} in {shown}")
-        )
-        raise UserError(f"{what}; known studies: {', '.join(names) or 'none'}")
-    return name
+    return open_readonly(url), url
 
 
 def write_report(
@@ -342,7 +311,7 @@ def write_report(
     out: str | Path | None = None,
 ) -> Report:
     storage, url = open_existing_storage(storage_url)
-    name = pick_study(storage, study_name, url=url)
+    name = choose_study(storage, study_name)
     study = optuna.load_study(study_name=name, storage=storage)
     if len(study.directions) != 1:
         raise UserError(f"study {name!r} has {len(study.directions)} objectives; the report needs one")

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from search.errors import UserError
 
@@ -166,3 +167,54 @@ def _create_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict) -> optun
 
 def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {_redacted(url)}"
+
+
+# ---------------------------------------------------------------------------- reading only
+
+
+def open_readonly(url: str) -> optuna.storages.RDBStorage:
+    """The storage at `url` (already checked), opened so that nothing can be written to it."""
+    path, shown = sqlite_path(url), _redacted(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        if path is None:
+            raise UserError(f"--storage {url}: an in-memory database holds no studies")
+        if not path.is_file():
+            raise UserError(f"--storage {url}: {path} does not exist; run python -m search.run first")
+        # SQLite's URI form with mode=ro: the driver itself refuses every write.
+        database = "file:" + urllib.parse.quote(str(path.resolve()))
+        url = URL.create("sqlite", database=database, query={"mode": "ro", "uri": "true"}).render_as_string()
+    engine = sqlalchemy.create_engine(url)
+    try:
+        has_studies = sqlalchemy.inspect(engine).has_table("studies")
+    except Exception as e:  # an unreadable file, a lost connection: name it in one line
+        raise UserError(f"--storage {shown}: cannot read: {_first_line(e)}") from None
+    finally:
+        engine.dispose()
+    if not has_studies:
+        raise UserError(f"--storage {shown} holds no Optuna studies")
+    try:
+        # skip_table_creation: an RDBStorage otherwise creates any missing table on open.
+        return optuna.storages.RDBStorage(url, skip_table_creation=True)
+    except RuntimeError as e:  # a schema from another Optuna version
+        raise UserError(f"--storage {shown}: {_first_line(e)}") from None
+
+
+def choose_study(storage: optuna.storages.BaseStorage, name: str | None) -> str:
+    """`name` if the storage holds it; with no name, the only study there is."""
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    if not names:
+        raise UserError("the storage holds no studies; run python -m search.run first")
+    if name is None:
+        if len(names) > 1:
+            raise UserError(
+                f"the storage holds {len(names)} studies; pick one with --study-name: " + ", ".join(names)
+            )
+        return names[0]
+    if name not in names:
+        raise UserError(f"no study named {name!r} in the storage; known studies: {', '.join(names)}")
+    return name
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__

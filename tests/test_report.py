@@ -238,7 +238,7 @@ def one_line_error(capsys, argv) -> str:
 
 def test_an_unknown_study_is_a_one_line_error_naming_the_known_ones(digits_study, capsys):
     err = one_line_error(capsys, ["--storage", digits_study.storage_url, "--study-name", "nope"])
-    assert "no study 'nope'" in err and "known studies: digits" in err
+    assert "no study named 'nope'" in err and "known studies: digits" in err
 
 
 def test_a_study_without_a_complete_trial_is_a_one_line_error(tmp_path, capsys):
@@ -252,7 +252,7 @@ def test_several_studies_need_a_study_name(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 's.db'}"
     make_study(url, "a", [trial(0.5, lr=0.01)])
     make_study(url, "b", [trial(0.5, lr=0.01)])
-    assert "pass --study-name; known studies: a, b" in one_line_error(capsys, ["--storage", url])
+    assert "pick one with --study-name: a, b" in one_line_error(capsys, ["--storage", url])
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "not-sqlite", "not-optuna", "malformed"])
