@@ -20,7 +20,7 @@ from search.cli import (
     positive_int,
     run_main,
 )
-from search.data import DATASETS, load_dataset
+from search.data import DATASETS, load_dataset, load_raw
 from search.device import resolve_device, split_cpu_threads
 from search.runner import RunOptions, RunSummary, TrialEvent, install_signal_handlers, run_search
 from search.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage, dashboard_command
@@ -85,15 +85,20 @@ def _main(argv: Sequence[str] | None) -> int:
     storage_url = check_storage(args.storage)
     if args.jobs == 1:
         split_cpu_threads(1)
-    # Loads (and caches) the data now: a bad --data-dir fails here, and one worker reuses it.
-    load_dataset(
-        spec.dataset,
-        data_dir=args.data_dir,
-        device=device if args.jobs == 1 else "cpu",
-        val_fraction=spec.val_fraction,
-        split_seed=spec.split_seed,
-        progress=True,
-    )
+    # Load the data now, so a bad --data-dir fails before any storage is touched. One worker
+    # reuses this (memoized) dataset; with several, each worker loads its own and this process
+    # only decodes (and caches) the images once, on the host, then lets them go.
+    if args.jobs == 1:
+        load_dataset(
+            spec.dataset,
+            data_dir=args.data_dir,
+            device=device,
+            val_fraction=spec.val_fraction,
+            split_seed=spec.split_seed,
+            progress=True,
+        )
+    else:
+        load_raw(spec.dataset, data_dir=args.data_dir, progress=True)
     opts = RunOptions(
         spec=spec,
         storage_url=storage_url,
