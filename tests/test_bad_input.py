@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_args
 
 from search.run import main
 
@@ -15,7 +16,7 @@ BAD_STUDIES = {
     "activation.toml": '[study]\ndataset = "digits"\n[space]\nactivation = ["relu", "swish"]\n',
     "optimizer.toml": '[study]\ndataset = "digits"\n[space]\noptimizer = ["sgd", "lbfgs"]\n',
     "low_high.toml": '[study]\ndataset = "digits"\n[space]\nlr = {low = 0.1, high = 0.001}\n',
-    "log_low.toml": '[study]\ndataset = "digits"\n[space]\nweight_decay = {low = 0.0, high = 0.1, log = true}\n',
+    "log_low.toml": '[study]\ndataset = "digits"\n[space]\nl1 = {low = 0.0, high = 0.1, log = true}\n',
 }
 
 
@@ -24,21 +25,7 @@ def world(tmp_path_factory):
     """A real study database made by a real run, and the files the bad inputs point at."""
     root = tmp_path_factory.mktemp("bad")
     db = root / "search.db"
-    args = [
-        "--study",
-        "digits",
-        "--trials",
-        "1",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--storage",
-        f"sqlite:///{db}",
-        "--results-dir",
-        str(root / "results"),
-    ]
+    args = run_args(root, "--trials", "1", db=db)
     assert main(args) == 0
     for name, text in BAD_STUDIES.items():
         (root / name).write_text(text)
@@ -83,22 +70,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_database_unchanged(world
     root, db = world
     extra, words = CASES[name]
     extra = [a.format(root=root) for a in extra]
-    args = [
-        "--study",
-        "digits",
-        "--trials",
-        "1",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--storage",
-        f"sqlite:///{db}",
-        "--results-dir",
-        str(root / "results"),
-        *extra,
-    ]
+    args = run_args(root, "--trials", "1", *extra, db=db)
     before = _digest(db)
     assert main(args) == 2
     captured = capsys.readouterr()

@@ -14,6 +14,7 @@ from io import StringIO
 import optuna
 import pytest
 import torch
+from helpers import one_torch_thread
 from optuna.trial import TrialState
 
 from search import checkpoint
@@ -29,14 +30,8 @@ STUDY = "digits"  # conftest's digits_study: a real search, 10 trials, some prun
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One torch thread for the search and the CLIs alike: tiny MLPs train faster on a busy
-    machine, and the reproduction checks compare runs made with the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("search.export.split_cpu_threads", lambda jobs: 1)
+    with one_torch_thread("search.export"):
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import time
 
 import optuna
 import pytest
+from helpers import run_args
 from optuna.trial import TrialState
 
 from search import objective as objective_mod
@@ -16,20 +17,7 @@ from search.run import main
 
 
 def _args(tmp_path, *extra, epochs="1"):
-    return [
-        "--study",
-        "digits",
-        "--epochs",
-        epochs,
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--storage",
-        f"sqlite:///{tmp_path}/s.db",
-        "--results-dir",
-        str(tmp_path / "results"),
-        *extra,
-    ]
+    return run_args(tmp_path, *extra, epochs=epochs)
 
 
 def _study(tmp_path):

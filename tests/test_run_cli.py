@@ -4,26 +4,14 @@ import subprocess
 import sys
 
 import optuna
+from helpers import run_args
 from optuna.trial import TrialState
 
 from search.run import main
 
 
 def _args(tmp_path, *extra):
-    return [
-        "--study",
-        "digits",
-        "--epochs",
-        "3",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--storage",
-        f"sqlite:///{tmp_path}/s.db",
-        "--results-dir",
-        str(tmp_path / "results"),
-        *extra,
-    ]
+    return run_args(tmp_path, *extra, epochs="3")
 
 
 def test_search_runs_then_the_same_command_resumes_the_same_study(tmp_path, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_torch_thread
 
 from search.data import load_dataset
 from search.evaluation import load_model, mean_std, read_best
@@ -17,14 +18,8 @@ from search.trainer import evaluate
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One torch thread for the search and the CLIs alike: tiny MLPs train faster on a busy
-    machine, and the reproduction checks compare runs made with the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("search.train.split_cpu_threads", lambda jobs: 1)
+    with one_torch_thread("search.train"):
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""Small helpers shared by the test modules (pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def run_args(folder: Path, *extra: str, epochs: str = "1", db: Path | None = None) -> list[str]:
+    """`python -m search.run` arguments for a quick digits search on the CPU inside `folder`."""
+    db = db or folder / "s.db"
+    return ["--study", "digits", "--epochs", epochs, "--device", "cpu", "--no-progress",
+            "--storage", f"sqlite:///{db}", "--results-dir", str(folder / "results"), *extra]  # fmt: skip
+
+
+@contextlib.contextmanager
+def one_torch_thread(module: str):
+    """One torch thread for the search and the CLIs alike: tiny MLPs train faster on a busy
+    machine, and reproduction checks compare runs made with the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(f"{module}.split_cpu_threads", lambda jobs: 1)
+        yield
+    torch.set_num_threads(threads)
