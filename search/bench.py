@@ -1,0 +1,735 @@
+"""`python -m search.bench`: the notebook's training loop against the project's, in one process.
+
+Both paths train the same model (the notebook's 3072-512-256-10 MLP, SGD lr 0.001 momentum 0.9)
+on the same training images, on the same device, at the same batch size; only the data pipeline
+and the loop differ:
+
+(a) notebook: torchvision `ImageFolder` over the image files, every sample through PIL ->
+    `ToTensor` -> `Normalize`, `DataLoader(shuffle=True, num_workers=2)`, `.to(device)` per batch,
+    `zero_grad / backward / step` and `loss.item()` per step;
+(b) search:   `search.trainer.fit` on `search.data.load_dataset` (decoded once, on the device).
+
+Timing covers training passes only: neither path's validation is timed. (b) is one `fit` of
+1 + N epochs whose per-epoch times come from `EpochMetrics.seconds`; (a)'s epochs run in fit's
+epoch callback, so the two alternate (a warm-up epoch of each, then a, b, a, b, ...) and a busy
+neighbour on a shared machine slows both rather than one. Each figure is the median of the N.
+
+`--suite` is the one GPU check: the bench at batch 128 and 512, then short searches through
+`python -m search.run` with 1 and 4 worker processes (and, on CUDA, without CUDA graphs), timed
+in trials per hour; one table at the end, and JSON with `--json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from search.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_main
+from search.config import OPTIMIZERS, TrainConfig
+from search.data import CIFAR_DIR, CIFAR_TRAIN_FILES, Dataset, load_dataset, split_indices
+from search.device import cuda_graphs_enabled, describe, resolve_device
+from search.errors import UserError
+from search.model import architecture, build_mlp
+from search.trainer import fit
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"  # the real CIFAR-10 as JPEGs
+LOCAL_ARCHIVE = REPO / "data" / "cifar10-jpeg.tar.gz"  # a copy in the git-ignored data/ travels along
+EXTRACTED_NAME = "cifar10-jpeg"  # under the cache dir (SEARCH_CACHE_DIR or ~/.cache/search)
+NOTEBOOK = TrainConfig(
+    hidden=(512, 256), batchnorm=False, dropout=0.0, optimizer="sgd", lr=1e-3, momentum=0.9
+)
+SYNTHETIC_TRAIN = 50_000  # CIFAR-10's training set size, for --synthetic without --limit
+SYNTHETIC_TEST_PER_CLASS = 2  # a test/ folder, so loading does not carve one out of train/
+SUITE_BATCH_SIZES = (128, 512)
+SUITE_BUDGET_S = 250  # seconds from the command's start: the searches stop by then (5-minute slot)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    device: str = "auto"
+    data_dir: str | None = None
+    batch_size: int = 128
+    epochs: int = 3  # measured, after one warm-up epoch
+    synthetic: bool = False
+    limit: int | None = None
+    workers: int = 2  # the notebook's DataLoader workers
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    cuda_graphs: str = "auto"  # auto | on | off, for (b)
+    seed: int = 0
+
+    def config(self) -> TrainConfig:
+        return NOTEBOOK.replace(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            batch_size=self.batch_size,
+            epochs=1 + self.epochs,
+            seed=self.seed,
+        )
+
+    def graphs_flag(self) -> bool | None:
+        return {"auto": None, "on": True, "off": False}[self.cuda_graphs]
+
+
+# ---------------------------------------------------------------------------- the images
+
+
+@dataclass(frozen=True)
+class Images:
+    root: Path  # an ImageFolder tree: root/train/<class>/*, root/test/<class>/*
+    synthetic: bool
+    cache_dir: Path | None  # a private decode cache (synthetic trees only)
+
+
+@contextlib.contextmanager
+def prepare_images(opts: BenchOptions, progress: Progress) -> Iterator[Images]:
+    """The image tree both paths read; a synthetic one lives in a temporary directory."""
+    if opts.synthetic:
+        with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
+            root = Path(tmp) / "images"
+            n = SYNTHETIC_TRAIN if opts.limit is None else synthetic_train_size(opts.limit)
+            progress(f"writing {n:,} synthetic CIFAR-shaped PNG images to {root}")
+            write_synthetic_tree(root, n_train=n, seed=opts.seed)
+            yield Images(root, True, Path(tmp) / "cache")
+        return
+    root = Path(opts.data_dir).expanduser() if opts.data_dir else default_data_dir(progress)
+    check_image_tree(root)
+    yield Images(root, False, None)
+
+
+def synthetic_train_size(limit: int, val_fraction: float = 0.1) -> int:
+    """Enough train/ images that the training split (after validation) holds `limit`."""
+    return max(10, math.ceil(limit / (1 - val_fraction)) + 1)
+
+
+def write_synthetic_tree(root: Path, *, n_train: int, seed: int = 0) -> None:
+    """Uniform random 32x32 RGB PNGs, labels round-robin over 10 classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    classes = [f"class{c}" for c in range(10)]
+    counts = {"train": n_train, "test": SYNTHETIC_TEST_PER_CLASS * len(classes)}
+    for split, n in counts.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        for i in range(n):
+            Image.fromarray(pixels[i]).save(root / split / classes[i % 10] / f"{i:05d}.png")
+
+
+def default_data_dir(progress: Progress) -> Path:
+    """The real CIFAR-10 JPEGs from ../shared/data (or data/), extracted once into the cache dir."""
+    cache = Path(os.environ.get("SEARCH_CACHE_DIR") or Path.home() / ".cache" / "search")
+    target = cache / EXTRACTED_NAME
+    if (target / ".complete").is_file():
+        return target
+    archive = next((a for a in (ARCHIVE, LOCAL_ARCHIVE) if a.is_file()), None)
+    if archive is None:
+        raise UserError(
+            f"no --data-dir given and no CIFAR-10 archive at {ARCHIVE} or {LOCAL_ARCHIVE}: "
+            "pass --data-dir DIR (an ImageFolder tree DIR/train/<class>/*.jpg) or --synthetic"
+        )
+    progress(f"extracting {archive} to {target} (once)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EXTRACTED_NAME}-", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:  # Python without extraction filters; the archive is our own
+                tar.extractall(tmp)  # noqa: S202
+        (tmp / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except (OSError, tarfile.TarError) as e:
+        raise UserError(f"cannot extract {archive} to {target}: {e}; pass --data-dir DIR") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def check_image_tree(root: Path) -> None:
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root} does not exist; pass an image tree or --synthetic")
+    if not (root / "train").is_dir():
+        raise UserError(
+            f"--data-dir {root}: the notebook path needs image files: expected "
+            f"{root}/train/<class>/*.jpg (e.g. tar -xzf cifar10-jpeg.tar.gz -C DIR) or --synthetic"
+        )
+
+
+@contextlib.contextmanager
+def _cache_dir(path: Path | None) -> Iterator[None]:
+    """Point search.data's decode cache elsewhere for a while (synthetic trees are throwaway)."""
+    if path is None:
+        yield
+        return
+    old = os.environ.get("SEARCH_CACHE_DIR")
+    os.environ["SEARCH_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SEARCH_CACHE_DIR", None)
+        else:
+            os.environ["SEARCH_CACHE_DIR"] = old
+
+
+def load_bench_data(images: Images, device: torch.device, limit: int | None) -> Dataset:
+    """(b)'s dataset: search.data's own loading, cut to the first `limit` training images."""
+    has_pickles = any((d / CIFAR_TRAIN_FILES[0]).is_file() for d in (images.root / CIFAR_DIR, images.root))
+    # "cifar10" shares the decode cache with searches; with pickles beside the tree it would
+    # read those instead of the images the notebook path reads, so take the tree by name.
+    name = "imagefolder" if has_pickles or images.synthetic else "cifar10"
+    with _cache_dir(images.cache_dir):
+        data = load_dataset(name, data_dir=images.root, device=device)
+    if limit is not None and limit < len(data.x_train):
+        data = dataclasses.replace(data, x_train=data.x_train[:limit], y_train=data.y_train[:limit])
+    return data
+
+
+# ---------------------------------------------------------------------------- (a) the notebook
+
+
+class NotebookLoop:
+    """The seed notebook's training loop, as it wrote it, over the same images as `data`."""
+
+    def __init__(self, opts: BenchOptions, images: Images, data: Dataset, device: torch.device):
+        from torch.utils.data import DataLoader, Subset
+        from torchvision import datasets, transforms
+
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
+        folder = datasets.ImageFolder(str(images.root / "train"), transform=transform)
+        train_idx, _ = split_indices(len(folder), val_fraction=data.val_fraction, seed=data.split_seed)
+        train_idx = train_idx[: len(data.x_train)]
+        # Both paths must train the very same images: same split, same labels, same order.
+        targets = np.asarray(folder.targets)[train_idx]
+        if tuple(folder.classes) != data.classes or not np.array_equal(targets, data.y_train.cpu().numpy()):
+            raise RuntimeError(f"{images.root}: ImageFolder and search.data disagree on the training images")
+        self.n = len(train_idx)
+        self.device = device
+        self.loader = DataLoader(
+            Subset(folder, train_idx.tolist()),
+            batch_size=opts.batch_size,
+            shuffle=True,
+            num_workers=opts.workers,
+        )
+        torch.manual_seed(opts.seed)
+        config = opts.config()
+        self.model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes)
+        self.model.to(device)
+        params = self.model.parameters()
+        opt_class = {
+            "sgd": torch.optim.SGD,
+            "adam": torch.optim.Adam,
+            "adamw": torch.optim.AdamW,
+            "rmsprop": torch.optim.RMSprop,
+        }[opts.optimizer]
+        kwargs = {"momentum": opts.momentum} if opts.optimizer in ("sgd", "rmsprop") else {}
+        self.optimizer = opt_class(params, lr=opts.lr, **kwargs)  # the optimizer's own defaults
+        self.criterion = torch.nn.CrossEntropyLoss()
+
+    def epoch(self) -> tuple[float, float]:
+        """(seconds, mean training loss) of one pass, worker start-up included as in a notebook."""
+        started = time.perf_counter()
+        self.model.train()
+        running_loss, steps = 0.0, 0
+        for images, labels in self.loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            images = images.view(images.size(0), -1)
+            self.optimizer.zero_grad()
+            outputs = self.model(images)
+            loss = self.criterion(outputs, labels)
+            loss.backward()
+            self.optimizer.step()
+            running_loss += loss.item()
+            steps += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started, running_loss / max(1, steps)
+
+
+# ---------------------------------------------------------------------------- the bench
+
+
+def run_bench(opts: BenchOptions, images: Images, progress: Progress) -> dict[str, Any]:
+    """Time (a) and (b), interleaved; every figure in a JSON-ready dict."""
+    device = resolve_device(opts.device)
+    config = opts.config()
+    data = load_bench_data(images, device, opts.limit)
+    notebook = NotebookLoop(opts, images, data, device)
+    n = len(data.x_train)
+    total = 1 + opts.epochs
+    base_times: list[float] = []
+    base_losses: list[float] = []
+
+    def notebook_epoch(m) -> None:  # runs between (b)'s epochs, outside their timing
+        seconds, loss = notebook.epoch()
+        base_times.append(seconds)
+        base_losses.append(loss)
+        what = "warm-up" if m.epoch == 1 else f"epoch {m.epoch - 1}/{opts.epochs}"
+        progress(f"batch {opts.batch_size} {what}: notebook {seconds:.2f} s, search {m.seconds:.2f} s")
+
+    progress(
+        f"bench on {describe(device)}: {n:,} training images, batch {opts.batch_size}, "
+        f"1 warm-up + {opts.epochs} epochs per path"
+    )
+    result = fit(config, data, on_epoch=notebook_epoch, cuda_graphs=opts.graphs_flag())
+    if result.diverged or len(result.history) < total:
+        raise UserError(f"the search path stopped early ({result.diverged}); try a smaller --lr")
+    search_times = [m.seconds for m in result.history]
+    out: dict[str, Any] = {
+        "device": describe(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "torchvision": _torchvision_version(),
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "batch_size": opts.batch_size,
+        "n_train": n,
+        "limit": opts.limit,
+        "synthetic": images.synthetic,
+        "data_dir": str(images.root) if not images.synthetic else None,
+        "model": architecture(config, in_features=data.in_features, n_classes=data.n_classes),
+        "config": {k: v for k, v in config.to_dict().items() if k != "epochs"},
+        "warmup_epochs": 1,
+        "epochs_measured": opts.epochs,
+        "timing": "training passes only (validation excluded from both paths); epochs alternate "
+        "a, b, a, b after one warm-up epoch each; figures are medians",
+        "baseline": "ImageFolder + PIL -> ToTensor -> Normalize, "
+        f"DataLoader(batch_size={opts.batch_size}, shuffle=True, num_workers={opts.workers}), "
+        ".to(device), loss.item() per step",
+        "baseline_workers": opts.workers,
+        "baseline_warmup_s": base_times[0],
+        "baseline_epoch_times_s": base_times[1:],
+        "baseline_epoch_s": statistics.median(base_times[1:]),
+        "baseline_train_loss": base_losses,
+        "search_cuda_graphs": result.cuda_graphs,
+        "search_warmup_s": search_times[0],
+        "search_epoch_times_s": search_times[1:],
+        "search_epoch_s": statistics.median(search_times[1:]),
+        "search_train_loss": [m.train_loss for m in result.history],
+    }
+    out["baseline_samples_per_s"] = n / out["baseline_epoch_s"]
+    out["search_samples_per_s"] = n / out["search_epoch_s"]
+    out["speedup"] = out["baseline_epoch_s"] / out["search_epoch_s"]
+    if result.cuda_graphs:  # the same fit without graphs: what they buy, and that they agree
+        progress(f"batch {opts.batch_size}: the search path again without CUDA graphs")
+        eager = fit(config, data, cuda_graphs=False)
+        eager_times = [m.seconds for m in eager.history]
+        out["eager_warmup_s"] = eager_times[0]
+        out["eager_epoch_times_s"] = eager_times[1:]
+        out["eager_epoch_s"] = statistics.median(eager_times[1:])
+        out["eager_train_loss"] = [m.train_loss for m in eager.history]
+        out["graphs_speedup"] = out["eager_epoch_s"] / out["search_epoch_s"]
+        out["graphs_max_rel_loss_diff"] = max(
+            abs(a - b) / max(abs(b), 1e-12)
+            for a, b in zip(out["search_train_loss"], out["eager_train_loss"], strict=True)
+        )
+    return out
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return torchvision.__version__
+
+
+def format_bench(r: dict[str, Any]) -> str:
+    notes = []
+    if r["synthetic"]:
+        notes.append("SYNTHETIC random images, not CIFAR-10")
+    if r["limit"] is not None:
+        notes.append(f"--limit {r['limit']}: only the first {r['n_train']:,} training images")
+    lines = [
+        f"device {r['device']}, torch {r['torch']}, {r['threads']} CPU thread(s); "
+        f"model {r['model']}, {r['config']['optimizer']} lr {r['config']['lr']:g}, "
+        f"batch {r['batch_size']}, {r['n_train']:,} training images",
+        *(f"note: {x}" for x in notes),
+        f"seconds per epoch: median of {r['epochs_measured']} after 1 warm-up epoch each, "
+        "training passes only (validation excluded from both), epochs interleaved",
+        "",
+        f"{'path':<58} {'s/epoch':>8} {'samples/s':>10} {'speedup':>8}",
+        _row(
+            f"(a) notebook: ImageFolder+PIL, DataLoader({r['baseline_workers']} workers)",
+            r["baseline_epoch_s"],
+            r["n_train"],
+            1.0,
+        ),
+        _row(
+            "(b) search: trainer.fit on data.load_dataset"
+            + (" (CUDA graphs)" if r["search_cuda_graphs"] else ""),
+            r["search_epoch_s"],
+            r["n_train"],
+            r["speedup"],
+        ),
+    ]
+    warm = f"warm-up epochs (not in the medians): notebook {r['baseline_warmup_s']:.2f} s, "
+    warm += f"search {r['search_warmup_s']:.2f} s"
+    if "eager_warmup_s" in r:
+        warm += f" (graph capture included), search without graphs {r['eager_warmup_s']:.2f} s"
+    lines.append(warm)
+    if "eager_epoch_s" in r:
+        lines.append(
+            _row(
+                "(b') search without CUDA graphs",
+                r["eager_epoch_s"],
+                r["n_train"],
+                r["baseline_epoch_s"] / r["eager_epoch_s"],
+            )
+        )
+        lines.append(
+            f"CUDA graphs: {r['graphs_speedup']:.2f}x the eager step; training losses agree to "
+            f"{r['graphs_max_rel_loss_diff']:.1e} (relative)"
+        )
+    return "\n".join(lines)
+
+
+def _row(label: str, seconds: float, n: int, speedup: float) -> str:
+    return f"{label:<58} {seconds:>8.3f} {n / seconds:>10,.0f} {speedup:>7.2f}x"
+
+
+# ---------------------------------------------------------------------------- the suite
+
+
+def run_suite(
+    opts: BenchOptions,
+    images: Images,
+    progress: Progress,
+    *,
+    study: str,
+    trials: int,
+    study_epochs: int,
+    jobs: Sequence[int],
+    budget_s: float = SUITE_BUDGET_S,
+) -> dict[str, Any]:
+    """The bench at each of SUITE_BATCH_SIZES, then one timed search per entry of `jobs` (and, on
+    CUDA, one more with 1 worker and CUDA graphs flipped); searches stop at the budget."""
+    device = resolve_device(opts.device)
+    started = time.perf_counter()
+    deadline = started + budget_s
+    # CUDA graphs are opt-in until a GPU run has shown they pay and agree with the eager step:
+    # on CUDA the suite measures them (bench with graphs, compared against the same fit without;
+    # one more search with graphs on) whatever the default says.
+    on_cuda = device.type == "cuda"
+    bench_opts = (
+        dataclasses.replace(opts, cuda_graphs="on") if on_cuda and opts.cuda_graphs == "auto" else opts
+    )
+    benches = [
+        run_bench(dataclasses.replace(bench_opts, batch_size=bs), images, progress)
+        for bs in SUITE_BATCH_SIZES
+    ]
+    runs: list[tuple[int, bool]] = [(j, cuda_graphs_enabled(device)) for j in jobs]
+    if on_cuda:
+        runs.append((1, not cuda_graphs_enabled(device)))  # what graphs buy a whole search
+    studies = []
+    with tempfile.TemporaryDirectory(prefix="search-suite-") as tmp:
+        for j, graphs in runs:
+            left = deadline - time.perf_counter()
+            if left < 5:
+                studies.append(
+                    {"jobs": j, "cuda_graphs": graphs, "finished": 0, "wall_s": 0.0,
+                     "trials_per_hour_wall": None, "error": "skipped: suite budget spent"}
+                )  # fmt: skip
+                continue
+            studies.append(
+                run_study(
+                    Path(tmp),
+                    study=study,
+                    trials=trials,
+                    epochs=study_epochs,
+                    device=str(device),
+                    jobs=j,
+                    graphs=graphs,
+                    images=images,
+                    progress=progress,
+                    timeout_s=left,
+                )
+            )
+    return {
+        "suite": True,
+        "device": describe(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "bench": benches,
+        "study": study,
+        "study_trials": trials,
+        "study_epochs": study_epochs,
+        "studies": studies,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def run_study(
+    tmp: Path,
+    *,
+    study: str,
+    trials: int,
+    epochs: int,
+    device: str,
+    jobs: int,
+    graphs: bool,
+    images: Images,
+    progress: Progress,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """One `python -m search.run` in a subprocess, and its pace in finished trials per hour.
+
+    Past `timeout_s` its process group (it and its workers) gets SIGTERM, which fails the running
+    trials cleanly; the finished ones still count.
+    """
+    import optuna
+
+    name = f"suite-{study}-jobs{jobs}" + ("" if graphs else "-nographs")
+    storage = f"sqlite:///{tmp / 'suite.db'}"
+    cmd = [
+        sys.executable, "-m", "search.run", "--study", study, "--trials", str(trials),
+        "--epochs", str(epochs), "--device", device, "--storage", storage, "--jobs", str(jobs),
+        "--study-name", name, "--results-dir", str(tmp / "results"), "--no-progress",
+    ]  # fmt: skip
+    if study != "digits":
+        cmd += ["--data-dir", str(images.root)]
+    env = dict(os.environ, SEARCH_CUDA_GRAPHS="1" if graphs else "0")
+    if images.cache_dir is not None:
+        env["SEARCH_CACHE_DIR"] = str(images.cache_dir)
+    progress(
+        f"study {study}: {trials} trials x {epochs} epochs, {jobs} worker(s)"
+        + ("" if graphs else ", CUDA graphs off")
+    )
+    started = time.perf_counter()
+    rc, err = _run_group(cmd, cwd=tmp, env=env, timeout_s=timeout_s)
+    wall = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "jobs": jobs,
+        "cuda_graphs": graphs,
+        "command": " ".join(cmd),
+        "returncode": rc,
+        "wall_s": wall,
+        "finished": 0,
+    }
+    if rc != 0:
+        last = (err or "").strip().splitlines()[-1:]
+        out["error"] = (last[0] if last else f"exit code {rc}")[:300]
+    with contextlib.suppress(Exception):  # nothing stored if the run failed early
+        done = [
+            t
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+            if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_start and t.datetime_complete
+        ]
+        out["finished"] = len(done)
+        out["pruned"] = sum(t.state.name == "PRUNED" for t in done)
+        if done:
+            first = min(t.datetime_start for t in done)
+            span = (max(t.datetime_complete for t in done) - first).total_seconds()
+            out["trials_span_s"] = span
+            out["trials_per_hour"] = len(done) / span * 3600 if span > 0 else None
+            out["mean_train_seconds"] = statistics.mean(
+                float(t.user_attrs.get("train_seconds", 0.0)) for t in done
+            )
+    out["trials_per_hour_wall"] = out["finished"] / wall * 3600 if wall > 0 else None
+    return out
+
+
+def _run_group(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: float):
+    """(exit code or None, stderr) of `cmd` run in its own process group, stopped at the timeout."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.communicate(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        return None, f"stopped after {timeout_s:.0f} s (suite budget)"
+    except BaseException:  # Ctrl-C: take the search and its workers down with us
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
+def format_suite(r: dict[str, Any]) -> str:
+    lines = [f"suite on {r['device']}, torch {r['torch']}, {r['wall_s']:.0f} s in all"]
+    b0 = r["bench"][0]
+    notes = []
+    if b0["synthetic"]:
+        notes.append("SYNTHETIC random images")
+    if b0["limit"] is not None:
+        notes.append(f"--limit {b0['limit']}")
+    lines.append(
+        f"bench: {b0['model']}, {b0['n_train']:,} training images"
+        + (f" ({', '.join(notes)})" if notes else "")
+        + f", median of {b0['epochs_measured']} epochs, training passes only"
+    )
+    lines.append(
+        f"{'batch':>5} {'notebook s/ep':>14} {'search s/ep':>12} {'speedup':>8} "
+        f"{'search samples/s':>17} {'eager s/ep':>11} {'graphs gain':>12}"
+    )
+    for b in r["bench"]:
+        eager = (
+            f"{b['eager_epoch_s']:>11.3f} {b['graphs_speedup']:>11.2f}x"
+            if "eager_epoch_s" in b
+            else f"{'-':>11} {'-':>12}"
+        )
+        lines.append(
+            f"{b['batch_size']:>5} {b['baseline_epoch_s']:>14.3f} {b['search_epoch_s']:>12.3f} "
+            f"{b['speedup']:>7.2f}x {b['search_samples_per_s']:>17,.0f} {eager}"
+        )
+    lines.append(
+        f"study {r['study']}: {r['study_trials']} trials x {r['study_epochs']} epochs per run "
+        "(trials/hour: first trial start to last trial end; wall: whole command)"
+    )
+    lines.append(
+        f"{'jobs':>4} {'graphs':>6} {'finished':>8} {'pruned':>6} {'wall s':>7} "
+        f"{'trials/hour':>12} {'(wall)':>8}  note"
+    )
+    for s in r["studies"]:
+        tph = s.get("trials_per_hour")
+        lines.append(
+            f"{s['jobs']:>4} {'on' if s['cuda_graphs'] else 'off':>6} {s['finished']:>8} "
+            f"{s.get('pruned', 0):>6} {s['wall_s']:>7.1f} "
+            f"{(f'{tph:,.0f}' if tph else '-'):>12} {s['trials_per_hour_wall'] or 0:>8,.0f}  "
+            f"{s.get('error', '')}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m search.bench",
+        description="Seconds per training epoch: the notebook's DataLoader loop against "
+        "search.trainer.fit, same device, data, model and batch size.",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="an image tree DIR/train/<class>/*.jpg (default: CIFAR-10 extracted once from "
+        f"{ARCHIVE} into the cache dir)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--epochs", type=positive_int, default=3, help="measured epochs per path, after 1 warm-up")
+    p.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped PNGs in a temp dir")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N training images")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="the notebook DataLoader's workers")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd and rmsprop")
+    p.add_argument(
+        "--cuda-graphs",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="(b)'s CUDA graphs; 'on' off CUDA runs their stand-in (for tests)",
+    )
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="the GPU check: bench at batch 128 and 512, then timed searches (--suite-*)",
+    )
+    p.add_argument("--suite-study", default="cifar10", help="study the suite searches")
+    p.add_argument("--suite-trials", type=positive_int, default=8)
+    p.add_argument("--suite-epochs", type=positive_int, default=3)
+    p.add_argument("--suite-jobs", type=_jobs_list, default=(1, 4), help="comma-separated worker counts")
+    return p
+
+
+def _jobs_list(text: str) -> tuple[int, ...]:
+    return tuple(positive_int(part) for part in text.split(",") if part.strip())
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    if args.momentum < 0:
+        raise UserError(f"--momentum must be >= 0, got {args.momentum}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opts = BenchOptions(
+        device=args.device,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        synthetic=args.synthetic,
+        limit=args.limit,
+        workers=args.workers,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        cuda_graphs=args.cuda_graphs,
+    )
+    resolve_device(opts.device)  # a bad --device fails before any work
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    with prepare_images(opts, progress) as images:
+        if args.suite:
+            result = run_suite(
+                opts,
+                images,
+                progress,
+                study=args.suite_study,
+                trials=args.suite_trials,
+                study_epochs=args.suite_epochs,
+                jobs=args.suite_jobs,
+                budget_s=SUITE_BUDGET_S - (time.perf_counter() - started),
+            )
+            table = format_suite(result)
+        else:
+            result = run_bench(opts, images, progress)
+            table = format_bench(result)
+    if args.json:
+        path = Path(args.json)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            raise UserError(f"--json {path}: cannot write: {e.strerror or e}") from None
+    print(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("python -m search.bench", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
