@@ -92,3 +92,26 @@ def test_a_bad_flag_from_the_shell_prints_no_traceback(world):
     assert proc.stderr.strip().splitlines() == [
         "python -m search.run: error: argument --trials: 'abc' is not a whole number"
     ]
+
+
+@pytest.mark.parametrize(
+    "study_name, words",
+    [("nope", "no study named 'nope'"), ("all-failed", "no finished")],
+)
+def test_export_of_a_missing_or_unfinished_study_is_one_line_and_changes_nothing(
+    world, study_name, words, capsys
+):
+    import optuna
+
+    from search.export import main as export_main
+
+    root, db = world
+    url = f"sqlite:///{db}"
+    if study_name == "all-failed" and "all-failed" not in optuna.get_all_study_names(url):
+        study = optuna.create_study(study_name="all-failed", storage=url, direction="maximize")
+        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    before = _digest(db)
+    assert export_main(["--storage", url, "--study-name", study_name, "--out", str(root / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+    assert _digest(db) == before
