@@ -52,6 +52,15 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def param_count(config: TrainConfig, *, in_features: int, n_classes: int) -> int:
+    """What `count_params(build_mlp(config, ...))` returns, without building the model."""
+    total, width = 0, in_features
+    for out in config.hidden:
+        total += width * out + out + (2 * out if config.batchnorm else 0)
+        width = out
+    return total + width * n_classes + n_classes
+
+
 def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> str:
     """One line naming every layer, e.g. `3072-512(bn,relu,p=0.3)-256(bn,relu,p=0.3)-10`."""
     parts = [str(in_features)]

@@ -49,6 +49,20 @@ class SnapshotPruner(optuna.pruners.BasePruner):
         return self.inner.prune(_CompletedSnapshot(study, self._completed), trial)
 
 
+def should_prune(trial: optuna.Trial, reported: dict[int, float]) -> bool:
+    """`trial.should_prune()`, minus its storage read where the pruner is ours: the objective
+    already holds every value this trial reported, so the pruner judges those directly."""
+    pruner = trial.study.pruner
+    if not isinstance(pruner, SnapshotPruner):
+        return trial.should_prune()
+    running = FrozenTrial(
+        number=trial.number, state=TrialState.RUNNING, value=None, datetime_start=None,
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values=dict(reported), trial_id=trial._trial_id,
+    )  # fmt: skip
+    return pruner.prune(trial.study, running)
+
+
 class _CompletedSnapshot:
     """A study whose completed trials come from a snapshot; everything else is the study's."""
 

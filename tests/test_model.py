@@ -53,3 +53,11 @@ def test_architecture_string_names_every_layer():
     )
     model = build_mlp(config, in_features=3072, n_classes=10)
     assert count_params(model) == 3072 * 512 + 512 + 512 * 2 + 512 * 256 + 256 + 256 * 2 + 2570
+
+
+def test_param_count_matches_the_built_model_without_building_it():
+    from search.model import param_count
+
+    for config in (TrainConfig(hidden=()), TrainConfig(hidden=(7, 5), batchnorm=False), TrainConfig()):
+        model = build_mlp(config, in_features=12, n_classes=4)
+        assert param_count(config, in_features=12, n_classes=4) == count_params(model)

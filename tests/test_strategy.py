@@ -57,3 +57,21 @@ def test_samplers_and_pruners_by_name():
     assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
     assert isinstance(make_pruner("hyperband", 9), optuna.pruners.HyperbandPruner)
     assert isinstance(make_pruner("none", 9), optuna.pruners.NopPruner)
+
+
+def test_pruning_from_the_reported_values_agrees_with_trial_should_prune():
+    from search.strategy import should_prune
+
+    rng = random.Random(2)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", epochs=10))
+    _fill(study, rng)
+    agree = []
+    for _ in range(10):
+        t, reported = study.ask(), {}
+        for step in range(1, 11):
+            value = rng.random() * step / 10
+            t.report(value, step)
+            reported[step] = value
+            agree.append(should_prune(t, reported) == t.should_prune())
+        study.tell(t, rng.random())
+    assert all(agree)
