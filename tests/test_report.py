@@ -21,16 +21,14 @@ from search import report
 from search.errors import UserError
 from search.report import (
     best_table,
-    best_trials,
-    edge_warnings,
     extra_sections,
     importance_figure,
     learning_curves_figure,
     main,
-    study_space,
     write_report,
 )
 from search.space import Param, parse_space
+from search.space_edges import best_trials, edge_warnings, study_space
 
 SPACE = parse_space(
     {
