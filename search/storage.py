@@ -2,9 +2,9 @@
 
 Choices, and why:
 - SQLite with several local workers: WAL journal (readers such as optuna-dashboard never block
-  writers), a long busy timeout, and `BEGIN IMMEDIATE` transactions. Without the last one, two
-  processes that both read and then write deadlock, and SQLite answers one of them with
-  "database is locked" at once, busy timeout or not.
+  writers), a long busy timeout, and `BEGIN IMMEDIATE` transactions: a transaction that will
+  write takes the lock when it starts, so it waits for it (up to the timeout) rather than
+  failing with "database is locked" when it upgrades from reading to writing halfway through.
 - Heartbeats on every RDB storage: a worker that dies mid-trial (SIGKILL, power loss) leaves a
   RUNNING trial that the next worker marks FAIL and re-queues with the same params.
 - Every check of a URL happens before anything is written, so bad input never touches a database.
