@@ -34,24 +34,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, *, minimum: int, words: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be {words}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, minimum=1, words="at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+    return _whole_number(text, minimum=0, words="0 or more")
 
 
 def positive_float(text: str) -> float:
