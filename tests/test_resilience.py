@@ -104,7 +104,8 @@ def _start(tmp_path, *extra):
 
 
 @pytest.mark.parametrize(
-    "sig, code, jobs", [(signal.SIGINT, 130, "1"), (signal.SIGTERM, 143, "1"), (signal.SIGINT, 130, "2")]
+    "sig, code, jobs",
+    [(sig, code, jobs) for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)) for jobs in "12"],
 )
 def test_a_signal_marks_running_trials_failed_prints_the_summary_and_exits(tmp_path, sig, code, jobs):
     proc = _start(tmp_path, "--trials", "50", "--jobs", jobs)
