@@ -155,7 +155,8 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
     by_state = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.states.items()))
     lines = [
         f"study {s.study_name}: this run finished {s.finished} trial(s), {failed} failed, "
-        f"in {s.wall_seconds:.1f} s with {jobs} worker(s); the study holds {by_state or 'nothing'}",
+        f"in {s.wall_seconds:.1f} s with {jobs} worker(s)",
+        f"the study now holds: {by_state or 'nothing'}",
     ]
     if s.interrupted:
         lines.append(f"interrupted by {s.interrupted}: the running trial(s) were marked FAIL")
