@@ -80,7 +80,7 @@ class TrialEvent:
 class WorkerReport:
     worker: int
     wall_seconds: float = 0.0  # from before data loading to after the last trial
-    train_seconds: float = 0.0  # inside fit(), summed over this worker's trials
+    train_seconds: float = 0.0  # the trials' recorded train_seconds (training passes), summed
     finished: int = 0
     failed: int = 0
     error: str | None = None  # why the worker stopped early, if it did
