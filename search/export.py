@@ -22,7 +22,6 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
 from torch import nn
 from tqdm import tqdm
 
@@ -43,11 +42,11 @@ from search.evaluation import (
     write_json,
     write_reports,
 )
-from search.model import architecture, build_mlp, count_params
+from search.model import architecture, build_mlp, count_params, param_count
 from search.objective import ATTR_ARCH, ATTR_DEVICE, ATTR_PARAMS, ATTR_SEED
 from search.pictures import write_prediction_figures
 from search.space import parse_space, replay_config, trial_seed
-from search.storage import DEFAULT_STORAGE, check_storage, choose_study, open_readonly
+from search.storage import DEFAULT_STORAGE, check_storage, choose_study, first_line, open_readonly, redacted
 from search.trainer import EpochCallback, evaluate, fit
 
 PROG = "python -m search.export"
@@ -106,7 +105,7 @@ def replay_best(
     seed = trial.user_attrs.get(ATTR_SEED, trial_seed(int(attrs.get("seed", 0)), trial.number))
     config = replay_config(dict(trial.params), space, epochs=int(attrs["epochs"]), seed=int(seed))
     arch = architecture(config, in_features=in_features, n_classes=n_classes)
-    n_params = count_params(build_mlp(config, in_features=in_features, n_classes=n_classes))
+    n_params = param_count(config, in_features=in_features, n_classes=n_classes)
     drift = []
     if ATTR_ARCH in trial.user_attrs and trial.user_attrs[ATTR_ARCH] != arch:
         drift.append(f"architecture {arch} vs trained {trial.user_attrs[ATTR_ARCH]}")
@@ -149,7 +148,7 @@ def checkpoint_weights(
     try:
         saved = checkpoint.load_best(directory)
     except Exception as e:  # a truncated or foreign file: retraining is the way out
-        raise UserError(f"{path}: unreadable checkpoint ({_first_line(e)}); pass --retrain") from None
+        raise UserError(f"{path}: unreadable checkpoint ({first_line(e)}); pass --retrain") from None
     if saved is None:
         return f"no checkpoint in {directory}"
     if saved.get("trial_number") != trial.number:
@@ -300,7 +299,7 @@ def export_study(
     best = {
         "format": FORMAT,
         "study": name,
-        "storage": _redacted(storage_url),
+        "storage": redacted(storage_url),
         "trial_number": trial.number,
         "value": trial.value,
         "metric": "validation accuracy",
@@ -367,18 +366,6 @@ def _cell(value: Any) -> Any:
     if value is None:
         return ""
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def _redacted(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 # ---------------------------------------------------------------------------- command line

@@ -30,7 +30,8 @@ DEFAULT_HEARTBEAT_S = 30  # a dead worker's trial is re-queued ~2 heartbeats aft
 MAX_RETRIES = 3  # re-queue a crashed trial at most this often
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
+    """The URL as it may be shown or recorded: any password hidden."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -81,11 +82,11 @@ def check_storage(url: str) -> str:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except ImportError as e:
         raise UserError(
-            f"--storage {_redacted(url)}: driver missing ({e}); for PostgreSQL: pip install -e '.[postgres]'"
+            f"--storage {redacted(url)}: driver missing ({e}); for PostgreSQL: pip install -e '.[postgres]'"
         ) from None
     except Exception as e:
         first = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else repr(e)
-        raise UserError(f"--storage {_redacted(url)}: cannot connect: {first}") from None
+        raise UserError(f"--storage {redacted(url)}: cannot connect: {first}") from None
     finally:
         engine.dispose()
     return url
@@ -166,7 +167,7 @@ def _create_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict) -> optun
 
 
 def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {_redacted(url)}"
+    return f"optuna-dashboard {redacted(url)}"
 
 
 # ---------------------------------------------------------------------------- reading only
@@ -174,7 +175,7 @@ def dashboard_command(url: str) -> str:
 
 def open_readonly(url: str) -> optuna.storages.RDBStorage:
     """The storage at `url` (already checked), opened so that nothing can be written to it."""
-    path, shown = sqlite_path(url), _redacted(url)
+    path, shown = sqlite_path(url), redacted(url)
     if make_url(url).get_backend_name() == "sqlite":
         if path is None:
             raise UserError(f"--storage {url}: an in-memory database holds no studies")
@@ -187,7 +188,7 @@ def open_readonly(url: str) -> optuna.storages.RDBStorage:
     try:
         has_studies = sqlalchemy.inspect(engine).has_table("studies")
     except Exception as e:  # an unreadable file, a lost connection: name it in one line
-        raise UserError(f"--storage {shown}: cannot read: {_first_line(e)}") from None
+        raise UserError(f"--storage {shown}: cannot read: {first_line(e)}") from None
     finally:
         engine.dispose()
     if not has_studies:
@@ -196,7 +197,7 @@ def open_readonly(url: str) -> optuna.storages.RDBStorage:
         # skip_table_creation: an RDBStorage otherwise creates any missing table on open.
         return optuna.storages.RDBStorage(url, skip_table_creation=True)
     except RuntimeError as e:  # a schema from another Optuna version
-        raise UserError(f"--storage {shown}: {_first_line(e)}") from None
+        raise UserError(f"--storage {shown}: {first_line(e)}") from None
 
 
 def choose_study(storage: optuna.storages.BaseStorage, name: str | None) -> str:
@@ -215,6 +216,7 @@ def choose_study(storage: optuna.storages.BaseStorage, name: str | None) -> str:
     return name
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """A driver error in one line (its `orig` where SQLAlchemy wrapped one)."""
     text = str(getattr(e, "orig", None) or e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__

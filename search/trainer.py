@@ -22,7 +22,7 @@ from torch import nn
 from search.config import TrainConfig
 from search.data import Dataset
 from search.device import autocast, cuda_graphs_enabled, optimizer_flags
-from search.model import build_mlp, count_params, l1_penalty, l1_weights
+from search.model import build_mlp, l1_penalty, l1_weights
 
 EVAL_BATCH = 8192  # samples per forward pass when scoring; memory-bound, not a hyperparameter
 GRAPH_WARMUP_STEPS = 3  # eager steps before capture: they create the optimizer state, cuBLAS handles
@@ -50,7 +50,6 @@ class FitResult:
     diverged: str | None = None  # why training ended early with a non-finite loss
     train_seconds: float = 0.0  # building the model and its training passes: not validation, not on_epoch
     val_seconds: float = 0.0  # scoring the validation split after each epoch
-    n_params: int = 0
     cuda_graphs: bool = False  # full batches were replayed from a captured CUDA graph
 
     @property
@@ -117,7 +116,7 @@ def fit(
     optimizer = make_optimizer(config, model, device, capturable=graphs and device.type == "cuda")
     weights = l1_weights(model) if config.l1 > 0 else []
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    result = FitResult(model=model, n_params=count_params(model))
+    result = FitResult(model=model)
     loss_sum = torch.zeros((), device=device)  # one tensor for the whole fit: a graph writes to it
 
     def step(idx: torch.Tensor) -> None:
