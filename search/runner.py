@@ -29,7 +29,7 @@ from search.device import free_memory, resolve_device, split_cpu_threads, worker
 from search.errors import UserError
 from search.objective import ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
 from search.storage import open_storage
-from search.strategy import make_pruner, make_sampler
+from search.strategy import TrialsAtStart, make_pruner, make_sampler
 from search.study_file import StudySpec
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -141,13 +141,14 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
     storage = storage or open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     n_before = 0
+    snapshot = TrialsAtStart()  # one read of the trials per trial, for sampler and pruner
     study = optuna.create_study(
         storage=storage,
         study_name=opts.study_name,
         direction="maximize",
         load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(),  # replaced below, once we know the trial count
-        pruner=make_pruner(opts.spec.pruner, opts.spec.epochs),
+        pruner=make_pruner(opts.spec.pruner, opts.spec.epochs, snapshot=snapshot),
     )
     attrs = study_attrs(opts.spec, opts.data_dir, opts.seed)
     if opts.study_name in existing:
@@ -164,7 +165,8 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
         for key, value in attrs.items():
             study.set_user_attr(key, value)
     # A fresh seed per run and per worker: a resumed random search must not replay old params.
-    study.sampler = make_sampler(opts.spec.sampler, opts.seed * 7919 + n_before * 31 + worker)
+    seed = opts.seed * 7919 + n_before * 31 + worker
+    study.sampler = make_sampler(opts.spec.sampler, seed, snapshot=snapshot)
     return study
 
 
@@ -229,12 +231,11 @@ def run_worker(
         )
         study = open_study(opts, worker=worker)
         ckpt = checkpoint.study_dir(opts.results_dir, opts.study_name) if opts.save_best else None
-        objective = Objective(spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt)
         tag = _worker_tag(worker)
+        objective = Objective(spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt, worker=tag)
         consecutive, last_reason = 0, None
 
         def guarded(trial: optuna.Trial) -> float:
-            trial.set_user_attr(ATTR_WORKER, tag)
             try:
                 return objective(trial)
             except optuna.TrialPruned:

@@ -1,11 +1,20 @@
-"""Sampler and pruner: the snapshot pruner decides exactly as Optuna's median pruner, cheaper."""
+"""Sampler and pruner decide exactly as Optuna's TPE and median pruner, with fewer storage reads."""
 
 import random
+import warnings
 
+import numpy as np
 import optuna
-from optuna.trial import TrialState
 
-from search.strategy import SnapshotPruner, make_pruner, make_sampler
+from search.strategy import (
+    SnapshotPruner,
+    SnapshotSampler,
+    TrialsAtStart,
+    make_pruner,
+    make_sampler,
+    should_prune,
+    use_compiled_log_ndtr,
+)
 
 
 def _fill(study, rng, n=12, steps=10):
@@ -33,35 +42,91 @@ def test_snapshot_pruner_makes_the_median_pruners_decisions():
     assert all(a == b for a, b in decisions) and any(a for a, _ in decisions)
 
 
-def test_snapshot_pruner_reads_completed_trials_once_per_trial():
-    study = optuna.create_study(direction="maximize")
-    _fill(study, random.Random(1))
+def _count_reads(study) -> list:
     reads = []
-    real = study.get_trials
+    real = study._get_trials
 
     def counting(*args, **kwargs):
         reads.append(kwargs.get("states"))
         return real(*args, **kwargs)
 
-    study.get_trials = counting
+    study._get_trials = counting
+    return reads
+
+
+def test_snapshot_pruner_reads_the_trials_once_per_trial():
+    study = optuna.create_study(direction="maximize")
+    _fill(study, random.Random(1))
+    reads = _count_reads(study)
     pruner = make_pruner("median", epochs=10)
     t = study.ask()
     for step in range(1, 11):
         t.report(0.5, step)
         pruner.prune(study, study._storage.get_trial(t._trial_id))
-    assert reads.count((TrialState.COMPLETE,)) == 1
+    assert len(reads) == 1
+
+
+def test_sampler_and_pruner_share_one_read_of_the_trials_per_trial():
+    snapshot = TrialsAtStart()
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=make_sampler("tpe", 0, snapshot=snapshot),
+        pruner=make_pruner("median", epochs=10, snapshot=snapshot),
+    )
+    _fill(study, random.Random(3), n=15)
+    reads = _count_reads(study)
+    t = study.ask()
+    for name in "abcdef":  # the params _fill never sampled: each is sampled independently
+        t.suggest_float(name, 0, 1)
+    reported = {}
+    for step in range(1, 11):
+        t.report(0.5, step)
+        reported[step] = 0.5
+        should_prune(t, reported)
+    assert len(reads) == 1
+
+
+def test_snapshot_sampler_samples_exactly_what_tpe_samples():
+    def run(sampler):
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        rng = random.Random(4)
+
+        def objective(trial):
+            n = trial.suggest_int("n", 1, 3)
+            widths = [trial.suggest_int(f"w{i}", 4, 64, log=True) for i in range(n)]
+            kind = trial.suggest_categorical("kind", ["a", "b"])
+            lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            extra = trial.suggest_float("m", 0, 1) if kind == "a" else 0.0
+            return sum(widths) / 100 + lr + extra + rng.random() * 0.01
+
+        study.optimize(objective, n_trials=30)
+        return [t.params for t in study.trials]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tpe = optuna.samplers.TPESampler(seed=7, multivariate=True, group=True, constant_liar=True)
+    assert run(make_sampler("tpe", 7)) == run(tpe)
+
+
+def test_compiled_log_ndtr_agrees_with_optunas_own():
+    from optuna.samplers._tpe import _truncnorm
+
+    x = np.concatenate([np.linspace(-60, 60, 4001), np.array([-1e3, -30.5, 0.0, 5.999, 6.001, 40.0])])
+    ours = _truncnorm._log_ndtr(x) if use_compiled_log_ndtr() else None
+    theirs = np.frompyfunc(_truncnorm._log_ndtr_single, 1, 1)(x).astype(float)
+    assert ours is not None, "Optuna no longer has _truncnorm._log_ndtr; drop use_compiled_log_ndtr"
+    np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-12)
 
 
 def test_samplers_and_pruners_by_name():
-    assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler("tpe", 0), SnapshotSampler)
+    assert isinstance(make_sampler("tpe", 0).inner, optuna.samplers.TPESampler)
     assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
     assert isinstance(make_pruner("hyperband", 9), optuna.pruners.HyperbandPruner)
     assert isinstance(make_pruner("none", 9), optuna.pruners.NopPruner)
 
 
 def test_pruning_from_the_reported_values_agrees_with_trial_should_prune():
-    from search.strategy import should_prune
-
     rng = random.Random(2)
     study = optuna.create_study(direction="maximize", pruner=make_pruner("median", epochs=10))
     _fill(study, rng)
