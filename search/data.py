@@ -106,6 +106,12 @@ def clear_cache() -> None:
     _MEMO.clear()
 
 
+def import_loaders() -> None:
+    """Import what the loaders import on first use (scikit-learn, about 1.5 s here)."""
+    import sklearn.datasets  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+
+
 def load_dataset(
     name: str,
     *,

@@ -81,6 +81,12 @@ def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device, 
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
+def import_lazy_parts() -> None:
+    """Load what PyTorch imports on first use of an optimizer (torch._dynamo, about 2 s here),
+    so that the first trial's `train_seconds` measure training rather than an import."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def fit(
     config: TrainConfig,
     data: Dataset,
@@ -239,7 +245,7 @@ class _StandInGraph:
         self.fn()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits in float32 for every row of x, in eval mode (running BN stats, no dropout)."""
     model.eval()
@@ -248,10 +254,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for i in range(0, len(x), EVAL_BATCH):
         with autocast(device):
             outs.append(model(x[i : i + EVAL_BATCH]).float())
+    if len(outs) == 1:
+        return outs[0]
     return torch.cat(outs) if outs else torch.empty(0, device=device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on (x, y)."""
     if len(x) == 0:
