@@ -29,7 +29,7 @@ from search.device import free_memory, resolve_device, split_cpu_threads, worker
 from search.errors import UserError
 from search.objective import ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
 from search.storage import open_storage
-from search.strategy import TrialsAtStart, make_pruner, make_sampler
+from search.strategy import TrialsAtStart, make_pruner, make_sampler, snapshot_of
 from search.study_file import StudySpec
 from search.trainer import import_lazy_parts
 
@@ -237,6 +237,7 @@ def run_worker(
         study = open_study(opts, worker=worker)
         ckpt = checkpoint.study_dir(opts.results_dir, opts.study_name) if opts.save_best else None
         tag = _worker_tag(worker)
+        snapshot = snapshot_of(study)
         objective = Objective(spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt, worker=tag)
         consecutive, last_reason = 0, None
 
@@ -270,6 +271,8 @@ def run_worker(
         while deadline is None or time.time() < deadline:
             if not slots.claim(worker):
                 break
+            if snapshot is not None:
+                snapshot.prime(study)  # the one read of the trials this trial's sampling needs
             study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after])
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
                 report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"

@@ -12,31 +12,66 @@ the median pruner see anyway while those trials are running.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 
 class TrialsAtStart:
-    """The study's trials, read once per (study, trial number) and shared by sampler and pruner."""
+    """The study's trials, read once per (study, trial number) and shared by sampler and pruner.
+
+    `prime` reads them just before Optuna asks for the next trial; the first question about that
+    trial adopts the primed read. Optuna's ask refreshes its trial cache too, and after a fresh
+    read that refresh finds nothing new, so priming turns two full reads per trial into one.
+    """
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
         self._trials: list[FrozenTrial] = []
         self._completed: list[FrozenTrial] = []
+        self._medians: dict[int, float] = {}  # step -> median of completed trials at that step
+        self._primed: tuple[int, list[FrozenTrial]] | None = None  # (study id, trials)
+
+    def prime(self, study: optuna.Study) -> None:
+        """Read the trials now, for the trial Optuna is about to start."""
+        self._primed = (study._study_id, study._get_trials(deepcopy=False, use_cache=False))
 
     def get(self, study: optuna.Study, number: int) -> list[FrozenTrial]:
         key = (study._study_id, number)
         if key != self._key:
-            self._trials = study._get_trials(deepcopy=False, use_cache=False)
+            primed, self._primed = self._primed, None
+            self._trials = (
+                primed[1] if self._fits(primed, key) else study._get_trials(deepcopy=False, use_cache=False)
+            )
             self._completed = [t for t in self._trials if t.state == TrialState.COMPLETE]
+            self._medians = {}
             self._key = key
         return self._trials
+
+    @staticmethod
+    def _fits(primed: tuple[int, list[FrozenTrial]] | None, key: tuple[int, int]) -> bool:
+        """A primed read serves trial N only if no trial was created between it and N's creation
+        (N is then the next number): a retried trial, or another worker's, reads afresh."""
+        if primed is None or primed[0] != key[0]:
+            return False
+        return key[1] == 1 + max((t.number for t in primed[1]), default=-1)
 
     def completed(self, study: optuna.Study, number: int) -> list[FrozenTrial]:
         self.get(study, number)
         return self._completed
+
+    def median_at(self, study: optuna.Study, number: int, step: int) -> float:
+        """Median value at `step` over the completed trials that reported it (NaN if none)."""
+        self.get(study, number)
+        if step not in self._medians:
+            values = [t.intermediate_values[step] for t in self._completed if step in t.intermediate_values]
+            self._medians[step] = (
+                float(np.nanpercentile(np.array(values, dtype=float), 50)) if values else math.nan
+            )
+        return self._medians[step]
 
 
 def make_sampler(
@@ -57,8 +92,7 @@ def make_pruner(
     name: str, epochs: int, *, snapshot: TrialsAtStart | None = None
 ) -> optuna.pruners.BasePruner:
     if name == "median":
-        inner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5))
-        return SnapshotPruner(inner, snapshot or TrialsAtStart())
+        return SnapshotPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5), snapshot=snapshot)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -111,29 +145,53 @@ class SnapshotSampler(optuna.samplers.BaseSampler):
 
 
 class SnapshotPruner(optuna.pruners.BasePruner):
-    """Prunes exactly as `inner` does, against the completed trials read when the trial started."""
+    """Optuna's `MedianPruner` for a maximized value, deciding exactly as it does (its startup,
+    warm-up and NaN rules; tests/test_strategy.py compares the two), against the completed trials
+    read when the trial started, with each step's median computed once per trial, not per epoch.
+    """
 
-    def __init__(self, inner: optuna.pruners.BasePruner, snapshot: TrialsAtStart | None = None):
-        self.inner = inner
+    def __init__(
+        self, *, n_startup_trials: int = 5, n_warmup_steps: int = 0, snapshot: TrialsAtStart | None = None
+    ):
+        self.n_startup_trials = n_startup_trials
+        self.n_warmup_steps = n_warmup_steps
         self.snapshot = snapshot or TrialsAtStart()
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        completed = self.snapshot.completed(study, trial.number)
-        return self.inner.prune(_StudyView(study, completed), trial)
+        return self.decide(study, trial.number, trial.intermediate_values)
+
+    def decide(self, study: optuna.Study, number: int, reported: dict[int, float]) -> bool:
+        """Whether trial `number`, having reported `reported` (step -> value), should stop."""
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise ValueError("SnapshotPruner is written for a maximized objective")
+        n_completed = len(self.snapshot.completed(study, number))
+        if not reported or n_completed == 0 or n_completed < self.n_startup_trials:
+            return False
+        step = max(reported)
+        if step < self.n_warmup_steps:
+            return False
+        best = np.nanmax(np.asarray(list(reported.values()), dtype=float))
+        if math.isnan(best):
+            return True  # every value so far is NaN
+        median = self.snapshot.median_at(study, number, step)
+        return not math.isnan(median) and best < median
 
 
 def should_prune(trial: optuna.Trial, reported: dict[int, float]) -> bool:
     """`trial.should_prune()`, minus its storage read where the pruner is ours: the objective
     already holds every value this trial reported, so the pruner judges those directly."""
     pruner = trial.study.pruner
-    if not isinstance(pruner, SnapshotPruner):
-        return trial.should_prune()
-    running = FrozenTrial(
-        number=trial.number, state=TrialState.RUNNING, value=None, datetime_start=None,
-        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
-        intermediate_values=dict(reported), trial_id=trial._trial_id,
-    )  # fmt: skip
-    return pruner.prune(trial.study, running)
+    if isinstance(pruner, SnapshotPruner):
+        return pruner.decide(trial.study, trial.number, reported)
+    return trial.should_prune()
+
+
+def snapshot_of(study: optuna.Study) -> TrialsAtStart | None:
+    """The `TrialsAtStart` this study's sampler or pruner reads from, if either does."""
+    for part in (study.sampler, study.pruner):
+        if isinstance(part, (SnapshotSampler, SnapshotPruner)):
+            return part.snapshot
+    return None
 
 
 class _StudyView:

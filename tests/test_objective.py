@@ -1,15 +1,13 @@
 """The objective turns fit's epochs into reports and prunes, and records what a person needs."""
 
 import dataclasses
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from search.data import load_dataset
-from search.objective import Objective, WriteBehind
+from search.objective import Objective
 from search.study_file import load_study
 
 
@@ -39,49 +37,11 @@ def test_complete_trial_reports_every_epoch_and_stores_user_attrs(digits):
     assert t.state == TrialState.COMPLETE
     assert sorted(t.intermediate_values) == [1, 2, 3]
     assert t.value == t.intermediate_values[3]
-    assert {"lr", "optimizer", "n_layers"} <= set(t.params)  # written behind, stored all the same
+    assert {"lr", "optimizer", "n_layers"} <= set(t.params)
     attrs = t.user_attrs
     assert attrs["n_params"] > 0 and attrs["epochs_run"] == 3 and attrs["device"] == "cpu"
     assert attrs["train_seconds"] > 0 and attrs["architecture"].startswith("64-")
     assert attrs["worker"] == "host:1:0"
-
-
-class _Recorder:
-    """A storage stand-in: records which thread made each write; one write can be made to fail."""
-
-    def __init__(self, fail_on=None):
-        self.writes, self.fail_on = [], fail_on
-
-    def set_trial_user_attr(self, trial_id, key, value):
-        if key == self.fail_on:
-            raise RuntimeError(f"cannot write {key}")
-        self.writes.append((key, threading.current_thread().name))
-
-    def get_trial(self, trial_id):
-        return ("read", trial_id)
-
-
-def test_write_behind_stores_writes_in_order_off_the_training_thread():
-    storage = _Recorder()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        behind = WriteBehind(storage, pool)
-        for key in "abcde":
-            behind.set_trial_user_attr(0, key, 1)
-        behind.wait()
-    assert [k for k, _ in storage.writes] == list("abcde")
-    assert all(name != threading.current_thread().name for _, name in storage.writes)
-
-
-def test_write_behind_reraises_a_failed_write_on_wait_and_passes_reads_through():
-    storage = _Recorder(fail_on="b")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        behind = WriteBehind(storage, pool)
-        assert behind.get_trial(7) == ("read", 7)  # a read is not queued
-        for key in "abc":
-            behind.set_trial_user_attr(0, key, 1)
-        with pytest.raises(RuntimeError, match="cannot write b"):
-            behind.wait()
-    assert [k for k, _ in storage.writes] == ["a", "c"]
 
 
 def test_pruning_fires_and_says_why(digits):

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from search.strategy import (
     SnapshotPruner,
@@ -28,18 +29,21 @@ def _fill(study, rng, n=12, steps=10):
 def test_snapshot_pruner_makes_the_median_pruners_decisions():
     rng = random.Random(0)
     plain = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    snap = SnapshotPruner(optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+    snap = SnapshotPruner(n_startup_trials=5, n_warmup_steps=2)
     study = optuna.create_study(direction="maximize", pruner=plain)
-    _fill(study, rng)
     decisions = []
-    for _ in range(20):
+    for n in range(40):  # from an empty study on: startup, warm-up, short trials, NaN values
         t = study.ask()
-        for step in range(1, 11):
-            t.report(rng.random() * step / 10, step)
+        for step in range(1, 1 + (10 if n % 3 else rng.randint(1, 10))):
+            t.report(float("nan") if rng.random() < 0.05 else rng.random() * step / 10, step)
             frozen = study._storage.get_trial(t._trial_id)
             decisions.append((plain.prune(study, frozen), snap.prune(study, frozen)))
-        study.tell(t, rng.random())
-    assert all(a == b for a, b in decisions) and any(a for a, _ in decisions)
+        if n % 4 == 3:
+            study.tell(t, state=TrialState.PRUNED)
+        else:
+            study.tell(t, rng.random())
+    assert all(a == b for a, b in decisions)
+    assert sum(a for a, _ in decisions) > 10 and sum(not a for a, _ in decisions) > 10
 
 
 def _count_reads(study) -> list:
@@ -84,6 +88,25 @@ def test_sampler_and_pruner_share_one_read_of_the_trials_per_trial():
         reported[step] = 0.5
         should_prune(t, reported)
     assert len(reads) == 1
+
+
+def test_a_read_primed_before_ask_serves_the_new_trial_and_nothing_else():
+    snapshot = TrialsAtStart()
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", 10, snapshot=snapshot))
+    _fill(study, random.Random(5))
+    reads = _count_reads(study)
+    snapshot.prime(study)
+    t = study.ask()
+    for step in range(1, 11):
+        should_prune(t, {s: 0.5 for s in range(1, step + 1)})
+    assert len(reads) == 1  # the primed read, adopted by the trial asked right after it
+    study.tell(t, 0.5)
+    snapshot.prime(study)
+    study.enqueue_trial({})  # a trial created after the read: the read no longer fits
+    study.ask()
+    t = study.ask()
+    should_prune(t, {1: 0.5})
+    assert len(reads) == 3
 
 
 def test_snapshot_sampler_samples_exactly_what_tpe_samples():
