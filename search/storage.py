@@ -85,8 +85,7 @@ def check_storage(url: str) -> str:
             f"--storage {redacted(url)}: driver missing ({e}); for PostgreSQL: pip install -e '.[postgres]'"
         ) from None
     except Exception as e:
-        first = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e).strip() else repr(e)
-        raise UserError(f"--storage {redacted(url)}: cannot connect: {first}") from None
+        raise UserError(f"--storage {redacted(url)}: cannot connect: {first_line(e)}") from None
     finally:
         engine.dispose()
     return url
