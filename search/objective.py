@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 
 from search import checkpoint
+from search.batched_storage import publish
 from search.data import Dataset
 from search.model import architecture, param_count
 from search.space import sample_config, trial_seed
@@ -47,8 +48,8 @@ class Objective:
         reported: dict[int, float] = {}
 
         def on_epoch(m: EpochMetrics) -> bool:
-            # Written as it happens, in the training thread: a background writer measured slower
-            # here (it contends with training for the GIL and the two cores; see README).
+            # Held by BatchedStorage and written with the trial's end (or every 2 s), in this
+            # thread: a background writer measured slower (GIL and cores shared; see README).
             trial.report(m.val_acc, m.epoch)
             reported[m.epoch] = m.val_acc
             return should_prune(trial, reported)  # judges the values we hold, not the storage's
@@ -58,6 +59,7 @@ class Objective:
         trial.set_user_attr(ATTR_ARCH, architecture(config, **shape))
         trial.set_user_attr(ATTR_PARAMS, param_count(config, **shape))
         trial.set_user_attr(ATTR_DEVICE, str(self.data.device))
+        publish(trial)  # params out before training: other workers' samplers, a crash's retry
         result = fit(config, self.data, on_epoch=on_epoch)
         trial.set_user_attr(ATTR_SECONDS, round(result.train_seconds, 4))
         trial.set_user_attr(ATTR_EPOCHS, result.epochs_run)

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search import checkpoint
+from search import batched_storage, checkpoint
 from search.data import import_loaders, load_dataset
 from search.device import free_memory, resolve_device, split_cpu_threads, worker_device
 from search.errors import UserError
@@ -139,7 +139,12 @@ BINDING_ATTRS = ("dataset", "val_fraction", "split_seed", "epochs", "space")
 
 
 def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Study:
-    storage = storage or open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
+    """The run's study, created if new. Without a given storage, a worker's own: its trial
+    writes batched (search.batched_storage) where this Optuna allows."""
+    if storage is None:
+        storage = open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
+        if batched_storage.available():
+            storage = batched_storage.BatchedStorage(storage)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     n_before = 0
     snapshot = TrialsAtStart()  # one read of the trials per trial, for sampler and pruner

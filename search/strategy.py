@@ -68,10 +68,24 @@ class TrialsAtStart:
         self.get(study, number)
         if step not in self._medians:
             values = [t.intermediate_values[step] for t in self._completed if step in t.intermediate_values]
-            self._medians[step] = (
-                float(np.nanpercentile(np.array(values, dtype=float), 50)) if values else math.nan
-            )
+            self._medians[step] = nan_median(values)
         return self._medians[step]
+
+
+def nan_median(values: list[float]) -> float:
+    """`np.nanpercentile(values, 50)` bit for bit (the same interpolation, the same float
+    operations), in plain Python: NumPy's call costs 0.3 ms, ten times a trial's epochs."""
+    xs = sorted(v for v in values if not math.isnan(v))
+    if not xs:
+        return math.nan
+    if not (math.isfinite(xs[0]) and math.isfinite(xs[-1])):  # NumPy's inf arithmetic, as is
+        return float(np.nanpercentile(np.array(xs, dtype=float), 50))
+    h = (len(xs) - 1) * 0.5
+    lo = int(h)
+    t = h - lo
+    a, b = xs[lo], xs[min(lo + 1, len(xs) - 1)]
+    d = b - a
+    return b - d * (1 - t) if t >= 0.5 else a + d * t
 
 
 def make_sampler(

@@ -13,6 +13,7 @@ from search.strategy import (
     TrialsAtStart,
     make_pruner,
     make_sampler,
+    nan_median,
     should_prune,
     use_compiled_log_ndtr,
 )
@@ -163,3 +164,22 @@ def test_pruning_from_the_reported_values_agrees_with_trial_should_prune():
             agree.append(should_prune(t, reported) == t.should_prune())
         study.tell(t, rng.random())
     assert all(agree)
+
+
+def test_nan_median_is_numpys_nanpercentile_bit_for_bit():
+    """The pruner's median in plain Python must equal NumPy's to the last bit, or a trial at
+    the median could be pruned by one and kept by the other."""
+    rng = random.Random(7)
+    for _ in range(3000):
+        values = [rng.random() * rng.choice([1.0, 1e-3, 1e6]) for _ in range(rng.randint(0, 30))]
+        values += [0.5] * rng.randint(0, 3) + [float("nan")] * rng.randint(0, 2)
+        rng.shuffle(values)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN input
+            expected = float(np.nanpercentile(np.array(values, dtype=float), 50)) if values else float("nan")
+        got = nan_median(values)
+        assert got == expected or (np.isnan(got) and np.isnan(expected)), values
+    for odd in ([1.0, float("inf")], [float("-inf"), 0.5, 2.0]):  # NumPy's inf arithmetic, kept
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert repr(nan_median(odd)) == repr(float(np.nanpercentile(odd, 50)))
