@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from search import bench, trainer
+from search import bench, bench_images, trainer
 from search.config import TrainConfig
 from search.data import load_dataset
 from search.trainer import fit
@@ -70,8 +70,8 @@ def test_a_data_dir_without_image_files_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_no_data_dir_and_no_archive_says_what_to_pass(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "ARCHIVE", tmp_path / "missing.tar.gz")
-    monkeypatch.setattr(bench, "LOCAL_ARCHIVE", tmp_path / "data" / "missing.tar.gz")
+    monkeypatch.setattr(bench_images, "ARCHIVE", tmp_path / "missing.tar.gz")
+    monkeypatch.setattr(bench_images, "LOCAL_ARCHIVE", tmp_path / "data" / "missing.tar.gz")
     monkeypatch.setenv("SEARCH_CACHE_DIR", str(tmp_path / "cache"))
     assert bench.main(["--device", "cpu"]) == 2
     err = _one_line_error(capsys)
@@ -88,26 +88,26 @@ def test_bad_flags_exit_2_with_one_line(argv, capsys):
 
 def test_the_default_data_dir_is_extracted_from_the_archive_once(tmp_path, monkeypatch):
     src = tmp_path / "src"
-    bench.write_synthetic_tree(src, n_train=20)
+    bench_images.write_synthetic_tree(src, n_train=20)
     archive = tmp_path / "cifar10-jpeg.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for split in ("train", "test"):
             tar.add(src / split, arcname=split)
-    monkeypatch.setattr(bench, "ARCHIVE", tmp_path / "elsewhere.tar.gz")
-    monkeypatch.setattr(bench, "LOCAL_ARCHIVE", archive)
+    monkeypatch.setattr(bench_images, "ARCHIVE", tmp_path / "elsewhere.tar.gz")
+    monkeypatch.setattr(bench_images, "LOCAL_ARCHIVE", archive)
     monkeypatch.setenv("SEARCH_CACHE_DIR", str(tmp_path / "cache"))
     said = []
-    root = bench.default_data_dir(said.append)
-    assert root == tmp_path / "cache" / bench.EXTRACTED_NAME and len(said) == 1
+    root = bench_images.default_data_dir(said.append)
+    assert root == tmp_path / "cache" / bench_images.EXTRACTED_NAME and len(said) == 1
     assert len(list((root / "train").rglob("*.png"))) == 20
-    assert bench.default_data_dir(said.append) == root and len(said) == 1  # not again
+    assert bench_images.default_data_dir(said.append) == root and len(said) == 1  # not again
 
 
 def test_both_paths_train_the_same_images(tmp_path):
     root = tmp_path / "images"
-    bench.write_synthetic_tree(root, n_train=60)
-    images = bench.Images(root, True, tmp_path / "cache")
-    data = bench.load_bench_data(images, torch.device("cpu"), limit=40)
+    bench_images.write_synthetic_tree(root, n_train=60)
+    images = bench_images.Images(root, True, tmp_path / "cache")
+    data = bench_images.load_bench_data(images, torch.device("cpu"), limit=40)
     loop = bench.NotebookLoop(bench.BenchOptions(limit=40, workers=0), images, data, torch.device("cpu"))
     assert loop.n == len(data.x_train) == 40
     pixels = torch.stack([x.flatten() for x, _ in loop.loader.dataset])
@@ -209,9 +209,9 @@ def test_cuda_graphs_are_opt_in_through_the_environment(monkeypatch):
 def test_synthetic_tree_is_cifar_shaped(tmp_path):
     from PIL import Image
 
-    bench.write_synthetic_tree(tmp_path, n_train=12)
+    bench_images.write_synthetic_tree(tmp_path, n_train=12)
     files = sorted((tmp_path / "train").rglob("*.png"))
     assert len(files) == 12 and len(list((tmp_path / "test").rglob("*.png"))) == 20
     with Image.open(files[0]) as im:
         assert im.size == (32, 32) and im.mode == "RGB"
-    assert bench.synthetic_train_size(512) * 0.9 >= 512
+    assert bench_images.synthetic_train_size(512) * 0.9 >= 512

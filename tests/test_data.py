@@ -1,4 +1,5 @@
-"""search.data: splits, normalization, the three datasets' layouts, the decode cache, and errors."""
+"""search.data and search.image_files: splits, normalization, the three datasets' layouts, the decode
+cache, and errors."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from search import data
+from search import image_files
 from search.data import DataError, clear_cache, load_dataset, load_raw, split_indices
 from search.errors import UserError
 
@@ -175,7 +176,7 @@ def test_cifar_image_tree_loads_and_second_load_uses_cache(tmp_path, monkeypatch
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_decode_images", no_decoding)
+    monkeypatch.setattr(image_files, "_decode_images", no_decoding)
     clear_cache()
     again = load_dataset("cifar10", data_dir=tmp_path, val_fraction=0.25)
     assert again is not ds and torch.equal(again.x_train, ds.x_train)
