@@ -116,6 +116,15 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
         self._stale_checked_at: dict[int, float] = {}
         self._buffer_lock = threading.RLock()  # the heartbeat thread shares this storage
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        del state["_buffer_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._buffer_lock = threading.RLock()
+
     # -- trials this process owns --------------------------------------------------------
 
     def create_new_trial(self, study_id: int, template_trial=None) -> int:

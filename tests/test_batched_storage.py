@@ -2,6 +2,7 @@
 every read (its own, another worker's, a fresh process's) sees the same trials."""
 
 import math
+import pickle
 import warnings
 
 import optuna
@@ -235,3 +236,14 @@ def test_a_user_attr_that_is_not_json_fails_when_set(tmp_path):
         trial.set_user_attr("model", object())
     study.tell(trial, 1.0)  # and nothing held breaks the trial's end
     assert study.trials[0].state == TrialState.COMPLETE
+
+
+def test_a_batched_storage_survives_pickling_with_its_held_writes(tmp_path):
+    """Optuna pickles storages (a study sent to another process); the locks are remade."""
+    storage = _batched(tmp_path / "b.db")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    trial.report(0.5, 1)
+    copy = pickle.loads(pickle.dumps(storage))
+    copy.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+    assert _plain(tmp_path / "b.db").get_trial(trial._trial_id).intermediate_values == {1: 0.5}
