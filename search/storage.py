@@ -8,6 +8,8 @@ Choices, and why:
 - Heartbeats on every RDB storage: a worker that dies mid-trial (SIGKILL, power loss) leaves a
   RUNNING trial that the next worker marks FAIL and re-queues with the same params.
 - Every check of a URL happens before anything is written, so bad input never touches a database.
+- Search workers wrap this storage in `search.batched_storage.BatchedStorage`: a trial's writes go
+  out in three transactions instead of about thirty (the README's Speed section has the figures).
 """
 
 from __future__ import annotations
