@@ -138,41 +138,45 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
                 self._own[trial_id] = _Own.of(created)
         return trial_id
 
-    def set_trial_param(self, trial_id, param_name, param_value_internal, distribution) -> None:
+    def _owned(self, trial_id: int) -> _Own | None:
+        """This process's running trial, or None: a write to any other goes straight to the
+        database, and the next read of the study must fetch it afresh."""
         own = self._own.get(trial_id)
         if own is None:
-            self._read_at.clear()  # not ours: written now, read afresh next
+            self._read_at.clear()
+        return own
+
+    def set_trial_param(self, trial_id, param_name, param_value_internal, distribution) -> None:
+        own = self._owned(trial_id)
+        if own is None:
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         self._check_distribution(trial_id, param_name, distribution)
         if param_name in own.mirror.params:
             return  # Optuna ignores a param set twice (the row exists); so do we
         own.mirror.params[param_name] = distribution.to_external_repr(param_value_internal)
         own.mirror.distributions[param_name] = distribution
-        self._hold(trial_id, lambda p: p.params.__setitem__(param_name, (param_value_internal, distribution)))
+        self._hold(trial_id, "params", param_name, (param_value_internal, distribution))
 
     def set_trial_intermediate_value(self, trial_id, step, intermediate_value) -> None:
-        own = self._own.get(trial_id)
+        own = self._owned(trial_id)
         if own is None:
-            self._read_at.clear()  # not ours: written now, read afresh next
             return super().set_trial_intermediate_value(trial_id, step, intermediate_value)
         own.mirror.intermediate_values[step] = float(intermediate_value)
-        self._hold(trial_id, lambda p: p.steps.__setitem__(step, intermediate_value))
+        self._hold(trial_id, "steps", step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id, key, value) -> None:
-        own = self._own.get(trial_id)
+        own = self._owned(trial_id)
         if own is None:
-            self._read_at.clear()  # not ours: written now, read afresh next
             return super().set_trial_user_attr(trial_id, key, value)
         own.mirror.user_attrs[key] = _json_copy(value)  # not JSON: fails here, as in Optuna
-        self._hold(trial_id, lambda p: p.user.__setitem__(key, value))
+        self._hold(trial_id, "user", key, value)
 
     def set_trial_system_attr(self, trial_id, key, value) -> None:
-        own = self._own.get(trial_id)
+        own = self._owned(trial_id)
         if own is None:
-            self._read_at.clear()  # not ours: written now, read afresh next
             return super().set_trial_system_attr(trial_id, key, value)
         own.mirror.system_attrs[key] = _json_copy(value)
-        self._hold(trial_id, lambda p: p.system.__setitem__(key, value))
+        self._hold(trial_id, "system", key, value)
 
     def set_trial_state_values(self, trial_id, state, values=None) -> bool:
         own = self._own.get(trial_id)
@@ -299,12 +303,13 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
 
     # -- writing ------------------------------------------------------------------------
 
-    def _hold(self, trial_id: int, put) -> None:
+    def _hold(self, trial_id: int, kind: str, key, value) -> None:
+        """Hold one write (`kind` names a `_Pending` field); flush the trial's if they are due."""
         with self._buffer_lock:
             pending = self._pending.get(trial_id)
             if pending is None:
                 pending = self._pending[trial_id] = _Pending(since=time.monotonic())
-            put(pending)
+            getattr(pending, kind)[key] = value
             due = time.monotonic() - pending.since >= self.flush_every_s
         if due:
             self.flush(trial_id)
