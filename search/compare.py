@@ -1,7 +1,9 @@
 """`python -m search.compare`: every study in a storage, side by side, as one plain-text table.
 
-    study   trials  complete  pruned  failed  running  best    trial time  wall time  best params
-    digits      40        31       8       1        0  0.9721       3m12s      4m05s  activation=relu, ...
+    study   trials  complete  pruned  failed  running  best    vs baseline        trial time  ...
+    digits      40        31       8       1        0  0.9721  +4.2 pts (0.9304)       3m12s  ...
+
+"vs baseline" is the best value's gain over the study file's baseline trial, in points.
 
 "trial time" adds up the trials' own durations (with several workers it exceeds the wall time);
 "wall time" runs from the first trial's start to the last one's end.
@@ -17,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search.baseline import baseline_trial
 from search.cli import ArgumentParser, run_main
 from search.report import open_existing_storage, short_params
 from search.storage import DEFAULT_STORAGE
@@ -33,6 +36,7 @@ class StudyRow:
     best_params: dict[str, Any] = field(default_factory=dict)
     trial_seconds: float = 0.0  # sum of the durations of trials that have ended
     wall_seconds: float | None = None  # first start .. last end; None if no trial has ended
+    baseline_value: float | None = None  # the study file's baseline trial, if it has one
 
     @property
     def n_trials(self) -> int:
@@ -60,6 +64,7 @@ def study_row(study: optuna.Study) -> StudyRow:
         best_params=dict(best.params) if best else {},
         trial_seconds=sum((t.datetime_complete - t.datetime_start).total_seconds() for t in ended),
         wall_seconds=wall,
+        baseline_value=base.value if (base := baseline_trial(trials)) else None,
     )
 
 
@@ -85,9 +90,16 @@ def format_duration(seconds: float | None) -> str:
     return f"{days}d{h:02d}h"
 
 
-COLUMNS = ("study", "trials", "complete", "pruned", "failed", "running", "best", "trial time",
-           "wall time", "best params")  # fmt: skip
+COLUMNS = ("study", "trials", "complete", "pruned", "failed", "running", "best", "vs baseline",
+           "trial time", "wall time", "best params")  # fmt: skip
 LEFT = {"study", "best params"}  # text columns; the numbers align on the right
+
+
+def _gain(r: StudyRow) -> str:
+    """Points over the baseline trial, e.g. `+8.1 pts (0.5310)`."""
+    if r.best_value is None or r.baseline_value is None:
+        return "-"
+    return f"{100 * (r.best_value - r.baseline_value):+.1f} pts ({r.baseline_value:.4f})"
 
 
 def format_table(rows: Sequence[StudyRow]) -> str:
@@ -100,6 +112,7 @@ def format_table(rows: Sequence[StudyRow]) -> str:
             str(r.states.get("FAIL", 0)),
             str(r.states.get("RUNNING", 0) + r.states.get("WAITING", 0)),
             "-" if r.best_value is None else f"{r.best_value:.4f}",
+            _gain(r),
             format_duration(r.trial_seconds if r.wall_seconds is not None else None),
             format_duration(r.wall_seconds),
             short_params(r.best_params, limit=PARAMS_WIDTH) or "-",

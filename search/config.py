@@ -17,6 +17,9 @@ from search.errors import UserError
 # Names the study files may use; the model and trainer map each to a torch class.
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "hardsigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "onecycle")  # the lr's shape after warm-up (search.schedule)
+WHITENINGS = ("none", "zca")
+MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,14 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 coefficient, applied by the optimizer
     l1: float = 0.0  # L1 lambda: loss += l1 * sum(|W|) over Linear weight matrices only
     batch_size: int = 128  # samples per optimizer step
+    schedule: str = "constant"  # one of SCHEDULES, stepped per batch over all epochs' steps
+    warmup: float = 0.0  # fraction of all steps spent ramping the lr linearly from 0 to `lr`
+    label_smoothing: float = 0.0  # weight moved from the true class to a uniform target (train loss only)
+    # --- input ---
+    hflip: bool = False  # mirror a random half of each training batch left-right
+    translate: int = 0  # pixels: shift each training image by up to this in x and y, zero-padded
+    whiten: str = "none"  # one of WHITENINGS: "zca" decorrelates pixels, fitted on the train split
+    zca_eps: float = 1.0  # added to the covariance's eigenvalues (normalized-pixel variance units)
     epochs: int = 10  # passes over the training split
     seed: int = 0  # weight init and batch order; the same seed on the CPU retrains bit for bit
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, kept for provenance
@@ -58,6 +69,22 @@ class TrainConfig:
             problems.append("weight_decay, l1 and momentum must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:
             problems.append("batch_size and epochs must be >= 1")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.warmup < 1.0:
+            problems.append(f"warmup must be in [0, 1), got {self.warmup}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not isinstance(self.hflip, bool):
+            problems.append(f"hflip must be true or false, got {self.hflip!r}")
+        if isinstance(self.translate, bool) or not isinstance(self.translate, int):
+            problems.append(f"translate must be a whole number of pixels, got {self.translate!r}")
+        elif not 0 <= self.translate <= MAX_TRANSLATE:
+            problems.append(f"translate must be in [0, {MAX_TRANSLATE}] pixels, got {self.translate}")
+        if self.whiten not in WHITENINGS:
+            problems.append(f"whiten {self.whiten!r} is not one of {', '.join(WHITENINGS)}")
+        if not self.zca_eps > 0:
+            problems.append(f"zca_eps must be > 0, got {self.zca_eps}")
         if problems:
             raise UserError("invalid config: " + "; ".join(problems))
 
@@ -92,3 +119,8 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def augments(self) -> bool:
+        """Whether training batches are augmented (flips or shifts), which needs image data."""
+        return self.hflip or self.translate > 0

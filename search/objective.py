@@ -30,6 +30,7 @@ ATTR_DEVICE = "device"
 ATTR_SEED = "seed"
 ATTR_REASON = "reason"  # why a trial was pruned or failed, in words
 ATTR_WORKER = "worker"  # host:pid:index of the worker that ran it
+ATTR_BASELINE = "baseline"  # True on the study file's baseline trial: trained to the end, never pruned
 
 
 @dataclass
@@ -46,13 +47,15 @@ class Objective:
         seed = trial_seed(self.seed, trial.number)
         config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
         reported: dict[int, float] = {}
+        # The baseline is what the search is measured against: it runs its whole budget.
+        prunable = not trial.user_attrs.get(ATTR_BASELINE, False)
 
         def on_epoch(m: EpochMetrics) -> bool:
             # Held by BatchedStorage and written with the trial's end (or every 2 s), in this
             # thread: a background writer measured slower (GIL and cores shared; see README).
             trial.report(m.val_acc, m.epoch)
             reported[m.epoch] = m.val_acc
-            return should_prune(trial, reported)  # judges the values we hold, not the storage's
+            return prunable and should_prune(trial, reported)  # the values we hold, not the storage's
 
         shape = dict(in_features=self.data.in_features, n_classes=self.data.n_classes)
         trial.set_user_attr(ATTR_SEED, seed)

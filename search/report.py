@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 from sqlalchemy.engine import make_url
 
+from search.baseline import baseline_gain
 from search.checkpoint import study_dir
 from search.cli import ArgumentParser, run_main
 from search.errors import UserError
@@ -307,7 +308,8 @@ def _summary(
         f"{esc(str(attrs.get('epochs', '?')))} epochs per trial; {len(trials)} trials ({states}); "
         f"{seconds:.0f} s of training.<br>Best: trial {best.number}, value <b>{best.value:.4f}</b>, "
         f"{esc(str(best.user_attrs.get('architecture', '')))}<br>"
-        f'<span class="muted">storage {esc(make_url(url).render_as_string(hide_password=True))}; '
+        + (f"{esc(gain)}<br>" if (gain := baseline_gain(trials, best.value)) else "")
+        + f'<span class="muted">storage {esc(make_url(url).render_as_string(hide_password=True))}; '
         f"written {datetime.now().isoformat(timespec='seconds')}</span></p>"
         + (f'<div class="warn"><b>Search space</b><ul>{warn_items}</ul></div>' if edges else "")
     )

@@ -167,6 +167,8 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
         arch = s.best_attrs.get("architecture")
         if arch:
             lines.append(f"  architecture: {arch}")
+        if s.baseline_gain:
+            lines.append(s.baseline_gain)
     if s.overhead is not None:
         lines.append(
             f"search overhead: {s.overhead:.1%} of worker time outside training "

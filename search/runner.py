@@ -24,10 +24,11 @@ import optuna
 from optuna.trial import TrialState
 
 from search import batched_storage, checkpoint
+from search.baseline import baseline_gain
 from search.data import import_loaders, load_dataset
 from search.device import free_memory, resolve_device, split_cpu_threads, worker_device
 from search.errors import UserError
-from search.objective import ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
+from search.objective import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
 from search.storage import open_storage
 from search.strategy import TrialsAtStart, make_pruner, make_sampler, snapshot_of
 from search.study_file import StudySpec
@@ -99,6 +100,7 @@ class RunSummary:
     best_params: dict[str, Any] = field(default_factory=dict)
     best_number: int | None = None
     best_attrs: dict[str, Any] = field(default_factory=dict)
+    baseline_gain: str | None = None  # "best ... vs the baseline ...: +x points", if it has one
 
     @property
     def finished(self) -> int:
@@ -154,7 +156,9 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
         direction="maximize",
         load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(),  # replaced below, once we know the trial count
-        pruner=make_pruner(opts.spec.pruner, opts.spec.epochs, snapshot=snapshot),
+        pruner=make_pruner(
+            opts.spec.pruner, opts.spec.epochs, snapshot=snapshot, min_epochs=opts.spec.min_epochs
+        ),
     )
     attrs = study_attrs(opts.spec, opts.data_dir, opts.seed)
     if opts.study_name in existing:
@@ -170,9 +174,14 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
     if not study.user_attrs:
         for key, value in attrs.items():
             study.set_user_attr(key, value)
+        baseline = opts.spec.baseline_params()
+        if baseline is not None and n_before == 0:  # a new study: the baseline is its trial 0
+            study.enqueue_trial(baseline, user_attrs={ATTR_BASELINE: True})
     # A fresh seed per run and per worker: a resumed random search must not replay old params.
     seed = opts.seed * 7919 + n_before * 31 + worker
-    study.sampler = make_sampler(opts.spec.sampler, seed, snapshot=snapshot)
+    study.sampler = make_sampler(
+        opts.spec.sampler, seed, snapshot=snapshot, startup_trials=opts.spec.startup_trials
+    )
     return study
 
 
@@ -419,4 +428,5 @@ def summarize(opts: RunOptions, storage, reports: list[WorkerReport], wall: floa
         best = max(complete, key=lambda t: t.value)
         summary.best_value, summary.best_params = best.value, dict(best.params)
         summary.best_number, summary.best_attrs = best.number, dict(best.user_attrs)
+        summary.baseline_gain = baseline_gain(trials, best.value)
     return summary

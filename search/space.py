@@ -13,6 +13,7 @@ retraining cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,11 +21,16 @@ from typing import Any
 
 import optuna
 
-from search.config import ACTIVATIONS, OPTIMIZERS, TrainConfig
+from search.config import ACTIVATIONS, MAX_TRANSLATE, OPTIMIZERS, SCHEDULES, WHITENINGS, TrainConfig
 from search.errors import UserError
 
 # Every knob a study may declare, its type, and the values it allows.
-INT_KNOBS = {"n_layers": (0, 16), "width": (1, 65536), "batch_size": (1, 1 << 20)}
+INT_KNOBS = {
+    "n_layers": (0, 16),
+    "width": (1, 65536),
+    "batch_size": (1, 1 << 20),
+    "translate": (0, MAX_TRANSLATE),
+}
 FLOAT_KNOBS = {
     "dropout": (0.0, 0.99),
     "bn_momentum": (0.0, 1.0),
@@ -32,10 +38,24 @@ FLOAT_KNOBS = {
     "momentum": (0.0, 0.9999),
     "weight_decay": (0.0, 10.0),
     "l1": (0.0, 10.0),
+    "warmup": (0.0, 0.99),
+    "label_smoothing": (0.0, 0.9),
+    "zca_eps": (1e-8, 1e4),
 }
-CHOICE_KNOBS = {"activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "batchnorm": (True, False)}
+BOOL_KNOBS = ("batchnorm", "hflip")
+CHOICE_KNOBS = {
+    "activation": ACTIVATIONS,
+    "optimizer": OPTIMIZERS,
+    "batchnorm": (True, False),
+    "schedule": SCHEDULES,
+    "hflip": (True, False),
+    "whiten": WHITENINGS,
+}
 KNOBS = (*INT_KNOBS, *FLOAT_KNOBS, *CHOICE_KNOBS)
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers that take `momentum`
+# `lr` may be a table with one entry per optimizer: each is stored as the param `lr_<optimizer>`,
+# so Adam's range and SGD's never mix in TPE's model.
+PER_OPTIMIZER = "lr"
 
 
 @dataclass(frozen=True)
@@ -67,8 +87,38 @@ def parse_space(table: dict[str, Any], *, where: str) -> dict[str, Param]:
     for name, raw in table.items():
         if name not in KNOBS:
             raise UserError(f"{where}: space.{name}: unknown knob; allowed: {', '.join(KNOBS)}")
+        if name == PER_OPTIMIZER and _is_per_optimizer(raw):
+            space.update(_parse_per_optimizer(raw, table, where=f"{where}: space.{name}"))
+            continue
         space[name] = _parse_param(name, raw, where=f"{where}: space.{name}")
     return space
+
+
+def lr_param(optimizer: str) -> str:
+    return f"{PER_OPTIMIZER}_{optimizer}"
+
+
+def _is_per_optimizer(raw: Any) -> bool:
+    return isinstance(raw, dict) and bool(raw) and not set(raw) & {"low", "high", "log", "step"}
+
+
+def _parse_per_optimizer(raw: dict[str, Any], table: dict[str, Any], *, where: str) -> dict[str, Param]:
+    unknown = set(raw) - set(OPTIMIZERS)
+    if unknown:
+        raise UserError(
+            f"{where}: {', '.join(sorted(unknown))}: not an optimizer; a per-optimizer lr table "
+            f"has keys from {', '.join(OPTIMIZERS)}"
+        )
+    opt = table.get("optimizer", TrainConfig().optimizer)
+    used = opt if isinstance(opt, list) else [opt]
+    missing = [o for o in used if isinstance(o, str) and o not in raw]
+    if missing:
+        raise UserError(f"{where}: no lr for optimizer(s) {', '.join(missing)}, which space.optimizer allows")
+    out = {}
+    for name, sub in raw.items():
+        p = _parse_param(PER_OPTIMIZER, sub, where=f"{where}.{name}")
+        out[lr_param(name)] = dataclasses.replace(p, name=lr_param(name))
+    return out
 
 
 def _parse_param(name: str, raw: Any, *, where: str) -> Param:
@@ -117,7 +167,7 @@ def _parse_range(name: str, raw: dict[str, Any], *, where: str) -> Param:
 def _check_value(name: str, v: Any, *, where: str) -> None:
     if name in CHOICE_KNOBS:
         allowed = CHOICE_KNOBS[name]
-        if isinstance(v, bool) != (name == "batchnorm") or v not in allowed:
+        if isinstance(v, bool) != (name in BOOL_KNOBS) or v not in allowed:
             raise UserError(f"{where}: {v!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
         return
     lo, hi = INT_KNOBS.get(name) or FLOAT_KNOBS[name]
@@ -152,7 +202,8 @@ def sample_config(
     """Draw one config. Knobs a study leaves out keep `defaults` (the TrainConfig defaults).
 
     The space is conditional: `width_i` exists only for i < n_layers, `bn_momentum` only with
-    batchnorm, `momentum` only for sgd and rmsprop, so no param is stored that did nothing.
+    batchnorm, `momentum` only for sgd and rmsprop, `lr_<optimizer>` only for its optimizer,
+    `zca_eps` only with ZCA, so no param is stored that did nothing.
     """
     base = defaults or TrainConfig()
 
@@ -168,6 +219,9 @@ def sample_config(
         hidden = tuple(widths[min(i, len(widths) - 1)] for i in range(n_layers))
     batchnorm = draw("batchnorm", base.batchnorm) if n_layers else False
     optimizer = draw("optimizer", base.optimizer)
+    whiten = draw("whiten", base.whiten)
+    lr_name = lr_param(optimizer)
+    lr = _suggest(trial, space[lr_name]) if lr_name in space else draw("lr", base.lr)
     values = dict(
         hidden=hidden,
         activation=draw("activation", base.activation) if n_layers else base.activation,
@@ -175,11 +229,18 @@ def sample_config(
         batchnorm=batchnorm,
         bn_momentum=draw("bn_momentum", base.bn_momentum) if batchnorm else base.bn_momentum,
         optimizer=optimizer,
-        lr=draw("lr", base.lr),
+        lr=lr,
         momentum=draw("momentum", base.momentum) if optimizer in MOMENTUM_OPTIMIZERS else 0.0,
         weight_decay=draw("weight_decay", base.weight_decay),
         l1=draw("l1", base.l1),
         batch_size=draw("batch_size", base.batch_size),
+        schedule=draw("schedule", base.schedule),
+        warmup=draw("warmup", base.warmup),
+        label_smoothing=draw("label_smoothing", base.label_smoothing),
+        hflip=draw("hflip", base.hflip),
+        translate=draw("translate", base.translate),
+        whiten=whiten,
+        zca_eps=draw("zca_eps", base.zca_eps) if whiten == "zca" else base.zca_eps,
     )
     return TrainConfig(**values, epochs=epochs, seed=seed)
 
@@ -193,6 +254,52 @@ def replay_config(params: dict[str, Any], space: dict[str, Param], *, epochs: in
             return sample_config(optuna.trial.FixedTrial(params), space, epochs=epochs, seed=seed)
     except (ValueError, UserWarning) as e:  # a param the space needs is missing or out of range
         raise UserError(f"the stored params do not fit this study's space: {e}") from None
+
+
+def config_params(config: TrainConfig, space: dict[str, Param], *, epochs: int) -> dict[str, Any]:
+    """The params under which this space samples exactly `config` (a study's baseline), checked
+    by replaying them: a value outside a range, or a knob the space fixes to something else, is
+    refused in one line that names it."""
+    offered: dict[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    offered["n_layers"] = len(config.hidden)
+    offered.update({f"width_{i}": w for i, w in enumerate(config.hidden)})
+    offered.update({lr_param(o): config.lr for o in OPTIMIZERS})
+    recorder = optuna.trial.FixedTrial(offered)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            sample_config(recorder, space, epochs=epochs, seed=config.seed)
+        except UserWarning as e:
+            raise UserError(f"the baseline does not fit the space: {e}") from None
+    params = dict(recorder.params)
+    replayed = replay_config(params, space, epochs=epochs, seed=config.seed)
+    wanted = config.replace(epochs=epochs)
+    differ = [
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(replayed, f.name) != getattr(wanted, f.name)
+    ]
+    differ = [n for n in differ if n not in ("extra", *_inert(wanted))]
+    if differ:
+        got = ", ".join(
+            f"{n} = {getattr(wanted, n)!r} (the space gives {getattr(replayed, n)!r})" for n in differ
+        )
+        raise UserError(f"the baseline does not fit the space: {got}")
+    return params
+
+
+def _inert(config: TrainConfig) -> tuple[str, ...]:
+    """Fields that change nothing for this config, so a baseline may leave them at any value."""
+    inert = []
+    if config.optimizer not in MOMENTUM_OPTIMIZERS:
+        inert.append("momentum")
+    if not config.batchnorm:
+        inert.append("bn_momentum")
+    if config.whiten != "zca":
+        inert.append("zca_eps")
+    if not config.hidden:
+        inert += ["activation", "dropout", "batchnorm"]
+    return tuple(inert)
 
 
 def trial_seed(base_seed: int, trial_number: int) -> int:

@@ -89,7 +89,7 @@ def nan_median(values: list[float]) -> float:
 
 
 def make_sampler(
-    name: str, seed: int, *, snapshot: TrialsAtStart | None = None
+    name: str, seed: int, *, snapshot: TrialsAtStart | None = None, startup_trials: int = 10
 ) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -98,17 +98,30 @@ def make_sampler(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Optuna 5's defaults (multivariate, constant liar) plus `group`, which lets multivariate
         # TPE model a conditional space (widths per layer, momentum only for sgd/rmsprop).
-        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        tpe = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup_trials
+        )
     return SnapshotSampler(tpe, snapshot or TrialsAtStart())
 
 
 def make_pruner(
-    name: str, epochs: int, *, snapshot: TrialsAtStart | None = None
+    name: str, epochs: int, *, snapshot: TrialsAtStart | None = None, min_epochs: int = 0
 ) -> optuna.pruners.BasePruner:
+    """`min_epochs` (0 = the default): the median pruner's first epoch to judge (a fifth of the
+    budget by default); successive halving's and Hyperband's first rung (1 epoch by default).
+    `halving` is Optuna's asynchronous successive halving (ASHA): a trial reaching a rung goes on
+    only if it is in the top third of the trials that reached it, so rungs at min_epochs x 3^k.
+    A `min_epochs` beyond the budget (an `--epochs` override) is cut to it."""
+    min_epochs = min(min_epochs, epochs)
     if name == "median":
-        return SnapshotPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5), snapshot=snapshot)
+        warmup = min_epochs or max(1, epochs // 5)
+        return SnapshotPruner(n_startup_trials=5, n_warmup_steps=warmup, snapshot=snapshot)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, min_epochs), reduction_factor=3)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, min_epochs), max_resource=epochs, reduction_factor=3
+        )
     return optuna.pruners.NopPruner()
 
 

@@ -6,10 +6,16 @@
     val_fraction = 0.2      # of the training set, held out to score trials
     split_seed = 0          # fixes that validation split
     sampler = "tpe"         # tpe | random
-    pruner = "median"       # median | hyperband | none
+    pruner = "median"       # median | halving | hyperband | none
+    startup_trials = 10     # TPE's random trials before it models the results
+    min_epochs = 1          # median: no pruning before this epoch; halving/hyperband: first rung
 
     [space]
     ...                     # see search.space
+
+    [baseline]              # optional: a full config, enqueued as a new study's trial 0
+    hidden = [512, 256]
+    ...                     # any search.config.TrainConfig field but epochs and seed
 
 `--study NAME` looks for `studies/NAME.toml` in the working directory, then beside the package;
 `--study PATH` reads that file. The study's name (and so the Optuna study name) is the file's stem.
@@ -22,9 +28,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from search.config import TrainConfig
 from search.data import DATASETS
 from search.errors import UserError
-from search.space import Param, parse_space
+from search.space import Param, config_params, parse_space
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +39,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "halving", "hyperband", "none")
 PACKAGE_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 # [study] keys, their types and defaults.
@@ -43,6 +50,8 @@ STUDY_KEYS: dict[str, tuple[type, Any]] = {
     "split_seed": (int, 0),
     "sampler": (str, "tpe"),
     "pruner": (str, "median"),
+    "startup_trials": (int, 10),
+    "min_epochs": (int, 0),  # 0: the pruner's own default (a fifth of the epochs for median)
     "description": (str, ""),
 }
 
@@ -60,6 +69,15 @@ class StudySpec:
     space: dict[str, Param] = field(default_factory=dict)
     raw_space: dict[str, Any] = field(default_factory=dict)  # the [space] table as written
     description: str = ""
+    startup_trials: int = 10  # TPE's random start-up trials (the baseline counts as one)
+    min_epochs: int = 0  # the pruner's first epoch to judge; 0 = its default
+    baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
+
+    def baseline_params(self) -> dict[str, Any] | None:
+        """The baseline as this space's params (checked when the file is read)."""
+        if self.baseline is None:
+            return None
+        return config_params(self.baseline, self.space, epochs=self.epochs)
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         """Apply command-line overrides (None means "not given"), re-checking them."""
@@ -102,9 +120,9 @@ def load_study(name_or_path: str) -> StudySpec:
 
 def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
     where = str(path)
-    unknown = set(doc) - {"study", "space"}
+    unknown = set(doc) - {"study", "space", "baseline"}
     if unknown:
-        raise UserError(f"{where}: unknown table(s) {sorted(unknown)}; allowed: [study], [space]")
+        raise UserError(f"{where}: unknown table(s) {sorted(unknown)}; allowed: [study], [space], [baseline]")
     table = doc.get("study", {})
     if not isinstance(table, dict):
         raise UserError(f"{where}: [study] must be a table")
@@ -124,10 +142,33 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
         raise UserError(f"{where}: study.dataset is required; allowed: {', '.join(DATASETS)}")
     raw_space = doc.get("space", {})
     spec = StudySpec(
-        name=name, path=path, space=parse_space(raw_space, where=where), raw_space=raw_space, **values
+        name=name,
+        path=path,
+        space=parse_space(raw_space, where=where),
+        raw_space=raw_space,
+        baseline=_parse_baseline(doc.get("baseline"), where=where),
+        **values,
     )
     _check_study_values(spec, where=where)
     return spec
+
+
+def _parse_baseline(table: Any, *, where: str) -> TrainConfig | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: [baseline] must be a table of config fields")
+    fields = set(TrainConfig.__dataclass_fields__) - {"extra", "epochs", "seed"}
+    unknown = set(table) - fields
+    if unknown:
+        raise UserError(
+            f"{where}: baseline.{sorted(unknown)[0]}: unknown field; allowed: {', '.join(sorted(fields))} "
+            "(epochs and seed come from the study)"
+        )
+    try:
+        return TrainConfig.from_dict(table)
+    except UserError as e:
+        raise UserError(f"{where}: [baseline]: {e}") from None
 
 
 def _check_study_values(spec: StudySpec, *, where: str) -> None:
@@ -141,3 +182,10 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
         raise UserError(f"{where}: epochs must be >= 1, got {spec.epochs}")
     if not 0.0 < spec.val_fraction < 1.0:
         raise UserError(f"{where}: val_fraction must be in (0, 1), got {spec.val_fraction}")
+    if spec.startup_trials < 0 or spec.min_epochs < 0:
+        raise UserError(f"{where}: startup_trials and min_epochs must be >= 0")
+    if spec.baseline is not None:
+        try:
+            spec.baseline_params()
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None

@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search.augment import Augmenter, check_augmentable
 from search.config import TrainConfig
 from search.data import Dataset
 from search.device import autocast, cuda_graphs_enabled, optimizer_flags
 from search.model import build_mlp, l1_penalty, l1_weights
+from search.schedule import is_constant, make_scheduler
+from search.whiten import fold_into_first_linear, whitened, zca_matrix
 
 EVAL_BATCH = 8192  # samples per forward pass when scoring; memory-bound, not a hyperparameter
 GRAPH_WARMUP_STEPS = 3  # eager steps before capture: they create the optimizer state, cuBLAS handles
@@ -32,7 +35,7 @@ GRAPH_MIN_STEPS = 50  # fewer full-batch steps in a whole fit than this: capturi
 @dataclass(frozen=True)
 class EpochMetrics:
     epoch: int  # 1-based
-    train_loss: float  # mean per-batch loss over the epoch, L1 term included
+    train_loss: float  # mean per-batch loss over the epoch: label smoothing and L1 term included
     val_loss: float  # mean cross-entropy on the validation split
     val_acc: float  # fraction correct on the validation split
     seconds: float = 0.0  # this epoch's training pass (its steps and one host sync), not validation
@@ -102,15 +105,21 @@ def fit(
     `cuda_graphs`: None follows `search.device.cuda_graphs_enabled` (on for CUDA) where the fit has
     enough full batches to repay the capture; True forces it; False never. True on another device
     runs the same capture-and-replay bookkeeping with a stand-in that re-runs the step, so the CPU
-    tests exercise it and get bit-identical results to the plain loop.
+    tests exercise it and get bit-identical results to the plain loop. Graphs capture a fixed
+    step, so a fit with an lr schedule or augmentation always runs eagerly.
+
+    With `whiten = "zca"` the model trains on whitened inputs (search.whiten) and the returned
+    model has the whitening folded into its first layer: it takes `data`'s normalized inputs.
     """
+    check_augmentable(config, data.image_shape, data.name)
     device = data.device
     build_started = time.perf_counter()
+    source = whitened(data, config.zca_eps) if config.whiten == "zca" else data
     torch.manual_seed(config.seed)
     model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes).to(device)
-    x, y = data.x_train, data.y_train
+    x, y = source.x_train, source.y_train
     if include_val:
-        x, y = torch.cat([x, data.x_val]), torch.cat([y, data.y_val])
+        x, y = torch.cat([x, source.x_val]), torch.cat([y, source.y_val])
     n, bs = len(x), config.batch_size
     # A last batch of one sample would break BatchNorm's batch statistics: fold it away.
     n_batches = max(1, n // bs + (1 if n % bs > 1 else 0))
@@ -119,20 +128,29 @@ def fit(
         graphs = cuda_graphs_enabled(device) and full_steps >= GRAPH_MIN_STEPS + GRAPH_WARMUP_STEPS
     else:
         graphs = cuda_graphs and full_steps > GRAPH_WARMUP_STEPS
+    graphs = graphs and is_constant(config) and not config.augments
     optimizer = make_optimizer(config, model, device, capturable=graphs and device.type == "cuda")
+    scheduler = make_scheduler(optimizer, config, config.epochs * n_batches)  # the full budget's steps
+    augment = Augmenter(config, data.image_shape, device) if config.augments else None
+    smoothing = config.label_smoothing
     weights = l1_weights(model) if config.l1 > 0 else []
     gen = torch.Generator(device=device).manual_seed(config.seed)
     result = FitResult(model=model)
     loss_sum = torch.zeros((), device=device)  # one tensor for the whole fit: a graph writes to it
 
     def step(idx: torch.Tensor) -> None:
+        xb = x.index_select(0, idx)
+        if augment is not None:
+            xb = augment(xb)
         with autocast(device):
-            loss = F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
+            loss = F.cross_entropy(model(xb), y.index_select(0, idx), label_smoothing=smoothing)
         if weights:
             loss = loss + config.l1 * l1_penalty(weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum.add_(loss.detach())
 
     graphed = _GraphedStep(step, bs, device) if graphs else None
@@ -155,7 +173,7 @@ def fit(
             result.diverged = f"training loss became {train_loss} in epoch {epoch}"
             break
         val_started = time.perf_counter()
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+        val_loss, val_acc = evaluate(model, source.x_val, source.y_val)
         result.val_seconds += time.perf_counter() - val_started
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_acc, seconds=epoch_seconds)
         result.history.append(metrics)
@@ -168,6 +186,8 @@ def fit(
         result.cuda_graphs = graphed.graph is not None
         graphed.close()
         optimizer.zero_grad(set_to_none=True)  # the grads live in the graph's memory pool
+    if source is not data:
+        fold_into_first_linear(model, *zca_matrix(data, config.zca_eps))
     return result
 
 

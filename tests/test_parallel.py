@@ -15,8 +15,23 @@ POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 def test_four_sqlite_workers_finish_forty_trials_with_no_locking_failures(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
-    args = ["--study", "digits", "--epochs", "1", "--device", "cpu", "--no-progress", "--storage", url,
-            "--results-dir", str(tmp_path / "results"), "--trials", "40", "--jobs", "4"]
+    args = [
+        "--study",
+        "digits",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--storage",
+        url,
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--trials",
+        "40",
+        "--jobs",
+        "4",
+    ]
     assert main(args) == 0
     assert "this run finished 40 trial(s), 0 failed" in capsys.readouterr().out
     trials = optuna.load_study(study_name="digits", storage=url).trials
@@ -40,11 +55,29 @@ def _postgres_or_skip():
 def test_four_processes_on_postgresql_join_one_study_and_count_every_trial_once(tmp_path):
     _postgres_or_skip()
     name = f"pg-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, "-m", "search.run", "--study", "digits", "--epochs", "1", "--device", "cpu",
-           "--no-progress", "--storage", "postgresql://postgres@127.0.0.1:5432/test",
-           "--study-name", name, "--trials", "5", "--results-dir", str(tmp_path / "results")]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "search.run",
+        "--study",
+        "digits",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--storage",
+        "postgresql://postgres@127.0.0.1:5432/test",
+        "--study-name",
+        name,
+        "--trials",
+        "5",
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     try:
         outs = [p.communicate(timeout=300) for p in procs]
         for p, (out, err) in zip(procs, outs, strict=True):
