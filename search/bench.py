@@ -1,286 +1,24 @@
-"""`python -m search.bench`: the notebook's training loop against the project's, in one process.
+"""`python -m search.bench`: how fast training runs, and how well the search spends its time.
 
-Both paths train the same model (the notebook's 3072-512-256-10 MLP, SGD lr 0.001 momentum 0.9)
-on the same training images, on the same device, at the same batch size; only the data pipeline
-and the loop differ:
+    python -m search.bench                  the notebook's DataLoader loop against search's fit
+    python -m search.bench --suite          the one-call GPU check (bench, then timed searches)
+    python -m search.bench --augment        what flips, shifts, one-cycle and label smoothing cost
+    python -m search.bench --quality        TPE + pruning against random at the same wall time
 
-(a) notebook: torchvision `ImageFolder` over the image files, every sample through PIL ->
-    `ToTensor` -> `Normalize`, `DataLoader(shuffle=True, num_workers=2)`, `.to(device)` per batch,
-    `zero_grad / backward / step` and `loss.item()` per step;
-(b) search:   `search.trainer.fit` on `search.data.load_dataset` (decoded once, on the device).
-
-Timing covers training passes only: neither path's validation is timed. (b) is one `fit` of
-1 + N epochs whose per-epoch times come from `EpochMetrics.seconds`; (a)'s epochs run in fit's
-epoch callback, so the two alternate (a warm-up epoch of each, then a, b, a, b, ...) and a busy
-neighbour on a shared machine slows both rather than one. Each figure is the median of the N.
-
-`--suite` (search.suite) is the one GPU check: the bench at batch 128 and 512, then searches through
-`python -m search.run` with 1 and 4 worker processes (and, on CUDA, without CUDA graphs), timed
-in trials per hour; one table at the end, and JSON with `--json`.
+Each writes its figures as JSON with --json PATH (search.perf holds the measurements).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-
-from search.bench_images import ARCHIVE, Images, Progress, load_bench_data, prepare_images
 from search.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_main
-from search.config import OPTIMIZERS, TrainConfig
-from search.data import Dataset, split_indices
-from search.device import describe, resolve_device
 from search.errors import UserError
-from search.model import architecture, build_mlp
-from search.trainer import fit
-
-NOTEBOOK = TrainConfig(
-    hidden=(512, 256), batchnorm=False, dropout=0.0, optimizer="sgd", lr=1e-3, momentum=0.9
-)
-SUITE_BATCH_SIZES = (128, 512)
-SUITE_BUDGET_S = 250  # seconds from the command's start: the searches stop by then (5-minute slot)
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    device: str = "auto"
-    data_dir: str | None = None
-    batch_size: int = 128
-    epochs: int = 3  # measured, after one warm-up epoch
-    synthetic: bool = False
-    limit: int | None = None
-    workers: int = 2  # the notebook's DataLoader workers
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    cuda_graphs: str = "auto"  # auto | on | off, for (b)
-    seed: int = 0
-
-    def config(self) -> TrainConfig:
-        return NOTEBOOK.replace(
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=self.momentum,
-            batch_size=self.batch_size,
-            epochs=1 + self.epochs,
-            seed=self.seed,
-        )
-
-    def graphs_flag(self) -> bool | None:
-        return {"auto": None, "on": True, "off": False}[self.cuda_graphs]
-
-
-# ---------------------------------------------------------------------------- (a) the notebook
-
-
-class NotebookLoop:
-    """The seed notebook's training loop, as it wrote it, over the same images as `data`."""
-
-    def __init__(self, opts: BenchOptions, images: Images, data: Dataset, device: torch.device):
-        from torch.utils.data import DataLoader, Subset
-        from torchvision import datasets, transforms
-
-        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
-        folder = datasets.ImageFolder(str(images.root / "train"), transform=transform)
-        train_idx, _ = split_indices(len(folder), val_fraction=data.val_fraction, seed=data.split_seed)
-        train_idx = train_idx[: len(data.x_train)]
-        # Both paths must train the very same images: same split, same labels, same order.
-        targets = np.asarray(folder.targets)[train_idx]
-        if tuple(folder.classes) != data.classes or not np.array_equal(targets, data.y_train.cpu().numpy()):
-            raise RuntimeError(f"{images.root}: ImageFolder and search.data disagree on the training images")
-        self.n = len(train_idx)
-        self.device = device
-        self.loader = DataLoader(
-            Subset(folder, train_idx.tolist()),
-            batch_size=opts.batch_size,
-            shuffle=True,
-            num_workers=opts.workers,
-        )
-        torch.manual_seed(opts.seed)
-        config = opts.config()
-        self.model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes)
-        self.model.to(device)
-        params = self.model.parameters()
-        opt_class = {
-            "sgd": torch.optim.SGD,
-            "adam": torch.optim.Adam,
-            "adamw": torch.optim.AdamW,
-            "rmsprop": torch.optim.RMSprop,
-        }[opts.optimizer]
-        kwargs = {"momentum": opts.momentum} if opts.optimizer in ("sgd", "rmsprop") else {}
-        self.optimizer = opt_class(params, lr=opts.lr, **kwargs)  # the optimizer's own defaults
-        self.criterion = torch.nn.CrossEntropyLoss()
-
-    def epoch(self) -> tuple[float, float]:
-        """(seconds, mean training loss) of one pass, worker start-up included as in a notebook."""
-        started = time.perf_counter()
-        self.model.train()
-        running_loss, steps = 0.0, 0
-        for images, labels in self.loader:
-            images, labels = images.to(self.device), labels.to(self.device)
-            images = images.view(images.size(0), -1)
-            self.optimizer.zero_grad()
-            outputs = self.model(images)
-            loss = self.criterion(outputs, labels)
-            loss.backward()
-            self.optimizer.step()
-            running_loss += loss.item()
-            steps += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - started, running_loss / max(1, steps)
-
-
-# ---------------------------------------------------------------------------- the bench
-
-
-def run_bench(opts: BenchOptions, images: Images, progress: Progress) -> dict[str, Any]:
-    """Time (a) and (b), interleaved; every figure in a JSON-ready dict."""
-    device = resolve_device(opts.device)
-    config = opts.config()
-    data = load_bench_data(images, device, opts.limit)
-    notebook = NotebookLoop(opts, images, data, device)
-    n = len(data.x_train)
-    total = 1 + opts.epochs
-    base_times: list[float] = []
-    base_losses: list[float] = []
-
-    def notebook_epoch(m) -> None:  # runs between (b)'s epochs, outside their timing
-        seconds, loss = notebook.epoch()
-        base_times.append(seconds)
-        base_losses.append(loss)
-        what = "warm-up" if m.epoch == 1 else f"epoch {m.epoch - 1}/{opts.epochs}"
-        progress(f"batch {opts.batch_size} {what}: notebook {seconds:.2f} s, search {m.seconds:.2f} s")
-
-    progress(
-        f"bench on {describe(device)}: {n:,} training images, batch {opts.batch_size}, "
-        f"1 warm-up + {opts.epochs} epochs per path"
-    )
-    result = fit(config, data, on_epoch=notebook_epoch, cuda_graphs=opts.graphs_flag())
-    if result.diverged or len(result.history) < total:
-        raise UserError(f"the search path stopped early ({result.diverged}); try a smaller --lr")
-    search_times = [m.seconds for m in result.history]
-    out: dict[str, Any] = {
-        "device": describe(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "torchvision": _torchvision_version(),
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "batch_size": opts.batch_size,
-        "n_train": n,
-        "limit": opts.limit,
-        "synthetic": images.synthetic,
-        "data_dir": str(images.root) if not images.synthetic else None,
-        "model": architecture(config, in_features=data.in_features, n_classes=data.n_classes),
-        "config": {k: v for k, v in config.to_dict().items() if k != "epochs"},
-        "warmup_epochs": 1,
-        "epochs_measured": opts.epochs,
-        "timing": "training passes only (validation excluded from both paths); epochs alternate "
-        "a, b, a, b after one warm-up epoch each; figures are medians",
-        "baseline": "ImageFolder + PIL -> ToTensor -> Normalize, "
-        f"DataLoader(batch_size={opts.batch_size}, shuffle=True, num_workers={opts.workers}), "
-        ".to(device), loss.item() per step",
-        "baseline_workers": opts.workers,
-        "baseline_warmup_s": base_times[0],
-        "baseline_epoch_times_s": base_times[1:],
-        "baseline_epoch_s": statistics.median(base_times[1:]),
-        "baseline_train_loss": base_losses,
-        "search_cuda_graphs": result.cuda_graphs,
-        "search_warmup_s": search_times[0],
-        "search_epoch_times_s": search_times[1:],
-        "search_epoch_s": statistics.median(search_times[1:]),
-        "search_train_loss": [m.train_loss for m in result.history],
-    }
-    out["baseline_samples_per_s"] = n / out["baseline_epoch_s"]
-    out["search_samples_per_s"] = n / out["search_epoch_s"]
-    out["speedup"] = out["baseline_epoch_s"] / out["search_epoch_s"]
-    if result.cuda_graphs:  # the same fit without graphs: what they buy, and that they agree
-        progress(f"batch {opts.batch_size}: the search path again without CUDA graphs")
-        eager = fit(config, data, cuda_graphs=False)
-        eager_times = [m.seconds for m in eager.history]
-        out["eager_warmup_s"] = eager_times[0]
-        out["eager_epoch_times_s"] = eager_times[1:]
-        out["eager_epoch_s"] = statistics.median(eager_times[1:])
-        out["eager_train_loss"] = [m.train_loss for m in eager.history]
-        out["graphs_speedup"] = out["eager_epoch_s"] / out["search_epoch_s"]
-        out["graphs_max_rel_loss_diff"] = max(
-            abs(a - b) / max(abs(b), 1e-12)
-            for a, b in zip(out["search_train_loss"], out["eager_train_loss"], strict=True)
-        )
-    return out
-
-
-def _torchvision_version() -> str:
-    import torchvision
-
-    return torchvision.__version__
-
-
-def format_bench(r: dict[str, Any]) -> str:
-    notes = []
-    if r["synthetic"]:
-        notes.append("SYNTHETIC random images, not CIFAR-10")
-    if r["limit"] is not None:
-        notes.append(f"--limit {r['limit']}: only the first {r['n_train']:,} training images")
-    lines = [
-        f"device {r['device']}, torch {r['torch']}, {r['threads']} CPU thread(s); "
-        f"model {r['model']}, {r['config']['optimizer']} lr {r['config']['lr']:g}, "
-        f"batch {r['batch_size']}, {r['n_train']:,} training images",
-        *(f"note: {x}" for x in notes),
-        f"seconds per epoch: median of {r['epochs_measured']} after 1 warm-up epoch each, "
-        "training passes only (validation excluded from both), epochs interleaved",
-        "",
-        f"{'path':<58} {'s/epoch':>8} {'samples/s':>10} {'speedup':>8}",
-        _row(
-            f"(a) notebook: ImageFolder+PIL, DataLoader({r['baseline_workers']} workers)",
-            r["baseline_epoch_s"],
-            r["n_train"],
-            1.0,
-        ),
-        _row(
-            "(b) search: trainer.fit on data.load_dataset"
-            + (" (CUDA graphs)" if r["search_cuda_graphs"] else ""),
-            r["search_epoch_s"],
-            r["n_train"],
-            r["speedup"],
-        ),
-    ]
-    warm = f"warm-up epochs (not in the medians): notebook {r['baseline_warmup_s']:.2f} s, "
-    warm += f"search {r['search_warmup_s']:.2f} s"
-    if "eager_warmup_s" in r:
-        warm += f" (graph capture included), search without graphs {r['eager_warmup_s']:.2f} s"
-    lines.append(warm)
-    if "eager_epoch_s" in r:
-        lines.append(
-            _row(
-                "(b') search without CUDA graphs",
-                r["eager_epoch_s"],
-                r["n_train"],
-                r["baseline_epoch_s"] / r["eager_epoch_s"],
-            )
-        )
-        lines.append(
-            f"CUDA graphs: {r['graphs_speedup']:.2f}x the eager step; training losses agree to "
-            f"{r['graphs_max_rel_loss_diff']:.1e} (relative)"
-        )
-    return "\n".join(lines)
-
-
-def _row(label: str, seconds: float, n: int, speedup: float) -> str:
-    return f"{label:<58} {seconds:>8.3f} {n / seconds:>10,.0f} {speedup:>7.2f}x"
-
+from search.perf.images import ARCHIVE
+from search.perf.measure import MeasureRequest, measure, write_json
+from search.perf.notebook import BenchOptions
+from search.training.config import OPTIMIZERS
 
 # ---------------------------------------------------------------------------- command line
 
@@ -289,7 +27,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m search.bench",
         description="Seconds per training epoch: the notebook's DataLoader loop against "
-        "search.trainer.fit, same device, data, model and batch size.",
+        "search.training.trainer.fit, same device, data, model and batch size.",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument(
@@ -323,6 +61,35 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--suite-trials", type=positive_int, default=8)
     p.add_argument("--suite-epochs", type=positive_int, default=3)
     p.add_argument("--suite-jobs", type=_jobs_list, default=(1, 4), help="comma-separated worker counts")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="time an epoch with flips, shifts, one-cycle and label smoothing against a plain one",
+    )
+    p.add_argument("--rounds", type=positive_int, default=5, help="--augment, --overhead: alternated rounds")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="digits searches with the batched storage and the trial snapshot each on and off",
+    )
+    p.add_argument("--overhead-trials", type=positive_int, default=100, metavar="N", help="per search")
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="TPE + pruning against random without pruning, same wall time, over seeds (--quality-*)",
+    )
+    p.add_argument("--quality-study", default="cifar10", help="study --quality searches")
+    p.add_argument(
+        "--quality-budget", type=positive_float, default=240.0, metavar="SECONDS", help="per arm and seed"
+    )
+    p.add_argument("--quality-seeds", type=positive_int, default=3, metavar="N")
+    p.add_argument(
+        "--quality-epochs",
+        type=positive_int,
+        default=6,
+        metavar="N",
+        help="epochs per trial (a shorter budget)",
+    )
     return p
 
 
@@ -331,57 +98,28 @@ def _jobs_list(text: str) -> tuple[int, ...]:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    started = time.perf_counter()
     args = build_parser().parse_args(argv)
     if args.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {args.momentum}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    kinds = [k for k in ("suite", "augment", "quality", "overhead") if getattr(args, k)]
+    if len(kinds) > 1:
+        raise UserError("--suite, --augment, --quality and --overhead are separate benches: pass one")
+    kind = kinds[0] if kinds else "bench"
     opts = BenchOptions(
-        device=args.device,
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        synthetic=args.synthetic,
-        limit=args.limit,
-        workers=args.workers,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        cuda_graphs=args.cuda_graphs,
-    )
-    resolve_device(opts.device)  # a bad --device fails before any work
-
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    with prepare_images(
-        synthetic=opts.synthetic, data_dir=opts.data_dir, limit=opts.limit, seed=opts.seed, progress=progress
-    ) as images:
-        if args.suite:
-            from search.suite import format_suite, run_suite  # it builds on this module
-
-            result = run_suite(
-                opts,
-                images,
-                progress,
-                study=args.suite_study,
-                trials=args.suite_trials,
-                study_epochs=args.suite_epochs,
-                jobs=args.suite_jobs,
-                budget_s=SUITE_BUDGET_S - (time.perf_counter() - started),
-            )
-            table = format_suite(result)
-        else:
-            result = run_bench(opts, images, progress)
-            table = format_bench(result)
+        device=args.device, data_dir=args.data_dir, batch_size=args.batch_size, epochs=args.epochs,
+        synthetic=args.synthetic, limit=args.limit, workers=args.workers, optimizer=args.optimizer,
+        lr=args.lr, momentum=args.momentum, cuda_graphs=args.cuda_graphs,
+    )  # fmt: skip
+    request = MeasureRequest(
+        kind=kind, opts=opts, threads=args.threads, rounds=args.rounds, json_path=args.json,
+        suite_study=args.suite_study, suite_trials=args.suite_trials, suite_epochs=args.suite_epochs,
+        suite_jobs=args.suite_jobs, quality_study=args.quality_study, quality_budget=args.quality_budget,
+        quality_seeds=args.quality_seeds, quality_epochs=args.quality_epochs,
+        overhead_trials=args.overhead_trials,
+    )  # fmt: skip
+    result, table = measure(request, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
-        path = Path(args.json)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as e:
-            raise UserError(f"--json {path}: cannot write: {e.strerror or e}") from None
+        write_json(result, args.json)
     print(table)
     return 0
 

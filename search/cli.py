@@ -62,6 +62,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+def wrote(files, folder) -> str:
+    """The line a command ends with after writing files: `wrote a, b to DIR`."""
+    return f"wrote {', '.join(files)} to {folder}"
+
+
 def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     """Call `body(argv)`; turn a UserError into one line on stderr and exit code 2."""
     try:

@@ -20,11 +20,13 @@ from search.cli import (
     positive_int,
     run_main,
 )
-from search.data import DATASETS, load_dataset, load_raw
-from search.device import resolve_device, split_cpu_threads
-from search.runner import RunOptions, RunSummary, TrialEvent, install_signal_handlers, run_search
-from search.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage, dashboard_command
-from search.study_file import PRUNERS, SAMPLERS, load_study
+from search.data.datasets import DATASETS
+from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage
+from search.training.checkpoint import study_dir
+from search.training.device import resolve_device, split_cpu_threads
+from search.tuning.runner import RunOptions, TrialEvent, install_signal_handlers, preload_data, run_search
+from search.tuning.study_file import PRUNERS, SAMPLERS, load_study
+from search.tuning.summary import format_summary
 
 
 def build_parser() -> ArgumentParser:
@@ -82,36 +84,17 @@ def _main(argv: Sequence[str] | None) -> int:
         dataset=args.dataset, epochs=args.epochs, sampler=args.sampler, pruner=args.pruner
     )
     device = resolve_device(args.device)
+    study_name = args.study_name or spec.name
+    study_dir(args.results_dir, study_name)  # a name that cannot be a results folder fails now
     storage_url = check_storage(args.storage)
     if args.jobs == 1:
         split_cpu_threads(1)
-    # Load the data now, so a bad --data-dir fails before any storage is touched. One worker
-    # reuses this (memoized) dataset; with several, each worker loads its own and this process
-    # only decodes (and caches) the images once, on the host, then lets them go.
-    if args.jobs == 1:
-        load_dataset(
-            spec.dataset,
-            data_dir=args.data_dir,
-            device=device,
-            val_fraction=spec.val_fraction,
-            split_seed=spec.split_seed,
-            progress=True,
-        )
-    else:
-        load_raw(spec.dataset, data_dir=args.data_dir, progress=True)
+    preload_data(spec, data_dir=args.data_dir, device=device, jobs=args.jobs)  # a bad --data-dir fails now
     opts = RunOptions(
-        spec=spec,
-        storage_url=storage_url,
-        study_name=args.study_name or spec.name,
-        trials=args.trials,
-        timeout=args.timeout,
-        data_dir=args.data_dir,
-        device=str(device) if args.jobs == 1 else args.device,
-        seed=args.seed,
-        jobs=args.jobs,
-        heartbeat_s=args.heartbeat,
-        results_dir=Path(args.results_dir),
-    )
+        spec=spec, storage_url=storage_url, study_name=study_name, trials=args.trials,
+        timeout=args.timeout, data_dir=args.data_dir, device=str(device) if args.jobs == 1 else args.device,
+        seed=args.seed, jobs=args.jobs, heartbeat_s=args.heartbeat, results_dir=Path(args.results_dir),
+    )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
     install_signal_handlers()
     bar = tqdm(
@@ -148,34 +131,6 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"python -m search.run: error: {summary.error}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
-
-
-def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
-    failed = sum(w.failed for w in s.workers)
-    by_state = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.states.items()))
-    lines = [
-        f"study {s.study_name}: this run finished {s.finished} trial(s), {failed} failed, "
-        f"in {s.wall_seconds:.1f} s with {jobs} worker(s)",
-        f"the study now holds: {by_state or 'nothing'}",
-    ]
-    if s.interrupted:
-        lines.append(f"interrupted by {s.interrupted}: the running trial(s) were marked FAIL")
-    if s.best_value is not None:
-        lines.append(f"best: trial {s.best_number}, validation accuracy {s.best_value:.4f}")
-        for k, v in sorted(s.best_params.items()):
-            lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
-        arch = s.best_attrs.get("architecture")
-        if arch:
-            lines.append(f"  architecture: {arch}")
-        if s.baseline_gain:
-            lines.append(s.baseline_gain)
-    if s.overhead is not None:
-        lines.append(
-            f"search overhead: {s.overhead:.1%} of worker time outside training "
-            "(sampler, storage, evaluation, data loading)"
-        )
-    lines.append(f"dashboard: {dashboard_command(s.storage_url)}")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from PIL import Image
-
-from search.checkpoint import study_dir
 from search.cli import ArgumentParser, non_negative_int, positive_int, run_main
-from search.data import DATASETS, load_dataset
+from search.data.datasets import DATASETS
 from search.errors import UserError
-from search.pictures import sample_grid, save_image
-from search.study_file import load_study
+from search.outputs.samples import DEFAULT_STUDY, MAX_N, SAMPLES, write_samples
 
 PROG = "python -m search.show"
-MAX_N = 1024  # more cells than this is a poster, not a preview
-SAMPLES = "samples.png"
-DEFAULT_STUDY = "cifar10"  # as in search.run
 
 
 def build_parser() -> ArgumentParser:
@@ -61,36 +53,14 @@ def build_parser() -> ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "data":
-        path = show_data(args)
+        path = write_samples(
+            study=args.study, dataset=args.dataset, data_dir=args.data_dir, n=args.n, seed=args.seed,
+            results_dir=args.results_dir, out=args.out,
+        )  # fmt: skip
     else:  # pragma: no cover - argparse rejects unknown commands
         raise UserError(f"unknown command {args.command!r}")
     print(path)
     return 0
-
-
-def show_data(args) -> Path:
-    if args.n > MAX_N:
-        raise UserError(f"argument --n: {args.n} is too many; at most {MAX_N}")
-    if args.dataset is not None:
-        name, dataset, val_fraction, split_seed = args.dataset, args.dataset, 0.1, 0
-    else:
-        spec = load_study(args.study or DEFAULT_STUDY)
-        name, dataset = spec.name, spec.dataset
-        val_fraction, split_seed = spec.val_fraction, spec.split_seed
-    out = Path(args.out) if args.out else study_dir(args.results_dir, name) / SAMPLES
-    if out.is_dir():
-        out = out / SAMPLES
-    if out.suffix.lower() not in Image.registered_extensions():
-        raise UserError(f"--out {out}: unknown image file extension; use .png")
-    data = load_dataset(
-        dataset, data_dir=args.data_dir, device="cpu", val_fraction=val_fraction,
-        split_seed=split_seed, progress=True,
-    )  # fmt: skip
-    picture = sample_grid(data, n=args.n, split="train", seed=args.seed)
-    try:
-        return save_image(picture, out)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

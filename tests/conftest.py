@@ -22,8 +22,8 @@ import optuna
 import pytest
 import torch
 
-from search.runner import RunOptions, run_search
-from search.study_file import load_study
+from search.tuning.runner import RunOptions, run_search
+from search.tuning.study_file import load_study
 
 DIGITS_EPOCHS = 10  # the median pruner waits 2 epochs (epochs // 5): pruned curves are visibly cut
 DIGITS_TRIALS = 10

@@ -67,6 +67,8 @@ CASES = {
     "storage not sqlite": (["--storage", "sqlite:///{root}/notes.txt"], "not an SQLite database"),
     "data dir missing": (["--dataset", "cifar10", "--data-dir", "{root}/missing"], "missing"),
     "data dir without images": (["--dataset", "imagefolder", "--data-dir", "{root}/empty"], "empty"),
+    "mysql without its driver": (["--storage", "mysql://u@127.0.0.1:1/x"], "pip install mysqlclient"),
+    "study name of dots": (["--study-name", ".."], "--study-name '..': a study name must hold"),
 }
 if not torch.cuda.is_available():
     CASES["cuda without cuda"] = (["--device", "cuda"], "CUDA is not available")
@@ -86,6 +88,8 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_database_unchanged(world
     assert err.startswith("python -m search.run: error: ") and words in err
     assert "Traceback" not in captured.err + captured.out
     assert _digest(db) == before
+    # results/.. is root: a study named ".." would have put its best weights here
+    assert not (root / "best_model.pt").exists() and not (root / "best_model.json").exists()
 
 
 def test_a_bad_flag_from_the_shell_prints_no_traceback(world):
@@ -124,3 +128,30 @@ def test_export_of_a_missing_or_unfinished_study_is_one_line_and_changes_nothing
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
     assert _digest(db) == before
+
+
+def test_export_to_an_existing_file_is_one_line_and_writes_nothing(world, capsys):
+    from search.export import main as export_main
+
+    root, db = world
+    target = root / "taken.txt"
+    target.write_text("keep me\n")
+    before = sorted(p.name for p in root.rglob("*"))
+    for out in (target, target / "sub"):
+        assert export_main(["--storage", f"sqlite:///{db}", "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is a file" in err, err
+        assert "Traceback" not in err
+    assert target.read_text() == "keep me\n"
+    assert sorted(p.name for p in root.rglob("*")) == before
+
+
+def test_mysql_without_its_driver_is_one_line_in_every_storage_command(capsys):
+    from search.compare import main as compare_main
+    from search.export import main as export_main
+    from search.report import main as report_main
+
+    for cmd in (compare_main, export_main, report_main):
+        assert cmd(["--storage", "mysql://u@127.0.0.1:1/x"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the mysql driver" in err and "pip install" in err, err

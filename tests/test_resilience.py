@@ -11,9 +11,9 @@ import pytest
 from helpers import run_args
 from optuna.trial import TrialState
 
-from search import objective as objective_mod
-from search import runner
 from search.run import main
+from search.tuning import objective as objective_mod
+from search.tuning import runner
 
 
 def _args(tmp_path, *extra, epochs="1"):

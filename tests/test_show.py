@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.data import clear_cache
-from search.pictures import MIN_CELL, grid_layout
+from search.data.datasets import clear_cache
+from search.outputs.pictures import MIN_CELL, grid_layout
 from search.show import main
 
 ERROR_PREFIX = "python -m search.show: error: "

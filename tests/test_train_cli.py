@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import one_torch_thread
 
-from search.data import load_dataset
-from search.evaluation import load_model, mean_std, read_best
+from search.data.datasets import load_dataset
 from search.export import export_study
+from search.outputs.evaluation import load_model, mean_std, read_best
 from search.train import main
-from search.trainer import evaluate
+from search.training.trainer import evaluate
 
 
 @pytest.fixture(scope="module", autouse=True)

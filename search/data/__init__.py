@@ -1,0 +1,1 @@
+"""Datasets as tensors on the training device: reading image files, splitting, normalizing, ZCA."""

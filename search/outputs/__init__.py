@@ -1,0 +1,1 @@
+"""What a finished study produces: evaluation, exports, retraining, reports, pictures, provenance."""

@@ -1,0 +1,1 @@
+"""Measurements: the training-loop bench, the GPU suite, augmentation cost and search quality."""

@@ -1,0 +1,99 @@
+"""Which measurement `python -m search.bench` runs, on which images, and where its figures go."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from search.errors import UserError
+from search.perf.augment_cost import format_augment, run_augment_bench
+from search.perf.images import load_bench_data, prepare_images
+from search.perf.notebook import SUITE_BUDGET_S, BenchOptions, format_bench, run_bench
+from search.perf.overhead import format_overhead, run_overhead
+from search.perf.quality import format_quality, plot_quality, run_quality
+from search.training.device import resolve_device
+from search.tuning.study_file import load_study
+
+KINDS = ("bench", "suite", "augment", "quality", "overhead")
+QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    kind: str  # one of KINDS
+    opts: BenchOptions
+    threads: int | None = None  # torch CPU threads; None keeps torch's
+    rounds: int = 5  # augment: alternated rounds
+    json_path: str | None = None  # quality: its plot goes beside it, as .png
+    suite_study: str = "cifar10"
+    suite_trials: int = 8
+    suite_epochs: int = 3
+    suite_jobs: tuple[int, ...] = (1, 4)
+    quality_study: str = "cifar10"
+    quality_budget: float = 240.0  # seconds per arm and seed
+    quality_seeds: int = 3
+    quality_epochs: int = 6
+    overhead_trials: int = 100  # per run of the digits search
+
+
+def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tuple[dict[str, Any], str]:
+    """Run one measurement: (its figures as a JSON-ready dict, a table to print)."""
+    started = time.perf_counter()
+    if request.kind not in KINDS:
+        raise UserError(f"unknown measurement {request.kind!r}; allowed: {', '.join(KINDS)}")
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    opts = request.opts
+    resolve_device(opts.device)  # a bad --device fails before any work
+    if request.kind == "overhead":  # digits searches in child processes: no images to prepare
+        result = run_overhead(trials=request.overhead_trials, rounds=request.rounds, progress=progress)
+        return result, format_overhead(result)
+    spec = None
+    if request.kind == "quality":  # a bad study fails before any images are prepared
+        spec = load_study(request.quality_study).with_overrides(epochs=request.quality_epochs)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # its progress lines say it better
+        if opts.limit is None:
+            opts = dataclasses.replace(opts, limit=QUALITY_LIMIT)
+    with prepare_images(
+        synthetic=opts.synthetic, data_dir=opts.data_dir, limit=opts.limit, seed=opts.seed, progress=progress
+    ) as images:
+        if request.kind == "augment":
+            data = load_bench_data(images, resolve_device(opts.device), opts.limit)
+            result = run_augment_bench(opts.config(), data, rounds=request.rounds, progress=progress)
+            return result, format_augment(result)
+        if request.kind == "quality":
+            data = load_bench_data(images, resolve_device(opts.device), opts.limit)
+            seeds = tuple(range(request.quality_seeds))
+            result = run_quality(spec, data, budget_s=request.quality_budget, seeds=seeds, progress=progress)
+            if request.json_path:
+                result["plot"] = str(plot_quality(result, Path(request.json_path).with_suffix(".png")))
+            return result, format_quality(result)
+        if request.kind == "suite":
+            from search.perf.suite import format_suite, run_suite
+
+            result = run_suite(
+                opts, images, progress, study=request.suite_study, trials=request.suite_trials,
+                study_epochs=request.suite_epochs, jobs=request.suite_jobs,
+                budget_s=SUITE_BUDGET_S - (time.perf_counter() - started),
+            )  # fmt: skip
+            return result, format_suite(result)
+        result = run_bench(opts, images, progress)
+        return result, format_bench(result)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise UserError(f"--json {path}: cannot write: {e.strerror or e}") from None
+    return path

@@ -1,0 +1,237 @@
+"""`python -m search.bench --suite`: the one GPU check, in one call of at most five minutes.
+
+The bench (search.bench) at batch 128 and 512, then short searches through `python -m search.run`
+with 1 and 4 worker processes (and, on CUDA, one more with CUDA graphs flipped), timed in trials
+per hour; one table at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.perf.images import Images, Progress
+from search.perf.notebook import SUITE_BATCH_SIZES, SUITE_BUDGET_S, BenchOptions, run_bench
+from search.training.device import cuda_graphs_enabled, describe, resolve_device
+
+
+def run_suite(
+    opts: BenchOptions,
+    images: Images,
+    progress: Progress,
+    *,
+    study: str,
+    trials: int,
+    study_epochs: int,
+    jobs: Sequence[int],
+    budget_s: float = SUITE_BUDGET_S,
+) -> dict[str, Any]:
+    """The bench at each of SUITE_BATCH_SIZES, then one timed search per entry of `jobs` (and, on
+    CUDA, one more with 1 worker and CUDA graphs flipped); searches stop at the budget."""
+    device = resolve_device(opts.device)
+    started = time.perf_counter()
+    deadline = started + budget_s
+    # CUDA graphs are opt-in until a GPU run has shown they pay and agree with the eager step:
+    # on CUDA the suite measures them (bench with graphs, compared against the same fit without;
+    # one more search with graphs on) whatever the default says.
+    on_cuda = device.type == "cuda"
+    bench_opts = (
+        dataclasses.replace(opts, cuda_graphs="on") if on_cuda and opts.cuda_graphs == "auto" else opts
+    )
+    benches = [
+        run_bench(dataclasses.replace(bench_opts, batch_size=bs), images, progress)
+        for bs in SUITE_BATCH_SIZES
+    ]
+    runs: list[tuple[int, bool]] = [(j, cuda_graphs_enabled(device)) for j in jobs]
+    if on_cuda:
+        runs.append((1, not cuda_graphs_enabled(device)))  # what graphs buy a whole search
+    studies = []
+    with tempfile.TemporaryDirectory(prefix="search-suite-") as tmp:
+        for j, graphs in runs:
+            left = deadline - time.perf_counter()
+            if left < 5:
+                studies.append(
+                    {"jobs": j, "cuda_graphs": graphs, "finished": 0, "wall_s": 0.0,
+                     "trials_per_hour_wall": None, "error": "skipped: suite budget spent"}
+                )  # fmt: skip
+                continue
+            studies.append(
+                run_study(
+                    Path(tmp),
+                    study=study,
+                    trials=trials,
+                    epochs=study_epochs,
+                    device=str(device),
+                    jobs=j,
+                    graphs=graphs,
+                    images=images,
+                    progress=progress,
+                    timeout_s=left,
+                )
+            )
+    return {
+        "suite": True,
+        "device": describe(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "bench": benches,
+        "study": study,
+        "study_trials": trials,
+        "study_epochs": study_epochs,
+        "studies": studies,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def run_study(
+    tmp: Path,
+    *,
+    study: str,
+    trials: int,
+    epochs: int,
+    device: str,
+    jobs: int,
+    graphs: bool,
+    images: Images,
+    progress: Progress,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """One `python -m search.run` in a subprocess, and its pace in finished trials per hour.
+
+    Past `timeout_s` its process group (it and its workers) gets SIGTERM, which fails the running
+    trials cleanly; the finished ones still count.
+    """
+    import optuna
+
+    name = f"suite-{study}-jobs{jobs}" + ("" if graphs else "-nographs")
+    storage = f"sqlite:///{tmp / 'suite.db'}"
+    cmd = [
+        sys.executable, "-m", "search.run", "--study", study, "--trials", str(trials),
+        "--epochs", str(epochs), "--device", device, "--storage", storage, "--jobs", str(jobs),
+        "--study-name", name, "--results-dir", str(tmp / "results"), "--no-progress",
+    ]  # fmt: skip
+    if study != "digits":
+        cmd += ["--data-dir", str(images.root)]
+    env = dict(os.environ, SEARCH_CUDA_GRAPHS="1" if graphs else "0")
+    if images.cache_dir is not None:
+        env["SEARCH_CACHE_DIR"] = str(images.cache_dir)
+    progress(
+        f"study {study}: {trials} trials x {epochs} epochs, {jobs} worker(s)"
+        + ("" if graphs else ", CUDA graphs off")
+    )
+    started = time.perf_counter()
+    rc, err = _run_group(cmd, cwd=tmp, env=env, timeout_s=timeout_s)
+    wall = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "jobs": jobs,
+        "cuda_graphs": graphs,
+        "command": " ".join(cmd),
+        "returncode": rc,
+        "wall_s": wall,
+        "finished": 0,
+    }
+    if rc != 0:
+        last = (err or "").strip().splitlines()[-1:]
+        out["error"] = (last[0] if last else f"exit code {rc}")[:300]
+    with contextlib.suppress(Exception):  # nothing stored if the run failed early
+        done = [
+            t
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+            if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_start and t.datetime_complete
+        ]
+        out["finished"] = len(done)
+        out["pruned"] = sum(t.state.name == "PRUNED" for t in done)
+        if done:
+            first = min(t.datetime_start for t in done)
+            span = (max(t.datetime_complete for t in done) - first).total_seconds()
+            out["trials_span_s"] = span
+            out["trials_per_hour"] = len(done) / span * 3600 if span > 0 else None
+            out["mean_train_seconds"] = statistics.mean(
+                float(t.user_attrs.get("train_seconds", 0.0)) for t in done
+            )
+    out["trials_per_hour_wall"] = out["finished"] / wall * 3600 if wall > 0 else None
+    return out
+
+
+def _run_group(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: float):
+    """(exit code or None, stderr) of `cmd` run in its own process group, stopped at the timeout."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.communicate(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        return None, f"stopped after {timeout_s:.0f} s (suite budget)"
+    except BaseException:  # Ctrl-C: take the search and its workers down with us
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
+def format_suite(r: dict[str, Any]) -> str:
+    lines = [f"suite on {r['device']}, torch {r['torch']}, {r['wall_s']:.0f} s in all"]
+    b0 = r["bench"][0]
+    notes = []
+    if b0["synthetic"]:
+        notes.append("SYNTHETIC random images")
+    if b0["limit"] is not None:
+        notes.append(f"--limit {b0['limit']}")
+    lines.append(
+        f"bench: {b0['model']}, {b0['n_train']:,} training images"
+        + (f" ({', '.join(notes)})" if notes else "")
+        + f", median of {b0['epochs_measured']} epochs, training passes only"
+    )
+    lines.append(
+        f"{'batch':>5} {'notebook s/ep':>14} {'search s/ep':>12} {'speedup':>8} "
+        f"{'search samples/s':>17} {'eager s/ep':>11} {'graphs gain':>12}"
+    )
+    for b in r["bench"]:
+        eager = (
+            f"{b['eager_epoch_s']:>11.3f} {b['graphs_speedup']:>11.2f}x"
+            if "eager_epoch_s" in b
+            else f"{'-':>11} {'-':>12}"
+        )
+        lines.append(
+            f"{b['batch_size']:>5} {b['baseline_epoch_s']:>14.3f} {b['search_epoch_s']:>12.3f} "
+            f"{b['speedup']:>7.2f}x {b['search_samples_per_s']:>17,.0f} {eager}"
+        )
+    lines.append(
+        f"study {r['study']}: {r['study_trials']} trials x {r['study_epochs']} epochs per run "
+        "(trials/hour: first trial start to last trial end; wall: whole command)"
+    )
+    lines.append(
+        f"{'jobs':>4} {'graphs':>6} {'finished':>8} {'pruned':>6} {'wall s':>7} "
+        f"{'trials/hour':>12} {'(wall)':>8}  note"
+    )
+    for s in r["studies"]:
+        tph = s.get("trials_per_hour")
+        lines.append(
+            f"{s['jobs']:>4} {'on' if s['cuda_graphs'] else 'off':>6} {s['finished']:>8} "
+            f"{s.get('pruned', 0):>6} {s['wall_s']:>7.1f} "
+            f"{(f'{tph:,.0f}' if tph else '-'):>12} {s['trials_per_hour_wall'] or 0:>8,.0f}  "
+            f"{s.get('error', '')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Optuna storages: checking and opening URLs, and the workers' batched trial writes."""

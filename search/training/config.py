@@ -1,0 +1,126 @@
+"""A trial's whole configuration, as plain data.
+
+`TrainConfig` is what the model builder and the trainer take: no Optuna object ever gets past the
+search-space module. It round-trips through JSON, so the exported `best.json` retrains exactly the
+model the search scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from search.errors import UserError
+
+# Names the study files may use; the model and trainer map each to a torch class.
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "hardsigmoid")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "onecycle")  # the lr's shape after warm-up (search.training.schedule)
+WHITENINGS = ("none", "zca")
+MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- architecture ---
+    hidden: tuple[int, ...] = (512, 256)  # width of each hidden layer, in units; () = linear model
+    activation: str = "relu"  # one of ACTIVATIONS, applied after each hidden layer
+    dropout: float = 0.0  # probability of zeroing a hidden unit during training
+    batchnorm: bool = True  # BatchNorm1d between each hidden Linear and its activation
+    bn_momentum: float = 0.1  # PyTorch's convention: weight of the newest batch in running stats
+    # --- optimisation ---
+    optimizer: str = "sgd"  # one of OPTIMIZERS
+    lr: float = 1e-3  # learning rate, per step
+    momentum: float = 0.9  # sgd and rmsprop only; adam(w) use their betas
+    weight_decay: float = 0.0  # L2 coefficient, applied by the optimizer
+    l1: float = 0.0  # L1 lambda: loss += l1 * sum(|W|) over Linear weight matrices only
+    batch_size: int = 128  # samples per optimizer step
+    schedule: str = "constant"  # one of SCHEDULES, stepped per batch over all epochs' steps
+    warmup: float = 0.0  # fraction of all steps spent ramping the lr linearly from 0 to `lr`
+    label_smoothing: float = 0.0  # weight moved from the true class to a uniform target (train loss only)
+    # --- input ---
+    hflip: bool = False  # mirror a random half of each training batch left-right
+    translate: int = 0  # pixels: shift each training image by up to this in x and y, zero-padded
+    whiten: str = "none"  # one of WHITENINGS: "zca" decorrelates pixels, fitted on the train split
+    zca_eps: float = 1.0  # added to the covariance's eigenvalues (normalized-pixel variance units)
+    epochs: int = 10  # passes over the training split
+    seed: int = 0  # weight init and batch order; the same seed on the CPU retrains bit for bit
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, kept for provenance
+
+    def __post_init__(self) -> None:
+        # Normalise JSON's lists back to tuples so configs compare and hash reliably.
+        object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
+        problems = []
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if any(w < 1 for w in self.hidden):
+            problems.append(f"hidden widths must be >= 1, got {list(self.hidden)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.bn_momentum <= 1.0:
+            problems.append(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.l1 < 0 or self.momentum < 0:
+            problems.append("weight_decay, l1 and momentum must be >= 0")
+        if self.batch_size < 1 or self.epochs < 1:
+            problems.append("batch_size and epochs must be >= 1")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.warmup < 1.0:
+            problems.append(f"warmup must be in [0, 1), got {self.warmup}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not isinstance(self.hflip, bool):
+            problems.append(f"hflip must be true or false, got {self.hflip!r}")
+        if isinstance(self.translate, bool) or not isinstance(self.translate, int):
+            problems.append(f"translate must be a whole number of pixels, got {self.translate!r}")
+        elif not 0 <= self.translate <= MAX_TRANSLATE:
+            problems.append(f"translate must be in [0, {MAX_TRANSLATE}] pixels, got {self.translate}")
+        if self.whiten not in WHITENINGS:
+            problems.append(f"whiten {self.whiten!r} is not one of {', '.join(WHITENINGS)}")
+        if not self.zca_eps > 0:
+            problems.append(f"zca_eps must be > 0, got {self.zca_eps}")
+        if problems:
+            raise UserError("invalid config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        if not d["extra"]:
+            del d["extra"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise UserError(f"invalid config: expected a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names and k != "extra"}
+        try:
+            return cls(**known, extra={**d.get("extra", {}), **extra})
+        except (TypeError, ValueError) as e:
+            raise UserError(f"invalid config: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise UserError(f"invalid config JSON: {e}") from None
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def augments(self) -> bool:
+        """Whether training batches are augmented (flips or shifts), which needs image data."""
+        return self.hflip or self.translate > 0

@@ -1,0 +1,77 @@
+"""What a study is bound to: its dataset, split, epoch budget and space.
+
+The runner records these as the study's user attrs when it creates the study; resuming with other
+values is refused (one study never mixes incomparable trials), and export and retraining read
+them back to rebuild the very data the trials were scored on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from search.data.datasets import Dataset, load_dataset
+from search.errors import UserError
+from search.tuning.study_file import StudySpec
+
+# Resuming a study with different values for these would mix incomparable trials; export needs them.
+BINDING_ATTRS = ("dataset", "val_fraction", "split_seed", "epochs", "space")
+
+
+def study_attrs(spec: StudySpec, data_dir: str | None, seed: int) -> dict[str, Any]:
+    """What a study is bound to: export and retraining read these back to rebuild the data."""
+    return {
+        "dataset": spec.dataset,
+        "data_dir": str(data_dir) if data_dir else None,
+        "val_fraction": spec.val_fraction,
+        "split_seed": spec.split_seed,
+        "epochs": spec.epochs,
+        "seed": seed,
+        "space": spec.raw_space,
+        "study_file": str(spec.path),
+    }
+
+
+def load_bound_dataset(
+    binding: dict[str, Any], *, data_dir: str | None, device
+) -> tuple[Dataset, str | None]:
+    """The dataset and split a study (or its best.json) is bound to, from `data_dir` if given,
+    else from where the search read it. Returns the data and the directory it came from."""
+    data_dir = data_dir if data_dir is not None else binding.get("data_dir")
+    data = load_dataset(
+        binding["dataset"],
+        data_dir=data_dir,
+        device=device,
+        val_fraction=float(binding["val_fraction"]),
+        split_seed=int(binding["split_seed"]),
+    )
+    return data, data_dir
+
+
+def check_resumable(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    """Refuse to resume `study` with a binding other than the one it was created with."""
+    stored = study.user_attrs
+    for key in BINDING_ATTRS:
+        if key in stored and stored[key] != attrs[key]:
+            raise UserError(
+                f"study {study.study_name!r} was created with a different {key} "
+                f"({_short(stored[key])} vs now {_short(attrs[key])}); "
+                "pass --study-name NEW to start another study"
+            )
+
+
+def study_binding(study: optuna.Study) -> dict[str, Any]:
+    attrs = study.user_attrs
+    missing = [k for k in BINDING_ATTRS if k not in attrs]
+    if missing:
+        raise UserError(
+            f"study {study.study_name!r} lacks {', '.join(missing)} in its user attrs: "
+            "it was not made by python -m search.run, so its data cannot be rebuilt"
+        )
+    return attrs
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,84 @@
+"""The Optuna objective: sample a config, train it with `fit`, turn epochs into reports and prunes.
+
+This is the only place where the trainer meets Optuna. The trainer returns metrics; the objective
+reports each epoch's validation accuracy, asks the pruner, and records on the trial what a person
+(or the dashboard) needs later: architecture, parameter count, seconds, epochs, device, reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from search.data.datasets import Dataset
+from search.storage._batched import publish
+from search.training import checkpoint
+from search.training.model import architecture, param_count
+from search.training.trainer import EpochMetrics, fit
+from search.tuning.space import sample_config, trial_seed
+from search.tuning.strategy import should_prune
+from search.tuning.study_file import StudySpec
+
+# User attrs every finished trial carries (the README explains them).
+ATTR_ARCH = "architecture"
+ATTR_PARAMS = "n_params"
+ATTR_SECONDS = "train_seconds"
+ATTR_EPOCHS = "epochs_run"
+ATTR_DEVICE = "device"
+ATTR_SEED = "seed"
+ATTR_REASON = "reason"  # why a trial was pruned or failed, in words
+ATTR_WORKER = "worker"  # host:pid:index of the worker that ran it
+ATTR_BASELINE = "baseline"  # True on the study file's baseline trial: trained to the end, never pruned
+
+
+@dataclass
+class Objective:
+    spec: StudySpec  # space, epochs
+    data: Dataset  # already on the training device
+    seed: int = 0  # base seed; each trial trains with trial_seed(seed, number)
+    checkpoint_dir: Path | None = None  # keep the best trial's weights here; None = don't
+    worker: str | None = None  # host:pid:index, recorded on every trial this objective runs
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.worker is not None:
+            trial.set_user_attr(ATTR_WORKER, self.worker)
+        seed = trial_seed(self.seed, trial.number)
+        config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
+        reported: dict[int, float] = {}
+        # The baseline is what the search is measured against: it runs its whole budget.
+        prunable = not trial.user_attrs.get(ATTR_BASELINE, False)
+
+        def on_epoch(m: EpochMetrics) -> bool:
+            # Held by BatchedStorage and written with the trial's end (or every 2 s), in this
+            # thread: a background writer measured slower (GIL and cores shared; see README).
+            trial.report(m.val_acc, m.epoch)
+            reported[m.epoch] = m.val_acc
+            return prunable and should_prune(trial, reported)  # the values we hold, not the storage's
+
+        shape = dict(in_features=self.data.in_features, n_classes=self.data.n_classes)
+        trial.set_user_attr(ATTR_SEED, seed)
+        trial.set_user_attr(ATTR_ARCH, architecture(config, **shape))
+        trial.set_user_attr(ATTR_PARAMS, param_count(config, **shape))
+        trial.set_user_attr(ATTR_DEVICE, str(self.data.device))
+        publish(trial)  # params out before training: other workers' samplers, a crash's retry
+        result = fit(config, self.data, on_epoch=on_epoch)
+        trial.set_user_attr(ATTR_SECONDS, round(result.train_seconds, 4))
+        trial.set_user_attr(ATTR_EPOCHS, result.epochs_run)
+        if result.diverged:
+            trial.set_user_attr(ATTR_REASON, result.diverged)
+            raise optuna.TrialPruned(result.diverged)
+        if result.stopped:
+            reason = f"pruned after epoch {result.epochs_run} at val_acc {result.val_acc:.4f}"
+            trial.set_user_attr(ATTR_REASON, reason)
+            raise optuna.TrialPruned(reason)
+        if self.checkpoint_dir is not None:
+            checkpoint.save_if_best(
+                self.checkpoint_dir,
+                value=result.val_acc,
+                trial_number=trial.number,
+                model=result.model,
+                meta={"config": config.to_dict(), "study": trial.study.study_name},
+            )
+        return result.val_acc

@@ -1,0 +1,358 @@
+"""Run a search: one or more worker processes pull trials from one shared Optuna study.
+
+A run adds `trials` *finished* trials (complete or pruned) to the study. Workers claim a slot
+before each trial and give it back if the trial fails, so failures, crashes and retries never
+shrink the run. Each worker loads the dataset once and trains trial after trial in-process.
+
+Nothing here prints: progress goes out as `TrialEvent`s, the end as a `RunSummary`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.data.datasets import import_loaders, load_dataset, load_raw
+from search.errors import UserError, described
+from search.storage import _batched as batched_storage
+from search.storage.connect import open_storage
+from search.training import checkpoint
+from search.training.device import free_memory, resolve_device, split_cpu_threads, worker_device
+from search.training.trainer import import_lazy_parts
+from search.tuning import _running_trials
+from search.tuning.binding import check_resumable, study_attrs
+from search.tuning.objective import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
+from search.tuning.strategy import TrialsAtStart, make_pruner, make_sampler, snapshot_of
+from search.tuning.study_file import StudySpec
+from search.tuning.summary import RunSummary, WorkerReport, summarize
+
+MAX_CONSECUTIVE_FAILURES = 5
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so Optuna marks the running trial FAIL on its way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM both unwind through the running trial (even if SIGINT was ignored
+    when we started, as for a background job of a non-interactive shell)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    spec: StudySpec  # the study file, with command-line overrides applied
+    storage_url: str  # checked by search.storage.connect.check_storage
+    study_name: str
+    trials: int  # finished trials this run adds
+    timeout: float | None = None  # seconds; no new trial starts after it
+    data_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    jobs: int = 1  # worker processes on this machine
+    heartbeat_s: int | None = 30
+    results_dir: Path = Path("results")
+    save_best: bool = True  # keep the best trial's weights in results/<study>/
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    worker: int
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None
+    reason: str | None
+
+
+def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Study:
+    """The run's study, created if new. Without a given storage, a worker's own: its trial
+    writes batched (search.storage._batched) where this Optuna allows."""
+    if storage is None:
+        storage = open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
+        if batched_storage.available():
+            storage = batched_storage.BatchedStorage(storage)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    n_before = 0
+    snapshot = TrialsAtStart()  # one read of the trials per trial, for sampler and pruner
+    study = optuna.create_study(
+        storage=storage,
+        study_name=opts.study_name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(),  # replaced below, once we know the trial count
+        pruner=make_pruner(
+            opts.spec.pruner, opts.spec.epochs, snapshot=snapshot, min_epochs=opts.spec.min_epochs
+        ),
+    )
+    attrs = study_attrs(opts.spec, opts.data_dir, opts.seed)
+    if opts.study_name in existing:
+        n_before = len(study.get_trials(deepcopy=False))
+        check_resumable(study, attrs)
+    if not study.user_attrs:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        baseline = opts.spec.baseline_params()
+        if baseline is not None and n_before == 0:  # a new study: the baseline is its trial 0
+            study.enqueue_trial(baseline, user_attrs={ATTR_BASELINE: True})
+    # A fresh seed per run and per worker: a resumed random search must not replay old params.
+    seed = opts.seed * 7919 + n_before * 31 + worker
+    study.sampler = make_sampler(
+        opts.spec.sampler, seed, snapshot=snapshot, startup_trials=opts.spec.startup_trials
+    )
+    return study
+
+
+class _Slots:
+    """Finished-trial slots of one run, shared by its workers (a counter under a lock), and
+    which workers hold one right now, so a worker that dies mid-trial can hand its slot back."""
+
+    def __init__(self, target: int, jobs: int = 1, ctx=None):
+        ctx = ctx or mp.get_context("spawn")
+        self.target = target
+        self.claimed = ctx.Value("i", 0)
+        self.holding = ctx.Array("b", jobs)
+
+    def claim(self, worker: int) -> bool:
+        with self.claimed.get_lock():
+            if self.claimed.value >= self.target:
+                return False
+            self.claimed.value += 1
+            self.holding[worker] = 1
+            return True
+
+    def done(self, worker: int, *, counted: bool) -> None:
+        """The worker's trial ended: keep the slot if it finished, give it back if not."""
+        with self.claimed.get_lock():
+            if self.holding[worker]:
+                self.holding[worker] = 0
+                if not counted:
+                    self.claimed.value -= 1
+
+    @property
+    def left(self) -> int:
+        return self.target - self.claimed.value
+
+
+def _worker_tag(worker: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{worker}"
+
+
+def run_worker(
+    opts: RunOptions,
+    worker: int,
+    slots: _Slots,
+    emit: Callable[[TrialEvent], None],
+    deadline: float | None,
+) -> WorkerReport:
+    report = WorkerReport(worker=worker)
+    # The clock starts after the imports a worker makes on first use (3-4 s once per process):
+    # the overhead share is about what each trial costs, not about Python starting up.
+    import_loaders()
+    import_lazy_parts()
+    started = time.perf_counter()
+    device = worker_device(resolve_device(opts.device), worker)
+    study = None
+    try:
+        data = load_dataset(
+            opts.spec.dataset,
+            data_dir=opts.data_dir,
+            device=device,
+            val_fraction=opts.spec.val_fraction,
+            split_seed=opts.spec.split_seed,
+        )
+        study = open_study(opts, worker=worker)
+        ckpt = checkpoint.study_dir(opts.results_dir, opts.study_name) if opts.save_best else None
+        tag = _worker_tag(worker)
+        snapshot = snapshot_of(study)
+        objective = Objective(spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt, worker=tag)
+        consecutive, last_reason = 0, None
+
+        def guarded(trial: optuna.Trial) -> float:
+            try:
+                return objective(trial)
+            except optuna.TrialPruned:
+                raise
+            except KeyboardInterrupt:
+                trial.set_user_attr(ATTR_REASON, "interrupted")
+                raise
+            except Exception as e:
+                trial.set_user_attr(ATTR_REASON, described(e))
+                free_memory(device)
+                raise
+
+        def after(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+            nonlocal consecutive, last_reason
+            report.train_seconds += float(frozen.user_attrs.get(ATTR_SECONDS, 0.0))
+            reason = frozen.user_attrs.get(ATTR_REASON)
+            failed = frozen.state == TrialState.FAIL
+            slots.done(worker, counted=not failed)
+            if failed:
+                report.failed += 1
+                consecutive, last_reason = consecutive + 1, reason or "unknown error"
+            else:
+                report.finished += 1
+                consecutive = 0
+            emit(TrialEvent(worker, frozen.number, frozen.state.name, frozen.value, reason))
+
+        while deadline is None or time.time() < deadline:
+            if not slots.claim(worker):
+                break
+            if snapshot is not None:
+                snapshot.prime(study)  # the one read of the trials this trial's sampling needs
+            study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after])
+            if consecutive >= MAX_CONSECUTIVE_FAILURES:
+                report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"
+                break
+    except KeyboardInterrupt as e:
+        report.interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+    except UserError as e:
+        report.error = str(e)
+    finally:
+        slots.done(worker, counted=False)
+        if report.interrupted and study is not None:
+            fail_orphans(study, {_worker_tag(worker)})
+        report.wall_seconds = time.perf_counter() - started
+    return report
+
+
+def fail_orphans(study: optuna.Study, tags: set[str], reason: str = "interrupted") -> int:
+    """Mark FAIL the RUNNING trials these workers left behind (stopped between Optuna's
+    ask and tell); a crashed worker on another machine is the heartbeat's job instead."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(ATTR_WORKER) in tags:
+            _running_trials.set_user_attr(study, t, ATTR_REASON, reason)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            n += 1
+    return n
+
+
+def _worker_process(opts, worker, slots, events, reports, deadline) -> None:
+    # The parent owns Ctrl-C: it stops each worker with SIGTERM, once, so a second signal
+    # cannot land while a worker is recording its interrupted trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    split_cpu_threads(opts.jobs)
+    report = run_worker(opts, worker, slots, events.put, deadline)
+    reports.put(report)
+
+
+def preload_data(spec: StudySpec, *, data_dir: str | None, device, jobs: int) -> None:
+    """Load the study's data before any storage is touched, so a bad data directory changes no
+    database. One worker reuses this (memoized) dataset; with several, each worker loads its own
+    and this process only decodes (and caches) the images once, on the host, then lets them go."""
+    if jobs == 1:
+        load_dataset(
+            spec.dataset, data_dir=data_dir, device=device, val_fraction=spec.val_fraction,
+            split_seed=spec.split_seed, progress=True,
+        )  # fmt: skip
+    else:
+        load_raw(spec.dataset, data_dir=data_dir, progress=True)
+
+
+def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | None = None) -> RunSummary:
+    """Create or resume the study, run `opts.trials` finished trials over `opts.jobs` workers."""
+    emit = on_event or (lambda _e: None)
+    started = time.perf_counter()
+    deadline = time.time() + opts.timeout if opts.timeout else None
+    storage = open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
+    open_study(opts, storage=storage)  # create it once, before workers race to
+    if opts.jobs == 1:
+        reports = [run_worker(opts, 0, _Slots(opts.trials), emit, deadline)]
+    else:
+        reports = _run_processes(opts, emit, deadline)
+    return summarize(opts.study_name, opts.storage_url, storage, reports, time.perf_counter() - started)
+
+
+MAX_RESPAWNS = 3  # per worker slot: a worker that keeps dying points at a real problem
+
+
+def _run_processes(opts: RunOptions, emit, deadline) -> list[WorkerReport]:
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked; spawn also isolates torch threads
+    slots = _Slots(opts.trials, opts.jobs, ctx)
+    events, reports_q = ctx.Queue(), ctx.Queue()
+
+    def start(i: int):
+        p = ctx.Process(target=_worker_process, args=(opts, i, slots, events, reports_q, deadline))
+        p.start()
+        return p
+
+    procs = {i: start(i) for i in range(opts.jobs)}
+    respawns = dict.fromkeys(procs, 0)
+    reports: dict[int, WorkerReport] = {}
+    interrupted = None
+
+    def drain(block: float = 0.0) -> None:
+        try:
+            emit(events.get(timeout=block) if block else events.get_nowait())
+        except queue_mod.Empty:
+            return
+        while True:
+            try:
+                emit(events.get_nowait())
+            except queue_mod.Empty:
+                break
+
+    def collect() -> None:
+        while True:
+            try:
+                r = reports_q.get_nowait()
+            except queue_mod.Empty:
+                return
+            reports[r.worker] = r
+
+    try:
+        while True:
+            drain(block=0.2)
+            collect()
+            for i, p in list(procs.items()):
+                if p.is_alive() or i in reports:
+                    continue
+                collect()  # its report may have arrived just now
+                if i in reports:
+                    continue
+                # Died without a report (killed, segfault, out of memory): free its slot and
+                # replace it while work is left. The heartbeat fails and re-queues its trial.
+                slots.done(i, counted=False)
+                if slots.left > 0 and respawns[i] < MAX_RESPAWNS:
+                    respawns[i] += 1
+                    procs[i] = start(i)
+                else:
+                    reports[i] = WorkerReport(worker=i, error=f"worker {i} died (exit code {p.exitcode})")
+            if not any(p.is_alive() for p in procs.values()):
+                break
+    except KeyboardInterrupt as e:
+        interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+        for p in procs.values():
+            p.join(timeout=60)
+    for p in procs.values():
+        p.join(timeout=5)
+    drain()
+    collect()
+    for i, p in procs.items():
+        if i not in reports:
+            reports[i] = WorkerReport(worker=i, error=f"worker {i} died (exit code {p.exitcode})")
+    if interrupted:
+        for r in reports.values():
+            r.interrupted = interrupted
+    return [reports[i] for i in sorted(reports)]

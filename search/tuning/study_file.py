@@ -1,0 +1,191 @@
+"""Study definitions: a TOML file names the dataset, the budget, the sampler, the pruner and the space.
+
+    [study]
+    dataset = "digits"      # cifar10 | digits | imagefolder
+    epochs = 20             # per trial; the pruner may stop a trial sooner
+    val_fraction = 0.2      # of the training set, held out to score trials
+    split_seed = 0          # fixes that validation split
+    sampler = "tpe"         # tpe | random
+    pruner = "median"       # median | halving | hyperband | none
+    startup_trials = 10     # TPE's random trials before it models the results
+    min_epochs = 1          # median: no pruning before this epoch; halving/hyperband: first rung
+
+    [space]
+    ...                     # see search.tuning.space
+
+    [baseline]              # optional: a full config, enqueued as a new study's trial 0
+    hidden = [512, 256]
+    ...                     # any search.training.config.TrainConfig field but epochs and seed
+
+`--study NAME` looks for `studies/NAME.toml` in the working directory, then beside the package;
+`--study PATH` reads that file. The study's name (and so the Optuna study name) is the file's stem.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from search.data.datasets import DATASETS
+from search.errors import UserError
+from search.training.config import TrainConfig
+from search.tuning.space import Param, config_params, parse_space
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "halving", "hyperband", "none")
+PACKAGE_STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+# [study] keys, their types and defaults.
+STUDY_KEYS: dict[str, tuple[type, Any]] = {
+    "dataset": (str, None),
+    "epochs": (int, 10),
+    "val_fraction": (float, 0.1),
+    "split_seed": (int, 0),
+    "sampler": (str, "tpe"),
+    "pruner": (str, "median"),
+    "startup_trials": (int, 10),
+    "min_epochs": (int, 0),  # 0: the pruner's own default (a fifth of the epochs for median)
+    "description": (str, ""),
+}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str  # the file's stem; the default Optuna study name
+    path: Path  # where it was read from
+    dataset: str  # one of search.data.datasets.DATASETS
+    epochs: int  # training epochs per trial (the pruner's max resource)
+    val_fraction: float  # share of the training split held out for validation
+    split_seed: int  # seed of that validation split
+    sampler: str  # one of SAMPLERS
+    pruner: str  # one of PRUNERS
+    space: dict[str, Param] = field(default_factory=dict)
+    raw_space: dict[str, Any] = field(default_factory=dict)  # the [space] table as written
+    description: str = ""
+    startup_trials: int = 10  # TPE's random start-up trials (the baseline counts as one)
+    min_epochs: int = 0  # the pruner's first epoch to judge; 0 = its default
+    baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
+
+    def baseline_params(self) -> dict[str, Any] | None:
+        """The baseline as this space's params (checked when the file is read)."""
+        if self.baseline is None:
+            return None
+        return config_params(self.baseline, self.space, epochs=self.epochs)
+
+    def with_overrides(self, **changes: Any) -> StudySpec:
+        """Apply command-line overrides (None means "not given"), re-checking them."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        spec = replace(self, **changes)
+        _check_study_values(spec, where="command line")
+        return spec
+
+
+def find_study_file(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise UserError(f"study file {path} does not exist")
+        return path
+    candidates = [
+        Path("studies") / f"{name_or_path}.toml",
+        PACKAGE_STUDIES / f"{name_or_path}.toml",
+    ]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted({p.stem for d in (Path("studies"), PACKAGE_STUDIES) for p in d.glob("*.toml")})
+    raise UserError(
+        f"unknown study {name_or_path!r}: no studies/{name_or_path}.toml; "
+        f"known studies: {', '.join(known) or 'none'}"
+    )
+
+
+def load_study(name_or_path: str) -> StudySpec:
+    path = find_study_file(name_or_path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: TOML syntax error: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    return parse_study(doc, name=path.stem, path=path)
+
+
+def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
+    where = str(path)
+    unknown = set(doc) - {"study", "space", "baseline"}
+    if unknown:
+        raise UserError(f"{where}: unknown table(s) {sorted(unknown)}; allowed: [study], [space], [baseline]")
+    table = doc.get("study", {})
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: [study] must be a table")
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in STUDY_KEYS:
+            raise UserError(f"{where}: study.{key}: unknown key; allowed: {', '.join(STUDY_KEYS)}")
+        typ, _ = STUDY_KEYS[key]
+        if typ is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = float(raw)
+        if not isinstance(raw, typ) or isinstance(raw, bool):
+            raise UserError(f"{where}: study.{key}: expected {typ.__name__}, got {raw!r}")
+        values[key] = raw
+    for key, (_, default) in STUDY_KEYS.items():
+        values.setdefault(key, default)
+    if values["dataset"] is None:
+        raise UserError(f"{where}: study.dataset is required; allowed: {', '.join(DATASETS)}")
+    raw_space = doc.get("space", {})
+    spec = StudySpec(
+        name=name,
+        path=path,
+        space=parse_space(raw_space, where=where),
+        raw_space=raw_space,
+        baseline=_parse_baseline(doc.get("baseline"), where=where),
+        **values,
+    )
+    _check_study_values(spec, where=where)
+    return spec
+
+
+def _parse_baseline(table: Any, *, where: str) -> TrainConfig | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: [baseline] must be a table of config fields")
+    fields = set(TrainConfig.__dataclass_fields__) - {"extra", "epochs", "seed"}
+    unknown = set(table) - fields
+    if unknown:
+        raise UserError(
+            f"{where}: baseline.{sorted(unknown)[0]}: unknown field; allowed: {', '.join(sorted(fields))} "
+            "(epochs and seed come from the study)"
+        )
+    try:
+        return TrainConfig.from_dict(table)
+    except UserError as e:
+        raise UserError(f"{where}: [baseline]: {e}") from None
+
+
+def _check_study_values(spec: StudySpec, *, where: str) -> None:
+    if spec.dataset not in DATASETS:
+        raise UserError(f"{where}: dataset {spec.dataset!r} is unknown; allowed: {', '.join(DATASETS)}")
+    if spec.sampler not in SAMPLERS:
+        raise UserError(f"{where}: sampler {spec.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+    if spec.pruner not in PRUNERS:
+        raise UserError(f"{where}: pruner {spec.pruner!r} is unknown; allowed: {', '.join(PRUNERS)}")
+    if spec.epochs < 1:
+        raise UserError(f"{where}: epochs must be >= 1, got {spec.epochs}")
+    if not 0.0 < spec.val_fraction < 1.0:
+        raise UserError(f"{where}: val_fraction must be in (0, 1), got {spec.val_fraction}")
+    if spec.startup_trials < 0 or spec.min_epochs < 0:
+        raise UserError(f"{where}: startup_trials and min_epochs must be >= 0")
+    if spec.baseline is not None:
+        try:
+            spec.baseline_params()
+        except UserError as e:
+            raise UserError(f"{where}: [baseline] {e}") from None

@@ -1,0 +1,99 @@
+"""What a run did: each worker's report, the study's state at the end, and the summary's text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from search.storage.connect import dashboard_command
+from search.tuning.trials import baseline_gain, best_complete
+
+
+@dataclass
+class WorkerReport:
+    worker: int
+    wall_seconds: float = 0.0  # from before data loading (after imports) to after the last trial
+    train_seconds: float = 0.0  # the trials' recorded train_seconds (training passes), summed
+    finished: int = 0
+    failed: int = 0
+    error: str | None = None  # why the worker stopped early, if it did
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM"
+
+
+@dataclass
+class RunSummary:
+    study_name: str
+    storage_url: str
+    wall_seconds: float
+    workers: list[WorkerReport] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)  # the whole study, by state
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_number: int | None = None
+    best_attrs: dict[str, Any] = field(default_factory=dict)
+    baseline_gain: str | None = None  # "best ... vs the baseline ...: +x points", if it has one
+
+    @property
+    def finished(self) -> int:
+        return sum(w.finished for w in self.workers)
+
+    @property
+    def overhead(self) -> float | None:
+        """Share of worker time spent outside training: sampler, storage, evaluation, data loading."""
+        wall = sum(w.wall_seconds for w in self.workers)
+        train = sum(w.train_seconds for w in self.workers)
+        return None if wall <= 0 or train <= 0 else max(0.0, 1.0 - train / wall)
+
+    @property
+    def error(self) -> str | None:
+        return next((w.error for w in self.workers if w.error), None)
+
+    @property
+    def interrupted(self) -> str | None:
+        return next((w.interrupted for w in self.workers if w.interrupted), None)
+
+
+def summarize(
+    study_name: str, storage_url: str, storage, reports: list[WorkerReport], wall: float
+) -> RunSummary:
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    summary = RunSummary(study_name, storage_url, wall, workers=reports)
+    for t in trials:
+        summary.states[t.state.name] = summary.states.get(t.state.name, 0) + 1
+    best = best_complete(trials)
+    if best is not None:
+        summary.best_value, summary.best_params = best.value, dict(best.params)
+        summary.best_number, summary.best_attrs = best.number, dict(best.user_attrs)
+        summary.baseline_gain = baseline_gain(trials, best.value)
+    return summary
+
+
+def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
+    failed = sum(w.failed for w in s.workers)
+    by_state = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.states.items()))
+    lines = [
+        f"study {s.study_name}: this run finished {s.finished} trial(s), {failed} failed, "
+        f"in {s.wall_seconds:.1f} s with {jobs} worker(s)",
+        f"the study now holds: {by_state or 'nothing'}",
+    ]
+    if s.interrupted:
+        lines.append(f"interrupted by {s.interrupted}: the running trial(s) were marked FAIL")
+    if s.best_value is not None:
+        lines.append(f"best: trial {s.best_number}, validation accuracy {s.best_value:.4f}")
+        for k, v in sorted(s.best_params.items()):
+            lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
+        arch = s.best_attrs.get("architecture")
+        if arch:
+            lines.append(f"  architecture: {arch}")
+        if s.baseline_gain:
+            lines.append(s.baseline_gain)
+    if s.overhead is not None:
+        lines.append(
+            f"search overhead: {s.overhead:.1%} of worker time outside training "
+            "(sampler, storage, evaluation, data loading)"
+        )
+    lines.append(f"dashboard: {dashboard_command(s.storage_url)}")
+    return "\n".join(lines)

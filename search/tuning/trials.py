@@ -1,0 +1,61 @@
+"""Picking trials out of a study: the complete ones, the best, the top few, and the baseline.
+
+A study whose file has a `[baseline]` table starts with that config as trial 0 (enqueued by the
+runner, never pruned), so every summary can say how far the search got beyond it:
+"best 0.6120 vs the baseline 0.5310: +8.1 points".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from optuna.trial import FrozenTrial, TrialState
+
+from search.tuning.objective import ATTR_BASELINE
+
+TOP_FRACTION, TOP_MIN = 0.1, 5  # "the best trials": the top 10% of complete trials, at least 5
+
+
+def complete_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The COMPLETE trials that hold a value, in the study's order."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+
+
+def best_complete(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> FrozenTrial | None:
+    """The best COMPLETE trial; among equals the earliest, as the search's checkpoint keeps it
+    (it is replaced only by a strictly better trial)."""
+    pick = max if maximize else min
+    return pick(complete_trials(trials), key=lambda t: t.value, default=None)
+
+
+def best_trials(
+    trials: Sequence[FrozenTrial],
+    *,
+    maximize: bool = True,
+    fraction: float = TOP_FRACTION,
+    minimum: int = TOP_MIN,
+) -> list[FrozenTrial]:
+    """The top `fraction` of COMPLETE trials (at least `minimum` of them), best first."""
+    complete = sorted(complete_trials(trials), key=lambda t: t.value, reverse=maximize)
+    return complete[: max(minimum, math.ceil(fraction * len(complete)))]
+
+
+def baseline_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The study's completed baseline trial (the first, should it have been retried)."""
+    return next(
+        (t for t in trials if t.user_attrs.get(ATTR_BASELINE) and t.state == TrialState.COMPLETE),
+        None,
+    )
+
+
+def gain_text(best: float, baseline: float) -> str:
+    """Accuracy points gained, e.g. `best 0.6120 vs the baseline 0.5310: +8.1 points`."""
+    return f"best {best:.4f} vs the baseline {baseline:.4f}: {100 * (best - baseline):+.1f} points"
+
+
+def baseline_gain(trials: Sequence[FrozenTrial], best_value: float | None) -> str | None:
+    base = baseline_trial(trials)
+    if base is None or best_value is None or base.value is None:
+        return None
+    return gain_text(best_value, base.value) + f" (baseline: trial {base.number})"

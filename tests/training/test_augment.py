@@ -1,0 +1,81 @@
+"""Flips and shifts act on training batches only, image by image as a loop would."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from search.data.datasets import load_dataset
+from search.errors import UserError
+from search.training.augment import Augmenter, check_augmentable
+from search.training.config import TrainConfig
+from search.training.trainer import evaluate, fit
+
+SHAPE = (3, 6, 5)
+
+
+def _batch(n=64):
+    return torch.randn(n, SHAPE[0] * SHAPE[1] * SHAPE[2], generator=torch.Generator().manual_seed(0))
+
+
+def _shifted(img: torch.Tensor, dy: int, dx: int, t: int) -> torch.Tensor:
+    """One image moved by (dy, dx) in [-t, t], zeros where it uncovers: a plain slice of a pad."""
+    _, h, w = img.shape
+    padded = F.pad(img, (t, t, t, t))
+    return padded[:, t - dy : t - dy + h, t - dx : t - dx + w]
+
+
+def test_hflip_mirrors_about_half_the_images_and_leaves_the_rest():
+    x = _batch()
+    out = Augmenter(TrainConfig(hflip=True), SHAPE, torch.device("cpu"))(x).view(-1, *SHAPE)
+    imgs = x.view(-1, *SHAPE)
+    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, imgs, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, imgs, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 16 < sum(flipped) < 48
+
+
+def test_translate_equals_a_zero_padded_shift_of_each_image():
+    t = 2
+    x = _batch()
+    out = Augmenter(TrainConfig(translate=t), SHAPE, torch.device("cpu"))(x).view(-1, *SHAPE)
+    shifts_seen = set()
+    for o, img in zip(out, x.view(-1, *SHAPE), strict=True):
+        match = [
+            (dy, dx)
+            for dy in range(-t, t + 1)
+            for dx in range(-t, t + 1)
+            if torch.equal(o, _shifted(img, dy, dx, t))
+        ]
+        assert match, "an output that is no shift of its input"
+        shifts_seen.add(match[0])
+    assert len(shifts_seen) > 10  # per-image shifts, not one for the whole batch
+
+
+def test_augmentation_changes_neither_shape_nor_the_input():
+    x = _batch()
+    before = x.clone()
+    out = Augmenter(TrainConfig(hflip=True, translate=1), SHAPE, torch.device("cpu"))(x)
+    assert out.shape == x.shape and torch.equal(x, before)
+
+
+def test_flips_and_shifts_need_an_image():
+    with pytest.raises(UserError, match="need image data"):
+        check_augmentable(TrainConfig(hflip=True), (64, 1, 1), "tabular")
+    with pytest.raises(UserError, match="out of the frame"):
+        check_augmentable(TrainConfig(translate=8), (1, 8, 8), "digits")
+    check_augmentable(TrainConfig(), (64, 1, 1), "tabular")  # nothing asked: nothing refused
+
+
+def test_fit_refuses_augmentation_on_data_without_images():
+    data = load_dataset("digits", device="cpu", val_fraction=0.2, split_seed=0)
+    flat = type(data)(**{**data.__dict__, "image_shape": (64, 1, 1)})
+    with pytest.raises(UserError, match="need image data"):
+        fit(TrainConfig(hidden=(8,), hflip=True, epochs=1), flat)
+
+
+def test_validation_is_never_augmented():
+    data = load_dataset("digits", device="cpu", val_fraction=0.2, split_seed=0)
+    result = fit(TrainConfig(hidden=(32,), hflip=True, translate=1, epochs=2), data)
+    assert result.history[-1].val_acc == evaluate(result.model, data.x_val, data.y_val)[1]
+    plain = fit(TrainConfig(hidden=(32,), epochs=2), data)
+    assert plain.history[-1].train_loss != result.history[-1].train_loss

@@ -1,0 +1,192 @@
+"""Only the search space samples; what it samples respects the study file, and replays exactly."""
+
+import optuna
+import pytest
+
+from search.errors import UserError
+from search.tuning.space import parse_space, replay_config, sample_config
+
+SPACE = {
+    "n_layers": {"low": 1, "high": 3},
+    "width": {"low": 16, "high": 256, "log": True},
+    "activation": ["relu", "tanh"],
+    "dropout": {"low": 0.0, "high": 0.5},
+    "batchnorm": [True, False],
+    "bn_momentum": {"low": 0.01, "high": 0.5, "log": True},
+    "optimizer": ["sgd", "adam"],
+    "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+    "momentum": 0.8,
+    "batch_size": [32, 64],
+}
+
+
+def _sample_many(space, n=60):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append((trial, sample_config(trial, space, epochs=3, seed=0)))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_sampling_respects_ranges_choices_and_log_scale():
+    space = parse_space(SPACE, where="t.toml")
+    for trial, c in _sample_many(space):
+        assert 1 <= len(c.hidden) <= 3 and all(16 <= w <= 256 for w in c.hidden)
+        assert c.activation in ("relu", "tanh") and c.batch_size in (32, 64)
+        assert 0.0 <= c.dropout <= 0.5 and 1e-4 <= c.lr <= 1e-1
+        assert trial.distributions["lr"].log and trial.distributions["width_0"].log
+        assert not trial.distributions["dropout"].log
+
+
+def test_fixed_values_are_used_but_never_become_params():
+    space = parse_space(SPACE, where="t.toml")
+    for trial, c in _sample_many(space, 20):
+        assert "momentum" not in trial.params
+        assert c.momentum == (0.8 if c.optimizer == "sgd" else 0.0)
+
+
+def test_conditional_knobs_exist_only_when_they_matter():
+    space = parse_space(SPACE, where="t.toml")
+    for trial, c in _sample_many(space, 40):
+        assert ("bn_momentum" in trial.params) == c.batchnorm
+        widths = sorted(k for k in trial.params if k.startswith("width_"))
+        assert widths == [f"width_{i}" for i in range(len(c.hidden))]
+
+
+def test_log_range_spreads_over_decades():
+    space = parse_space({"lr": {"low": 1e-5, "high": 1e-1, "log": True}}, where="t.toml")
+    lrs = [c.lr for _, c in _sample_many(space, 200)]
+    below_1e3 = sum(lr < 1e-3 for lr in lrs) / len(lrs)
+    assert 0.35 < below_1e3 < 0.65  # half the decades lie below 1e-3; a linear draw gives ~1%
+
+
+def test_replayed_params_give_the_same_config():
+    space = parse_space(SPACE, where="t.toml")
+    for trial, c in _sample_many(space, 20):
+        assert replay_config(trial.params, space, epochs=3, seed=0) == c
+
+
+def test_replay_of_params_outside_the_space_is_a_user_error():
+    space = parse_space(SPACE, where="t.toml")
+    with pytest.raises(UserError):
+        replay_config({"n_layers": 9}, space, epochs=1, seed=0)
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ({"colour": ["red"]}, ["space.colour", "unknown knob", "activation"]),
+        ({"lr": {"low": 0.1, "high": 0.01}}, ["space.lr", "low (0.1) > high (0.01)"]),
+        ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, ["space.lr", "log range needs low > 0"]),
+        ({"activation": ["relu", "swish"]}, ["space.activation", "'swish'", "allowed"]),
+        ({"optimizer": "lbfgs"}, ["space.optimizer", "'lbfgs'", "adamw"]),
+        ({"n_layers": {"low": 1.5, "high": 3}}, ["space.n_layers", "not an integer"]),
+        ({"batchnorm": {"low": 0, "high": 1}}, ["space.batchnorm", "not a range"]),
+    ],
+)
+def test_a_bad_space_is_refused_naming_file_key_and_what_is_allowed(table, words):
+    with pytest.raises(UserError) as e:
+        parse_space(table, where="studies/x.toml")
+    message = str(e.value)
+    assert message.startswith("studies/x.toml: ") and "\n" not in message
+    for w in words:
+        assert w in message
+
+
+PER_OPTIMIZER = {
+    "optimizer": ["sgd", "adam"],
+    "lr": {"sgd": {"low": 0.01, "high": 0.3, "log": True}, "adam": {"low": 1e-4, "high": 1e-3, "log": True}},
+}
+
+
+def test_per_optimizer_lr_samples_each_optimizers_own_range():
+    space = parse_space(PER_OPTIMIZER, where="t.toml")
+    seen = set()
+    for trial, c in _sample_many(space, 40):
+        name = f"lr_{c.optimizer}"
+        assert [k for k in trial.params if k.startswith("lr")] == [name]
+        assert c.lr == trial.params[name]
+        low, high = (0.01, 0.3) if c.optimizer == "sgd" else (1e-4, 1e-3)
+        assert low <= c.lr <= high and trial.distributions[name].log
+        seen.add(c.optimizer)
+        assert replay_config(trial.params, space, epochs=3, seed=0) == c
+    assert seen == {"sgd", "adam"}
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ({"optimizer": ["sgd", "adamw"], "lr": {"sgd": 0.1}}, ["space.lr", "no lr for optimizer(s) adamw"]),
+        ({"lr": {"lbfgs": 0.1}}, ["space.lr", "lbfgs", "not an optimizer"]),
+        (
+            {"optimizer": ["adam"], "lr": {"adam": {"low": 1, "high": 0.1}}},
+            ["space.lr.adam", "low (1) > high"],
+        ),
+    ],
+)
+def test_a_bad_per_optimizer_lr_table_is_refused(table, words):
+    with pytest.raises(UserError) as e:
+        parse_space(table, where="studies/x.toml")
+    for w in words:
+        assert w in str(e.value)
+
+
+NEW_KNOBS = {
+    "schedule": ["constant", "cosine", "onecycle"],
+    "warmup": {"low": 0.0, "high": 0.3},
+    "label_smoothing": {"low": 0.0, "high": 0.3},
+    "hflip": [True, False],
+    "translate": {"low": 0, "high": 4},
+    "whiten": ["none", "zca"],
+    "zca_eps": {"low": 0.1, "high": 1.0, "log": True},
+}
+
+
+def test_quality_knobs_are_sampled_into_the_config():
+    space = parse_space(NEW_KNOBS, where="t.toml")
+    configs = [c for _, c in _sample_many(space, 60)]
+    assert {c.schedule for c in configs} == {"constant", "cosine", "onecycle"}
+    assert {c.translate for c in configs} == {0, 1, 2, 3, 4} and {c.hflip for c in configs} == {True, False}
+    assert all(0 <= c.warmup <= 0.3 and 0 <= c.label_smoothing <= 0.3 for c in configs)
+    for trial, c in _sample_many(space, 30):
+        assert ("zca_eps" in trial.params) == (c.whiten == "zca")
+
+
+def test_hflip_takes_booleans_only():
+    with pytest.raises(UserError, match="space.hflip"):
+        parse_space({"hflip": ["yes", "no"]}, where="t.toml")
+
+
+def test_a_baseline_config_becomes_the_params_that_replay_it():
+    from search.training.config import TrainConfig
+    from search.tuning.space import config_params
+
+    space = parse_space({**SPACE, **PER_OPTIMIZER, **NEW_KNOBS}, where="t.toml")
+    base = TrainConfig(hidden=(64, 32), batchnorm=False, optimizer="sgd", lr=0.05, momentum=0.8,
+                       batch_size=32, schedule="cosine", translate=2, whiten="zca", zca_eps=0.5)  # fmt: skip
+    params = config_params(base, space, epochs=3)
+    assert params["lr_sgd"] == 0.05 and params["width_1"] == 32 and "bn_momentum" not in params
+    assert replay_config(params, space, epochs=3, seed=0) == base.replace(epochs=3)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(lr=0.5), ["lr_sgd", "0.5"]),  # outside sgd's range
+        (dict(momentum=0.9), ["momentum = 0.9", "0.8"]),  # the space fixes momentum to 0.8
+        (dict(hidden=(8,)), ["width_0", "8"]),
+    ],
+)
+def test_a_baseline_the_space_cannot_express_is_refused(change, words):
+    from search.training.config import TrainConfig
+    from search.tuning.space import config_params
+
+    space = parse_space({**SPACE, **PER_OPTIMIZER}, where="t.toml")
+    base = TrainConfig(hidden=(64,), optimizer="sgd", lr=0.05, momentum=0.8, batch_size=32).replace(**change)
+    with pytest.raises(UserError) as e:
+        config_params(base, space, epochs=3)
+    assert "baseline" in str(e.value) or "space" in str(e.value)
+    for w in words:
+        assert w in str(e.value)
