@@ -52,14 +52,24 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, minimum=0, words="0 or more")
 
 
-def positive_float(text: str) -> float:
+def _seconds(text: str, *, zero_ok: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    if not (value >= 0 if zero_ok else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} must be a {'non-negative' if zero_ok else 'positive'} number of seconds"
+        )
     return value
+
+
+def positive_float(text: str) -> float:
+    return _seconds(text, zero_ok=False)
+
+
+def non_negative_float(text: str) -> float:
+    return _seconds(text, zero_ok=True)
 
 
 def wrote(files, folder) -> str:

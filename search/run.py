@@ -15,6 +15,7 @@ from search.cli import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     ArgumentParser,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -35,45 +36,32 @@ def build_parser() -> ArgumentParser:
         description="Search MLP hyperparameters with Optuna. Rerunning the same command resumes "
         "the study and adds --trials more finished trials.",
     )
-    p.add_argument(
+    add = p.add_argument
+    add(
         "--study",
         default="cifar10",
         metavar="NAME|PATH",
         help="study name (studies/NAME.toml) or a .toml path",
     )
-    p.add_argument("--trials", type=positive_int, metavar="N", default=100, help="finished trials to add")
-    p.add_argument(
-        "--timeout", type=positive_float, metavar="SECONDS", default=None, help="start no trial after SECONDS"
-    )
-    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="any Optuna storage URL")
-    p.add_argument(
-        "--study-name", default=None, metavar="NAME", help="Optuna study name (default: the study file's)"
-    )
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="dataset directory (default: data/)")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="override the study's dataset")
-    p.add_argument(
-        "--epochs", type=positive_int, metavar="N", default=None, help="override the epochs per trial"
-    )
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument(
-        "--seed", type=non_negative_int, metavar="N", default=0, help="base seed of sampler and trials"
-    )
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="override the study's sampler")
-    p.add_argument("--pruner", choices=PRUNERS, default=None, help="override the study's pruner")
-    p.add_argument(
-        "--jobs", type=positive_int, metavar="N", default=1, help="worker processes on this machine"
-    )
-    p.add_argument(
-        "--heartbeat",
-        type=positive_int,
-        metavar="SECONDS",
-        default=DEFAULT_HEARTBEAT_S,
-        help="seconds between worker heartbeats; a dead worker's trial is retried after 2 of them",
-    )
-    p.add_argument(
-        "--results-dir", default="results", metavar="DIR", help="where best weights and exports go"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    add("--trials", type=positive_int, metavar="N", default=100, help="finished trials to add")
+    add("--timeout", type=positive_float, metavar="SECONDS", help="start no trial after SECONDS")
+    add("--storage", default=DEFAULT_STORAGE, metavar="URL", help="any Optuna storage URL")
+    add("--study-name", metavar="NAME", help="Optuna study name (default: the study file's)")
+    add("--data-dir", metavar="DIR", help="dataset directory (default: data/)")
+    add("--dataset", choices=DATASETS, help="override the study's dataset")
+    add("--epochs", type=positive_int, metavar="N", help="override the epochs per trial")
+    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    add("--seed", type=non_negative_int, metavar="N", default=0, help="base seed of sampler and trials")
+    add("--sampler", choices=SAMPLERS, help="override the study's sampler")
+    add("--pruner", choices=PRUNERS, help="override the study's pruner")
+    add("--jobs", type=positive_int, metavar="N", default=1, help="worker processes on this machine")
+    add("--heartbeat", type=positive_int, metavar="SECONDS", default=DEFAULT_HEARTBEAT_S,
+        help="seconds between heartbeats; a dead worker's trial is retried after 2 of them")  # fmt: skip
+    add("--results-dir", default="results", metavar="DIR", help="where best weights and exports go")
+    add("--resume-every", type=non_negative_float, metavar="SECONDS", default=30.0,
+        help="save a trial's training state after an epoch once SECONDS have passed since the last "
+        "save (0: every epoch), and on Ctrl-C/SIGTERM; a retried trial carries on from it")  # fmt: skip
+    add("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     return p
 
 
@@ -94,6 +82,7 @@ def _main(argv: Sequence[str] | None) -> int:
         spec=spec, storage_url=storage_url, study_name=study_name, trials=args.trials,
         timeout=args.timeout, data_dir=args.data_dir, device=str(device) if args.jobs == 1 else args.device,
         seed=args.seed, jobs=args.jobs, heartbeat_s=args.heartbeat, results_dir=Path(args.results_dir),
+        resume_every=args.resume_every,
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
     install_signal_handlers()

@@ -144,3 +144,65 @@ def test_a_killed_worker_costs_one_retried_trial_and_nothing_else(tmp_path):
     assert len(retries) == 1 and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retries[0].params == killed.params
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+# One slow trial of fixed params, never pruned: a kill lands in epoch 3 or later, every time.
+RESUME_STUDY = """
+[study]
+dataset = "digits"
+epochs = 6
+pruner = "none"
+[space]
+n_layers = 1
+width = 64
+batch_size = 8
+dropout = 0.2
+lr = 0.01
+"""
+
+
+def _resume_args(folder, *extra):
+    (folder / "digits.toml").write_text(RESUME_STUDY)
+    args = run_args(folder, "--trials", "1", "--resume-every", "0", *extra)
+    args[args.index("--study") + 1] = str(folder / "digits.toml")
+    args[args.index("--epochs") : args.index("--epochs") + 2] = []
+    return args
+
+
+def test_a_trial_killed_mid_training_resumes_from_its_last_epoch_and_ends_as_if_never_killed(tmp_path):
+    from search.training.resume import load_state
+
+    killed_dir, calm_dir = tmp_path / "killed", tmp_path / "calm"
+    killed_dir.mkdir()
+    calm_dir.mkdir()
+    state_file = killed_dir / "results" / "digits" / "resume" / "trial-0.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.run", *_resume_args(killed_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            state = load_state(state_file) if state_file.exists() else None
+            if state is not None and state.epoch >= 3:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the trial never reached epoch 3")
+        os.kill(proc.pid, signal.SIGKILL)  # no handler runs: as the kernel's OOM killer would
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    saved_epoch = load_state(state_file).epoch
+    assert main(_resume_args(killed_dir)) == 0  # the same command again
+    trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{killed_dir}/s.db").trials
+    dead, retried = trials[0], trials[1]
+    assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["reason"]
+    assert retried.state == TrialState.COMPLETE and retried.system_attrs["failed_trial"] == 0
+    assert retried.user_attrs["resumed_from_epoch"] == saved_epoch >= 3
+    assert not state_file.exists()  # the trial ended: nothing left to resume
+    assert main(_resume_args(calm_dir)) == 0  # the same trial, never interrupted
+    (calm,) = optuna.load_study(study_name="digits", storage=f"sqlite:///{calm_dir}/s.db").trials
+    assert retried.intermediate_values == calm.intermediate_values  # every epoch, 1 to 6
+    assert retried.value == calm.value and retried.user_attrs["seed"] == calm.user_attrs["seed"]

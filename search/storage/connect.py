@@ -165,14 +165,19 @@ def open_storage(url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> 
             heartbeat = dict(
                 heartbeat_interval=heartbeat_s,
                 grace_period=2 * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRIES
-                ),
+                heartbeat_stale_trial_callback=make_retry_callback(),
             )
         storage = _create_rdb_storage(url, engine_kwargs, heartbeat)
     if is_sqlite:
         _begin_immediate(storage.engine)
     return storage
+
+
+def make_retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Optuna's retry of a failed trial: a WAITING copy with its params and user attrs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 def _create_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict) -> optuna.storages.RDBStorage:

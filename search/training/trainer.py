@@ -26,6 +26,7 @@ from search.training.augment import Augmenter, check_augmentable
 from search.training.config import TrainConfig
 from search.training.device import autocast, cuda_graphs_enabled, optimizer_flags
 from search.training.model import build_mlp, l1_penalty, l1_weights
+from search.training.resume import TrainState, capture, restore
 from search.training.schedule import is_constant, make_scheduler
 
 EVAL_BATCH = 8192  # samples per forward pass when scoring; memory-bound, not a hyperparameter
@@ -98,6 +99,8 @@ def fit(
     on_epoch: EpochCallback | None = None,
     include_val: bool = False,
     cuda_graphs: bool | None = None,
+    resume: TrainState | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
 ) -> FitResult:
     """Train a fresh model on `data` (train split; with `include_val`, train + validation).
 
@@ -111,6 +114,9 @@ def fit(
 
     With `whiten = "zca"` the model trains on whitened inputs (search.data.whiten) and the returned
     model has the whitening folded into its first layer: it takes `data`'s normalized inputs.
+
+    `on_state`, if given, receives the fit's state after every epoch but the last (a copy: the
+    caller may keep it); `resume` starts from such a state, its epochs already in the history.
     """
     check_augmentable(config, data.image_shape, data.name)
     device = data.device
@@ -137,6 +143,17 @@ def fit(
     weights = l1_weights(model) if config.l1 > 0 else []
     gen = torch.Generator(device=device).manual_seed(config.seed)
     result = FitResult(model=model)
+    first_epoch = 1
+    if resume is not None:
+        if resume.config != config.to_dict():
+            raise ValueError(f"the saved state after epoch {resume.epoch} belongs to another config")
+        aug_gen = augment.gen if augment is not None else None
+        restore(
+            resume, model=model, optimizer=optimizer, scheduler=scheduler, batch_gen=gen, augment_gen=aug_gen
+        )
+        result.history = [EpochMetrics(**m) for m in resume.history]
+        result.train_seconds = resume.train_seconds
+        first_epoch = resume.epoch + 1
     loss_sum = torch.zeros((), device=device)  # one tensor for the whole fit: a graph writes to it
 
     def step(idx: torch.Tensor) -> None:
@@ -155,8 +172,8 @@ def fit(
         loss_sum.add_(loss.detach())
 
     graphed = _GraphedStep(step, bs, device) if graphs else None
-    result.train_seconds = time.perf_counter() - build_started
-    for epoch in range(1, config.epochs + 1):
+    result.train_seconds += time.perf_counter() - build_started
+    for epoch in range(first_epoch, config.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
         order = torch.randperm(n, device=device, generator=gen)
@@ -183,6 +200,14 @@ def fit(
             if stop and epoch < config.epochs:
                 result.stopped = True
                 break
+        if on_state is not None and epoch < config.epochs:
+            aug_gen = augment.gen if augment is not None else None
+            state = capture(
+                epoch=epoch, config=config.to_dict(), model=model, optimizer=optimizer,
+                scheduler=scheduler, batch_gen=gen, augment_gen=aug_gen, history=result.history,
+                seconds=result.train_seconds,
+            )  # fmt: skip
+            on_state(state)
     if graphed is not None:
         result.cuda_graphs = graphed.graph is not None
         graphed.close()

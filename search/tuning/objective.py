@@ -17,6 +17,7 @@ from search.storage._batched import publish
 from search.training import checkpoint
 from search.training.model import architecture, param_count
 from search.training.trainer import EpochMetrics, fit
+from search.tuning.resuming import StateKeeper, state_path
 from search.tuning.space import sample_config, trial_seed
 from search.tuning.strategy import should_prune
 from search.tuning.study_file import StudySpec
@@ -31,6 +32,8 @@ ATTR_SEED = "seed"
 ATTR_REASON = "reason"  # why a trial was pruned or failed, in words
 ATTR_WORKER = "worker"  # host:pid:index of the worker that ran it
 ATTR_BASELINE = "baseline"  # True on the study file's baseline trial: trained to the end, never pruned
+ATTR_FIRST_ATTEMPT = "first_attempt"  # the number of the trial a retry repeats (its own, if none)
+ATTR_RESUMED = "resumed_from_epoch"  # a retry that carried on from its first attempt's saved state
 
 
 @dataclass
@@ -40,13 +43,31 @@ class Objective:
     seed: int = 0  # base seed; each trial trains with trial_seed(seed, number)
     checkpoint_dir: Path | None = None  # keep the best trial's weights here; None = don't
     worker: str | None = None  # host:pid:index, recorded on every trial this objective runs
+    resume_dir: Path | None = None  # keep each trial's training state here; None = don't
+    resume_every: float = 30.0  # seconds between writes of a trial's state (0: every epoch)
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.worker is not None:
             trial.set_user_attr(ATTR_WORKER, self.worker)
-        seed = trial_seed(self.seed, trial.number)
+        # A retry (Optuna copies the failed attempt's user attrs) keeps its first attempt's seed.
+        attrs = trial.user_attrs
+        first = int(attrs.get(ATTR_FIRST_ATTEMPT, trial.number))
+        seed = int(attrs[ATTR_SEED]) if ATTR_FIRST_ATTEMPT in attrs and ATTR_SEED in attrs else None
+        seed = trial_seed(self.seed, trial.number) if seed is None else seed
+        if attrs.get(ATTR_REASON) is not None:  # the failed attempt's reason is not this one's
+            trial.set_user_attr(ATTR_REASON, None)
+        trial.set_user_attr(ATTR_FIRST_ATTEMPT, first)
         config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
         reported: dict[int, float] = {}
+        keeper = (
+            StateKeeper(state_path(self.resume_dir, first), self.resume_every) if self.resume_dir else None
+        )
+        resume = keeper.load(config.to_dict()) if keeper is not None else None
+        if resume is not None:  # the epochs the first attempt trained count for this trial
+            for m in resume.history:
+                trial.report(m["val_acc"], m["epoch"])
+                reported[m["epoch"]] = m["val_acc"]
+            trial.set_user_attr(ATTR_RESUMED, resume.epoch)
         # The baseline is what the search is measured against: it runs its whole budget.
         prunable = not trial.user_attrs.get(ATTR_BASELINE, False)
 
@@ -63,7 +84,21 @@ class Objective:
         trial.set_user_attr(ATTR_PARAMS, param_count(config, **shape))
         trial.set_user_attr(ATTR_DEVICE, str(self.data.device))
         publish(trial)  # params out before training: other workers' samplers, a crash's retry
-        result = fit(config, self.data, on_epoch=on_epoch)
+        try:
+            result = fit(
+                config, self.data, on_epoch=on_epoch, resume=resume,
+                on_state=keeper.offer if keeper is not None else None,
+            )  # fmt: skip
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last epoch for the retry
+            if keeper is not None:
+                keeper.flush()
+            raise
+        except Exception:  # a failure is not retried: nothing will resume its state
+            if keeper is not None:
+                keeper.discard()
+            raise
+        if keeper is not None:
+            keeper.discard()
         trial.set_user_attr(ATTR_SECONDS, round(result.train_seconds, 4))
         trial.set_user_attr(ATTR_EPOCHS, result.epochs_run)
         if result.diverged:

@@ -29,9 +29,10 @@ from search.storage.connect import open_storage
 from search.training import checkpoint
 from search.training.device import free_memory, resolve_device, split_cpu_threads, worker_device
 from search.training.trainer import import_lazy_parts
-from search.tuning import _running_trials
 from search.tuning.binding import check_resumable, study_attrs
-from search.tuning.objective import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, ATTR_WORKER, Objective
+from search.tuning.objective import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, Objective
+from search.tuning.recovery import fail_orphans, retry_dead_local_workers, retry_trials
+from search.tuning.resuming import RESUME_DIR
 from search.tuning.strategy import TrialsAtStart, make_pruner, make_sampler, snapshot_of
 from search.tuning.study_file import StudySpec
 from search.tuning.summary import RunSummary, WorkerReport, summarize
@@ -69,6 +70,7 @@ class RunOptions:
     heartbeat_s: int | None = 30
     results_dir: Path = Path("results")
     save_best: bool = True  # keep the best trial's weights in results/<study>/
+    resume_every: float | None = 30.0  # seconds between saves of a trial's state; None = no resuming
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,14 @@ def run_worker(
         ckpt = checkpoint.study_dir(opts.results_dir, opts.study_name) if opts.save_best else None
         tag = _worker_tag(worker)
         snapshot = snapshot_of(study)
-        objective = Objective(spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt, worker=tag)
+        resume_dir = None
+        if opts.resume_every is not None:
+            resume_dir = checkpoint.study_dir(opts.results_dir, opts.study_name) / RESUME_DIR
+        objective = Objective(
+            spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt, worker=tag,
+            resume_dir=resume_dir, resume_every=opts.resume_every or 0.0,
+        )  # fmt: skip
+        interrupted_trials: list[int] = []
         consecutive, last_reason = 0, None
 
         def guarded(trial: optuna.Trial) -> float:
@@ -190,6 +199,7 @@ def run_worker(
                 raise
             except KeyboardInterrupt:
                 trial.set_user_attr(ATTR_REASON, "interrupted")
+                interrupted_trials.append(trial.number)
                 raise
             except Exception as e:
                 trial.set_user_attr(ATTR_REASON, described(e))
@@ -227,20 +237,10 @@ def run_worker(
         slots.done(worker, counted=False)
         if report.interrupted and study is not None:
             fail_orphans(study, {_worker_tag(worker)})
+            if opts.resume_every is not None:  # the next run carries on from their saved epoch
+                retry_trials(study, set(interrupted_trials))
         report.wall_seconds = time.perf_counter() - started
     return report
-
-
-def fail_orphans(study: optuna.Study, tags: set[str], reason: str = "interrupted") -> int:
-    """Mark FAIL the RUNNING trials these workers left behind (stopped between Optuna's
-    ask and tell); a crashed worker on another machine is the heartbeat's job instead."""
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(ATTR_WORKER) in tags:
-            _running_trials.set_user_attr(study, t, ATTR_REASON, reason)
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            n += 1
-    return n
 
 
 def _worker_process(opts, worker, slots, events, reports, deadline) -> None:
@@ -273,7 +273,8 @@ def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | Non
     started = time.perf_counter()
     deadline = time.time() + opts.timeout if opts.timeout else None
     storage = open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
-    open_study(opts, storage=storage)  # create it once, before workers race to
+    study = open_study(opts, storage=storage)  # create it once, before workers race to
+    retry_dead_local_workers(study)
     if opts.jobs == 1:
         reports = [run_worker(opts, 0, _Slots(opts.trials), emit, deadline)]
     else:

@@ -1,0 +1,68 @@
+"""What becomes of trials whose worker stopped: interrupted, killed, or out of memory.
+
+An interrupted worker (Ctrl-C, SIGTERM) ends its trial FAIL with the reason `interrupted`; a worker
+that died leaves its trial RUNNING, which Optuna's heartbeat fails after two missed beats, or which
+the next run on the same host fails at once when the worker's process is gone. Either way a retry
+is queued: a WAITING copy with the same params and user attrs (Optuna's own retry callback), which
+the next trial to start picks up and resumes from its saved epoch (search.tuning.resuming).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from optuna.trial import TrialState
+
+from search.storage.connect import make_retry_callback
+from search.tuning import _running_trials
+from search.tuning.objective import ATTR_REASON, ATTR_WORKER
+
+
+def retry_trials(study: optuna.Study, numbers: set[int]) -> int:
+    """Queue a retry of each of these FAIL trials (same params and user attrs, so the same seed),
+    as Optuna's heartbeat does for a dead worker's trial; returns how many were queued."""
+    retry = make_retry_callback()
+    queued = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.number in numbers:
+            retry(study, t)
+            queued += 1
+    return queued
+
+
+def retry_dead_local_workers(study: optuna.Study) -> int:
+    """FAIL and retry the RUNNING trials of workers on this host whose process is gone (killed,
+    out of memory), at once rather than after two missed heartbeats."""
+    host, dead = socket.gethostname(), set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tag_host, _, rest = str(t.user_attrs.get(ATTR_WORKER, "")).partition(":")
+        pid = rest.partition(":")[0]
+        if tag_host == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _running_trials.set_user_attr(study, t, ATTR_REASON, f"worker process {pid} died")
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            dead.add(t.number)
+    return retry_trials(study, dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def fail_orphans(study: optuna.Study, tags: set[str], reason: str = "interrupted") -> int:
+    """Mark FAIL the RUNNING trials these workers left behind (stopped between Optuna's
+    ask and tell); a crashed worker on another machine is the heartbeat's job instead."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(ATTR_WORKER) in tags:
+            _running_trials.set_user_attr(study, t, ATTR_REASON, reason)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            n += 1
+    return n
