@@ -9,7 +9,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from tqdm import tqdm
+
 from search.errors import UserError
+from search.storage.connect import DEFAULT_STORAGE
+from search.training.device import resolve_device, split_cpu_threads
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
@@ -70,6 +74,62 @@ def positive_float(text: str) -> float:
 
 def non_negative_float(text: str) -> float:
     return _seconds(text, zero_ok=True)
+
+
+def study_parser(prog: str, description: str, *, results: str) -> ArgumentParser:
+    """The parser of a command that reads a study: --study-name, --storage and --results-dir."""
+    p = ArgumentParser(prog=prog, description=description)
+    add_study_flags(p, results=results)
+    return p
+
+
+def add_study_flags(p: argparse.ArgumentParser, *, results: str) -> None:
+    """--study-name, --storage and --results-dir, as every command that reads a study takes them."""
+    p.add_argument("--study-name", metavar="NAME", help="the study (default: the only one in the storage)")
+    p.add_argument(
+        "--storage", metavar="URL", default=DEFAULT_STORAGE, help="the Optuna storage URL of the search"
+    )
+    p.add_argument("--results-dir", metavar="DIR", default="results", help=results)
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """--device, --data-dir and --no-progress, for every command that trains."""
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: the search's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+
+
+def training_device(name: str, *, jobs: int = 1):
+    """The device to train on; on the CPU, the thread count a search trains with (its float sums,
+    so a retrained trial gives the search's own figures), shared by `jobs` workers."""
+    device = resolve_device(name)
+    if device.type == "cpu":
+        split_cpu_threads(jobs)
+    return device
+
+
+def progress_bar(desc: str, unit: str, *, hidden: bool, total: int | None = None):
+    """A tqdm bar that hides itself off a terminal (or when asked): `with progress_bar(...) as bar:`."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=hidden or None, dynamic_ncols=True)
+
+
+def follow(bar, *, note: str = "postfix") -> Callable[[int, int, str], None]:
+    """An `on_progress(done, total, note)` that moves `bar`, showing the note as its postfix or as
+    its description."""
+    show = bar.set_postfix_str if note == "postfix" else bar.set_description
+
+    def on_progress(done: int, total: int, text: str) -> None:
+        bar.total = total
+        show(text, refresh=False)
+        bar.update(done - bar.n)
+
+    return on_progress
+
+
+def finish(lines: Sequence[str], files: Sequence[str], folder) -> int:
+    """Print a command's closing lines and what it wrote; the exit code of a command that worked."""
+    print("\n".join([*lines, wrote(files, folder)]))
+    return EXIT_OK
 
 
 def wrote(files, folder) -> str:

@@ -9,19 +9,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
-from search.cli import ArgumentParser, positive_int, run_main, wrote
+from search import cli
 from search.outputs.evaluation import best_config, read_best
 from search.outputs.retraining import PROG, RETRAIN_DIR, mean_line, retrain, seed_line
-from search.training.device import resolve_device, split_cpu_threads
 from search.training.trainer import EpochMetrics
 
 # ---------------------------------------------------------------------------- command line
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
         prog=PROG,
         description="Retrain an exported config from scratch and evaluate it once on the test split.",
     )
@@ -29,20 +26,16 @@ def build_parser() -> ArgumentParser:
         "--config", metavar="BEST_JSON", required=True, help="best.json written by python -m search.export"
     )
     p.add_argument(
-        "--epochs", metavar="N", type=positive_int, default=None, help="override the config's epochs"
+        "--epochs", metavar="N", type=cli.positive_int, default=None, help="override the config's epochs"
     )
     p.add_argument(
-        "--seeds", metavar="K", type=positive_int, default=1, help="train K times: seeds seed..seed+K-1"
+        "--seeds", metavar="K", type=cli.positive_int, default=1, help="train K times: seeds seed..seed+K-1"
     )
     p.add_argument("--full", action="store_true", help="train on train + validation (final model)")
     p.add_argument(
         "--out", metavar="DIR", default=None, help=f"output folder (default: {RETRAIN_DIR}/ beside --config)"
     )
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument(
-        "--data-dir", metavar="DIR", default=None, help="dataset directory (default: the search's)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    cli.add_training_flags(p)
     return p
 
 
@@ -50,13 +43,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     best = read_best(args.config)  # fail on a bad file before choosing a device or loading data
     epochs = args.epochs or best_config(best, where=args.config).epochs
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        split_cpu_threads(1)  # the thread count run.py trains with: the same float sums
-    with tqdm(
-        total=args.seeds * epochs, desc="retraining", unit="epoch", disable=args.no_progress or None,
-        dynamic_ncols=True,
-    ) as bar:  # fmt: skip
+    device = cli.training_device(args.device)
+    with cli.progress_bar("retraining", "epoch", hidden=args.no_progress, total=args.seeds * epochs) as bar:
 
         def on_epoch(seed: int, m: EpochMetrics) -> None:
             bar.set_description(f"seed {seed}", refresh=False)
@@ -76,12 +64,11 @@ def _main(argv: Sequence[str] | None) -> int:
             f"seed {first} did not reproduce the trial's validation accuracy {value:.4f} "
             f"(the search trained on {device_then}, this on {device})"
         )
-    print("\n".join([*lines, wrote(done.files, done.out_dir)]))
-    return 0
+    return cli.finish(lines, done.files, done.out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(PROG, _main, argv)
+    return cli.run_main(PROG, _main, argv)
 
 
 if __name__ == "__main__":

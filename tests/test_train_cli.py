@@ -18,7 +18,7 @@ from search.training.trainer import evaluate
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    with one_torch_thread("search.train"):
+    with one_torch_thread("search.cli"):
         yield
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.outputs.reporting import open_existing_storage, short_params
+from search.outputs.report_extras import short_params
+from search.outputs.reporting import open_existing_storage
 from search.tuning.trials import baseline_trial, best_complete
 
 PARAMS_WIDTH = 70  # characters of the best params shown; the report page has them all

@@ -291,19 +291,13 @@ def export_study(
         "config": config.to_dict(),
         "architecture": arch,
         "n_params": count_params(model),
-        "dataset": attrs["dataset"],
-        "data_dir": data_dir,
-        "val_fraction": attrs["val_fraction"],
-        "split_seed": attrs["split_seed"],
-        "epochs": attrs["epochs"],
-        "classes": list(data.classes),
+        **data_fields(attrs, data_dir, data),
         "weights": weights.source,
         "weights_note": weights.note,
         "val_accuracy": weights.val_accuracy,
         "test_accuracy": evaluation.accuracy,
         "trial_user_attrs": dict(trial.user_attrs),
-        "study_user_attrs": {k: v for k, v in attrs.items() if k != "space"},
-        "space": attrs["space"],
+        **study_fields(attrs),
         "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
     }
     write_json(out / BEST_JSON, best)
@@ -340,6 +334,17 @@ def export_study(
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def data_fields(attrs: dict[str, Any], data_dir: str | None, data: Dataset) -> dict[str, Any]:
+    """best.json's record of the data a config trained on: dataset, folder, split, budget, classes."""
+    keys = ("dataset", "val_fraction", "split_seed", "epochs")
+    return {**{k: attrs[k] for k in keys}, "data_dir": data_dir, "classes": list(data.classes)}
+
+
+def study_fields(attrs: dict[str, Any]) -> dict[str, Any]:
+    """best.json's copy of the study's binding: its user attrs and its space."""
+    return {"study_user_attrs": {k: v for k, v in attrs.items() if k != "space"}, "space": attrs["space"]}
 
 
 def check_out_dir(out: Path) -> None:

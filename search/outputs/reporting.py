@@ -8,7 +8,6 @@ It also warns when the best trials crowd a bound of a range: the optimum may lie
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 import warnings
@@ -16,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import optuna
 import plotly.graph_objects as go
@@ -24,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
 from search.errors import UserError
+from search.outputs.report_extras import extra_sections, short_params
 from search.storage.connect import check_storage, choose_study, open_readonly, redacted
 from search.training.checkpoint import study_dir
 from search.tuning.space_edges import EdgeWarning, edge_warnings, study_space
@@ -34,11 +33,6 @@ MIN_IMPORTANCE_TRIALS = 5  # below this, importances are noise: the page shows a
 N_BEST_ROWS = 10
 SLICE_COLUMNS = 4  # Optuna draws one 300 px panel per param; 4 fit beside each other on a screen
 # >>> Images another command writes into results/<study>/; extra_sections() embeds them. <<<
-EXTRA_IMAGES = (
-    ("samples.png", "Training images"),  # search.show data
-    ("predictions.png", "Test predictions"),  # search.outputs.pictures.write_prediction_figures
-    ("errors.png", "Most confident mistakes on the test split"),
-)
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -125,14 +119,6 @@ def importance_figure(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tup
     return fig, ""
 
 
-def short_params(params: Mapping[str, Any], *, limit: int | None = None) -> str:
-    """`lr=0.0123, optimizer=adam, ...`: floats to 3 significant digits, names sorted."""
-    text = ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items())
-    )
-    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
-
-
 def best_table(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> str:
     rows = []
     for rank, t in enumerate(best_trials(trials, maximize=maximize, fraction=0, minimum=N_BEST_ROWS), 1):
@@ -151,24 +137,6 @@ def best_table(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> str:
         f"<th>{h}</th>" for h in ("#", "trial", "value", "params", "architecture", "n_params", "train s")
     )
     return f'<table class="best"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-
-
-def extra_sections(study_dir: str | Path) -> list[str]:
-    """EXTENSION POINT: HTML sections for the images other commands leave in results/<study>/.
-
-    Each PNG in EXTRA_IMAGES that exists is embedded as base64, so the page stays one file.
-    """
-    sections = []
-    for name, title in EXTRA_IMAGES:
-        path = Path(study_dir) / name
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            sections.append(
-                f'<section id="{path.stem}"><h2>{html.escape(title)}</h2>'
-                f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-                "</section>"
-            )
-    return sections
 
 
 # ---------------------------------------------------------------- the page
@@ -329,7 +297,7 @@ section {{ margin: 2em 0; }} h2 {{ border-bottom: 1px solid #ddd; }}
 .warn {{ background: #fff4e0; border-left: 4px solid #f0a020; padding: 0.5em 1em; }}
 table.best {{ border-collapse: collapse; font-size: 0.85em; }}
 table.best td, table.best th {{ border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; }}
-table.best th {{ white-space: nowrap; }}
+table.best th {{ white-space: nowrap; }} table.best tr.winner td {{ font-weight: bold; }}
 table.best td:nth-child(4) {{ max-width: 520px; }} img {{ max-width: 100%; }}
 </style></head>
 <body><h1>{title}</h1>

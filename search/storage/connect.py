@@ -227,12 +227,22 @@ def open_readonly(url: str) -> optuna.storages.RDBStorage:
         raise UserError(f"--storage {shown}: {first_line(e)}") from None
 
 
+# A study made from another (search.audit's `<study>-audit`) records which in this user attr; it is
+# never the one a command means when no --study-name is given.
+ATTR_DERIVED_FROM = "audit_of"
+
+
 def choose_study(storage: optuna.storages.BaseStorage, name: str | None) -> str:
-    """`name` if the storage holds it; with no name, the only study there is."""
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    """`name` if the storage holds it; with no name, the only study there is (not counting the
+    studies derived from another, such as a pruning audit)."""
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    names = sorted(s.study_name for s in summaries)
     if not names:
         raise UserError("the storage holds no studies; run python -m search.run first")
     if name is None:
+        searched = [s.study_name for s in summaries if ATTR_DERIVED_FROM not in s.user_attrs]
+        if len(searched) == 1:
+            return searched[0]
         if len(names) > 1:
             raise UserError(
                 f"the storage holds {len(names)} studies; pick one with --study-name: " + ", ".join(names)

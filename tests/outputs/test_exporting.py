@@ -30,7 +30,7 @@ STUDY = "digits"  # conftest's digits_study: a real search, 10 trials, some prun
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    with one_torch_thread("search.export"):
+    with one_torch_thread("search.cli"):
         yield
 
 
