@@ -1,4 +1,14 @@
-"""Hyperparameter search for PyTorch MLP classifiers, built on Optuna."""
+"""Hyperparameter search for PyTorch MLP classifiers, built on Optuna.
+
+The Python API (search.api), for notebooks and scripts:
+
+    optimize   run or resume a study's search; returns the optuna.Study
+    export     the best trial's files; returns the paths written
+    report     the study's HTML page; returns its path
+    load_best  the best trial's config and model, with the normalization its inputs need
+    samples    a grid of training images, as a PIL image
+    predictions  test images captioned by a model's predictions, as a PIL image
+"""
 
 import os as _os
 
@@ -9,3 +19,18 @@ import os as _os
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 __version__ = "0.1.0"
+
+__all__ = ["BestModel", "UserError", "export", "load_best", "optimize", "predictions", "report", "samples"]
+
+
+def __getattr__(name: str):
+    # Loaded on first use, so `python -m search.X --help` does not import the whole library.
+    if name == "UserError":
+        from search.errors import UserError
+
+        return UserError
+    if name in __all__:
+        from search import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -61,5 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.run_main(PROG, _main, argv)
 
 
+cli.callable_module(__name__, "export")
+
 if __name__ == "__main__":
     sys.exit(main())

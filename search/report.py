@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import optuna
 
-from search.cli import ArgumentParser, run_main
+from search.cli import ArgumentParser, callable_module, run_main
 from search.outputs.reporting import REPORT, write_report
 from search.storage.connect import DEFAULT_STORAGE
 
@@ -43,6 +43,8 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main("python -m search.report", _main, argv)
 
+
+callable_module(__name__, "report")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import optuna
 from tqdm import tqdm
@@ -22,11 +21,10 @@ from search.cli import (
     run_main,
 )
 from search.data.datasets import DATASETS
-from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage
-from search.training.checkpoint import study_dir
-from search.training.device import resolve_device, split_cpu_threads
-from search.tuning.runner import RunOptions, TrialEvent, install_signal_handlers, preload_data, run_search
-from search.tuning.study_file import PRUNERS, SAMPLERS, load_study
+from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
+from search.tuning.launch import bar_events, prepare_run
+from search.tuning.runner import install_signal_handlers, run_search
+from search.tuning.study_file import PRUNERS, SAMPLERS
 from search.tuning.summary import format_summary
 
 
@@ -67,46 +65,20 @@ def build_parser() -> ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    # Check everything before touching the storage, so bad input never changes a database.
-    spec = load_study(args.study).with_overrides(
-        dataset=args.dataset, epochs=args.epochs, sampler=args.sampler, pruner=args.pruner
-    )
-    device = resolve_device(args.device)
-    study_name = args.study_name or spec.name
-    study_dir(args.results_dir, study_name)  # a name that cannot be a results folder fails now
-    storage_url = check_storage(args.storage)
-    if args.jobs == 1:
-        split_cpu_threads(1)
-    preload_data(spec, data_dir=args.data_dir, device=device, jobs=args.jobs)  # a bad --data-dir fails now
-    opts = RunOptions(
-        spec=spec, storage_url=storage_url, study_name=study_name, trials=args.trials,
-        timeout=args.timeout, data_dir=args.data_dir, device=str(device) if args.jobs == 1 else args.device,
-        seed=args.seed, jobs=args.jobs, heartbeat_s=args.heartbeat, results_dir=Path(args.results_dir),
-        resume_every=args.resume_every,
+    opts = prepare_run(
+        study=args.study, trials=args.trials, timeout=args.timeout, storage=args.storage,
+        study_name=args.study_name, data_dir=args.data_dir, dataset=args.dataset, epochs=args.epochs,
+        sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed, jobs=args.jobs,
+        heartbeat=args.heartbeat, results_dir=args.results_dir, resume_every=args.resume_every,
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
     install_signal_handlers()
-    bar = tqdm(
-        total=args.trials,
-        desc=opts.study_name,
-        unit="trial",
-        disable=args.no_progress or None,
-        dynamic_ncols=True,
-    )
-    best = [None]
-
-    def on_event(e: TrialEvent) -> None:
-        if e.state == "FAIL":
-            bar.write(f"trial {e.number} failed: {e.reason}", file=sys.stderr)
-            return
-        if e.state == "COMPLETE" and (best[0] is None or e.value > best[0]):
-            best[0] = e.value
-        bar.update(1)
-        if best[0] is not None:
-            bar.set_postfix(best=f"{best[0]:.4f}", refresh=False)
-
+    bar = tqdm(total=args.trials, desc=opts.study_name, unit="trial", disable=args.no_progress or None,
+               dynamic_ncols=True)  # fmt: skip
     try:
-        summary = run_search(opts, on_event=on_event)
+        summary = run_search(
+            opts, on_event=bar_events(bar, on_failure=lambda m: bar.write(m, file=sys.stderr))
+        )
     except KeyboardInterrupt as e:  # interrupted outside a trial (opening the study, say)
         bar.close()
         print("interrupted", file=sys.stderr)

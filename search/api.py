@@ -1,0 +1,175 @@
+"""The Python API: what the commands do, as functions for a notebook or a script.
+
+    import search
+    study = search.optimize(study="digits", trials=50)        # an optuna.Study
+    search.export(study_name="digits")                        # the paths written
+    best = search.load_best(study_name="digits")              # config, model, normalization
+    best.model(best.normalize(images))                        # logits
+
+Every function is keyword-only and calls the same library code as its command; they print
+nothing but progress bars (`tqdm.auto`: a widget in Jupyter, text elsewhere). A bad argument
+raises `search.UserError` with the same one-line message the command would print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from search.data.datasets import Dataset
+from search.outputs import exporting, reporting
+from search.outputs.evaluation import evaluate_test
+from search.outputs.pictures import predictions_grid, sample_grid
+from search.storage.connect import DEFAULT_STORAGE, check_storage, choose_study, open_readonly
+from search.training import checkpoint
+from search.training.config import TrainConfig
+from search.training.device import resolve_device
+from search.tuning.binding import load_bound_dataset, study_binding
+from search.tuning.launch import bar_events, prepare_run
+from search.tuning.runner import run_search
+from search.tuning.study_file import load_study
+
+
+def optimize(
+    *,
+    study: str = "cifar10",
+    trials: int = 100,
+    timeout: float | None = None,
+    storage: str = DEFAULT_STORAGE,
+    study_name: str | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    jobs: int = 1,
+    seed: int = 0,
+    results_dir: str | Path = "results",
+    progress: bool = True,
+) -> optuna.Study:
+    """`python -m search.run`: add `trials` finished trials to the study (created or resumed).
+
+    Interrupting it (Ctrl-C, or a notebook's stop button) ends the running trial FAIL, queues it
+    to resume, and returns the study: no trial is left RUNNING.
+    """
+    opts = prepare_run(
+        study=study, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
+        data_dir=data_dir, device=device, jobs=jobs, seed=seed, results_dir=results_dir,
+    )  # fmt: skip
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with tqdm(total=trials, desc=opts.study_name, unit="trial", disable=not progress) as bar:
+            run_search(opts, on_event=bar_events(bar))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return optuna.load_study(study_name=opts.study_name, storage=opts.storage_url)
+
+
+def export(
+    *,
+    study_name: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    results_dir: str | Path = "results",
+    out: str | Path | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """`python -m search.export`: the best trial's files (best.json, model.pt, reports, pictures)."""
+    with tqdm(desc="retraining", unit="epoch", disable=not progress) as bar:
+        done = exporting.export_study(
+            storage_url=check_storage(storage), study_name=study_name, out_dir=out,
+            results_dir=results_dir, device=resolve_device(device), data_dir=data_dir, retrain=retrain,
+            on_epoch=lambda m: bar.update(1),
+        )  # fmt: skip
+    return [done.out_dir / name for name in done.files]
+
+
+def report(
+    *,
+    study_name: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    results_dir: str | Path = "results",
+    out: str | Path | None = None,
+) -> list[Path]:
+    """`python -m search.report`: the study's self-contained HTML page."""
+    return [
+        reporting.write_report(
+            storage_url=storage, study_name=study_name, results_dir=results_dir, out=out
+        ).path
+    ]
+
+
+@dataclass(frozen=True)
+class BestModel:
+    """A study's best trial, ready to use: `model(normalize(images))` gives class logits."""
+
+    study: str
+    trial_number: int
+    value: float  # its validation accuracy in the search
+    config: TrainConfig
+    model: torch.nn.Module  # in eval mode
+    mean: tuple[float, ...]  # per channel, [0, 1] pixel units: the training split's statistics
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    data: Dataset  # the split it was searched on (its test split scores the model)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N, C, H, W] (uint8 0-255, or float 0-1) as the model's input rows [N, C*H*W]."""
+        x = torch.as_tensor(images)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        device = next(self.model.parameters()).device
+        return ((x - mean) / std).reshape(len(x), -1).to(device)
+
+
+def load_best(
+    *,
+    study_name: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    results_dir: str | Path = "results",
+    device: str = "cpu",
+    data_dir: str | None = None,
+) -> BestModel:
+    """The best trial's config and weights (the search's checkpoint, checked against the trial's
+    validation value; retrained from its seed where there is none), with the normalization its
+    inputs need."""
+    backend = open_readonly(check_storage(storage))
+    name = choose_study(backend, study_name)
+    study = optuna.load_study(study_name=name, storage=backend)
+    trial = exporting.best_trial(study)
+    attrs = study_binding(study)
+    data, _ = load_bound_dataset(attrs, data_dir=data_dir, device=resolve_device(device))
+    config = exporting.replay_best(
+        trial, attrs, in_features=data.in_features, n_classes=data.n_classes, study_name=name
+    )
+    found = exporting.checkpoint_weights(checkpoint.study_dir(results_dir, name), trial, config, data)
+    if not isinstance(found, exporting.Weights):
+        found = exporting.retrain_weights(trial, config, data, why=found)
+    model = found.model.eval()
+    return BestModel(name, trial.number, trial.value, config, model, data.mean, data.std, data.classes, data)
+
+
+def samples(
+    *, study: str = "cifar10", n: int = 16, seed: int = 0, data_dir: str | None = None
+) -> Image.Image:
+    """`python -m search.show data`: n captioned training images of a study, as a PIL image."""
+    from search.data.datasets import load_dataset
+
+    spec = load_study(study)
+    data = load_dataset(
+        spec.dataset, data_dir=data_dir, val_fraction=spec.val_fraction, split_seed=spec.split_seed
+    )
+    return sample_grid(data, n=n, split="train", seed=seed)
+
+
+def predictions(best: BestModel, *, n: int = 32, seed: int = 0) -> Image.Image:
+    """n test images captioned "true / pred" by `best`'s model (wrong ones in red), as a PIL image."""
+    ev = evaluate_test(best.model, best.data)
+    images = best.data.denormalize(best.data.x_test)
+    return predictions_grid(images, ev.targets, ev.predictions, best.classes, n=n, seed=seed)
