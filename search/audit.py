@@ -10,22 +10,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import optuna
-
 from search import cli
 from search.outputs.audit import PROG, audit_study, summary_lines
-from search.storage.connect import check_storage
 
-# ---------------------------------------------------------------------------- command line
+DESCRIPTION = (
+    "Re-run pruned trials to the full epoch budget and count how many the pruner "
+    "should have kept (the false-prune rate), into the study <study>-audit."
+)
 
 
 def build_parser() -> cli.ArgumentParser:
-    p = cli.study_parser(
-        PROG,
-        "Re-run pruned trials to the full epoch budget and count how many the pruner "
-        "should have kept (the false-prune rate), into the study <study>-audit.",
-        results="audit.json goes to RESULTS_DIR/<study>/",
-    )
+    p = cli.study_parser(PROG, DESCRIPTION, results="audit.json goes to RESULTS_DIR/<study>/")
     add = p.add_argument
     add("--n", metavar="N", type=cli.positive_int, default=10, help="pruned trials to re-run")
     add(
@@ -42,14 +37,12 @@ def build_parser() -> cli.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     device = cli.training_device(args.device)  # the search's thread count: its first epochs again
-    storage_url = check_storage(args.storage)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage_url = cli.study_storage(args.storage)
     with cli.progress_bar("auditing", "epoch", hidden=args.no_progress) as bar:
-        on_progress = cli.follow(bar, note="description")
         done = audit_study(
             storage_url=storage_url, study_name=args.study_name, n=args.n, seed=args.seed,
             results_dir=args.results_dir, device=device, data_dir=args.data_dir, argv=argv,
-            on_progress=on_progress,
+            on_progress=cli.follow(bar, note="description"),
         )  # fmt: skip
     return cli.finish(summary_lines(done), done.files, done.out_dir)
 

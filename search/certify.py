@@ -10,23 +10,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import optuna
-
 from search import cli
 from search.outputs.certify import PROG, certify_study, table_lines
-from search.storage.connect import check_storage
 from search.training.device import resolve_device, split_cpu_threads
 
-# ---------------------------------------------------------------------------- command line
+DESCRIPTION = (
+    "Retrain a study's top configs with fresh seeds, rank them by mean validation "
+    "accuracy, and score the winner (only) on the test split."
+)
 
 
 def build_parser() -> cli.ArgumentParser:
-    p = cli.study_parser(
-        PROG,
-        "Retrain a study's top configs with fresh seeds, rank them by mean validation "
-        "accuracy, and score the winner (only) on the test split.",
-        results="the files go to RESULTS_DIR/<study>/",
-    )
+    p = cli.study_parser(PROG, DESCRIPTION, results="the files go to RESULTS_DIR/<study>/")
     p.add_argument("--top", metavar="K", type=cli.positive_int, default=5, help="the K best complete trials")
     p.add_argument("--seeds", metavar="N", type=cli.positive_int, default=3, help="fresh seeds per config")
     p.add_argument(
@@ -39,16 +34,13 @@ def build_parser() -> cli.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
-    storage_url = check_storage(args.storage)
-    # Each of --jobs workers trains with its share of the cores; with one, this process does.
-    threads = split_cpu_threads(args.jobs)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage_url = cli.study_storage(args.storage)
+    threads = split_cpu_threads(args.jobs)  # each of --jobs workers trains on its share of the cores
     with cli.progress_bar("certifying", "fit", hidden=args.no_progress) as bar:
-        on_progress = cli.follow(bar, note="postfix")
         done = certify_study(
             storage_url=storage_url, study_name=args.study_name, top=args.top, seeds=args.seeds,
             jobs=args.jobs, threads=threads, results_dir=args.results_dir, device=device,
-            data_dir=args.data_dir, argv=argv, on_progress=on_progress,
+            data_dir=args.data_dir, argv=argv, on_progress=cli.follow(bar),
         )  # fmt: skip
     return cli.finish(table_lines(done.payload), done.files, done.out_dir)
 

@@ -10,10 +10,11 @@ import sys
 import types
 from collections.abc import Callable, Sequence
 
+import optuna
 from tqdm import tqdm
 
 from search.errors import UserError
-from search.storage.connect import DEFAULT_STORAGE
+from search.storage.connect import DEFAULT_STORAGE, check_storage
 from search.training.device import resolve_device, split_cpu_threads
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
@@ -98,6 +99,13 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: the search's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+
+
+def study_storage(url: str) -> str:
+    """The checked storage URL of a command that reads a study; Optuna's own log lines silenced
+    (the command's bar and summary say it better)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return check_storage(url)
 
 
 def training_device(name: str, *, jobs: int = 1):

@@ -9,19 +9,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import optuna
-
 from search import cli
 from search.outputs.exporting import PROG, export_study
-from search.storage.connect import check_storage
+
+DESCRIPTION = (
+    "Export a study's best trial: best.json, model.pt, model.txt, test_report.{txt,json} and trials.csv."
+)
 
 
 def build_parser() -> cli.ArgumentParser:
-    p = cli.study_parser(
-        PROG,
-        "Export a study's best trial: best.json, model.pt, model.txt, test_report.{txt,json} and trials.csv.",
-        results="where the search kept the best weights",
-    )
+    p = cli.study_parser(PROG, DESCRIPTION, results="where the search kept the best weights")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RESULTS_DIR/<study>/)")
     p.add_argument(
         "--retrain",
@@ -35,8 +32,7 @@ def build_parser() -> cli.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     device = cli.training_device(args.device)
-    storage_url = check_storage(args.storage)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage_url = cli.study_storage(args.storage)
     with cli.progress_bar("retraining", "epoch", hidden=args.no_progress) as bar:
 
         def on_epoch(m) -> None:

@@ -161,15 +161,15 @@ def certify_study(
     *,
     storage_url: str,
     study_name: str | None,
+    device: torch.device,
     top: int = 5,
     seeds: int = 3,
     jobs: int = 1,
-    threads: int | None = None,
-    results_dir: str | Path = "results",
-    device: torch.device,
+    threads: int | None = None,  # torch threads in each worker process (None: torch's default)
     data_dir: str | None = None,
-    argv: Sequence[str] | None = None,
+    results_dir: str | Path = "results",
     on_progress: Progress | None = None,
+    argv: Sequence[str] | None = None,
 ) -> Certified:
     """Retrain the top `top` configs with `seeds` fresh seeds each, pick the winner on mean
     validation accuracy, test it (and only it), write the files into results/<study>/."""
