@@ -36,7 +36,7 @@ class TrainState:
     torch_rng: torch.Tensor  # PyTorch's global CPU generator (dropout on the CPU)
     cuda_rng: list[torch.Tensor] | None = None  # the CUDA generators (dropout on a GPU)
     history: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics as dicts
-    train_seconds: float = 0.0  # what the epochs so far cost, carried into the resumed fit
+    train_seconds: float = 0.0  # what the epochs so far cost (the resumed attempt counts its own)
 
 
 def _cpu(value: Any) -> Any:

@@ -152,7 +152,7 @@ def fit(
             resume, model=model, optimizer=optimizer, scheduler=scheduler, batch_gen=gen, augment_gen=aug_gen
         )
         result.history = [EpochMetrics(**m) for m in resume.history]
-        result.train_seconds = resume.train_seconds
+        # train_seconds counts this attempt only: a worker's share of time in training stays true
         first_epoch = resume.epoch + 1
     loss_sum = torch.zeros((), device=device)  # one tensor for the whole fit: a graph writes to it
 
