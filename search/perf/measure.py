@@ -18,7 +18,7 @@ from search.perf.augment_cost import format_augment, run_augment_bench
 from search.perf.images import load_bench_data, prepare_images
 from search.perf.notebook import SUITE_BUDGET_S, BenchOptions, format_bench, run_bench
 from search.perf.overhead import format_overhead, run_overhead
-from search.perf.quality import format_quality, plot_quality, run_quality
+from search.perf.quality import format_quality, plot_quality, random_subset, run_quality
 from search.training.device import resolve_device
 from search.tuning.study_file import load_study
 
@@ -69,8 +69,8 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
             data = load_bench_data(images, resolve_device(opts.device), opts.limit)
             result = run_augment_bench(opts.config(), data, rounds=request.rounds, progress=progress)
             return result, format_augment(result)
-        if request.kind == "quality":
-            data = load_bench_data(images, resolve_device(opts.device), opts.limit)
+        if request.kind == "quality":  # a random subset: the first rows of a tree hold few classes
+            data = random_subset(load_bench_data(images, resolve_device(opts.device), None), opts.limit)
             seeds = tuple(range(request.quality_seeds))
             result = run_quality(spec, data, budget_s=request.quality_budget, seeds=seeds, progress=progress)
             if request.json_path:

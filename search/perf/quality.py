@@ -10,6 +10,7 @@ budget, so the two arms are compared at exactly the same wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from search.data.datasets import Dataset
@@ -28,6 +30,18 @@ from search.tuning.study_file import StudySpec
 
 ARMS = ("tpe", "random")
 GRID_POINTS = 101  # where the mean curve is sampled, from 0 to the budget
+
+
+def random_subset(data: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """`n` training rows drawn at random (seeded); validation stays whole. An image tree's rows come
+    class by class, so its first n rows would hold only the first few classes."""
+    if n is None or n >= len(data.x_train):
+        return data
+    keep = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))[:n]
+    keep = keep.sort().values.to(data.device)
+    return dataclasses.replace(
+        data, x_train=data.x_train.index_select(0, keep), y_train=data.y_train.index_select(0, keep)
+    )
 
 
 def search_curve(arm: str, spec: StudySpec, data: Dataset, *, seed: int, budget_s: float) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def fit(
     graphs = graphs and is_constant(config) and not config.augments
     optimizer = make_optimizer(config, model, device, capturable=graphs and device.type == "cuda")
     scheduler = make_scheduler(optimizer, config, config.epochs * n_batches)  # the full budget's steps
-    augment = Augmenter(config, data.image_shape, device) if config.augments else None
+    augment = Augmenter(config, data.image_shape, x) if config.augments else None
     smoothing = config.label_smoothing
     weights = l1_weights(model) if config.l1 > 0 else []
     gen = torch.Generator(device=device).manual_seed(config.seed)
@@ -157,9 +157,7 @@ def fit(
     loss_sum = torch.zeros((), device=device)  # one tensor for the whole fit: a graph writes to it
 
     def step(idx: torch.Tensor) -> None:
-        xb = x.index_select(0, idx)
-        if augment is not None:
-            xb = augment(xb)
+        xb = augment.take(idx) if augment is not None else x.index_select(0, idx)
         with autocast(device):
             loss = F.cross_entropy(model(xb), y.index_select(0, idx), label_smoothing=smoothing)
         if weights:

@@ -64,3 +64,17 @@ def test_the_plot_is_a_png(result, tmp_path):
     path = plot_quality(result, tmp_path / "q.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not math.isnan(result["tpe"]["trials_mean"])
+
+
+def test_the_training_subset_is_drawn_at_random_not_the_first_rows():
+    from search.perf.quality import random_subset
+
+    data = load_dataset("digits", device="cpu", val_fraction=0.2, split_seed=0)
+    by_class = data.y_train.argsort()  # rows class by class, as an image tree holds them
+    ordered = type(data)(
+        **{**data.__dict__, "x_train": data.x_train[by_class], "y_train": data.y_train[by_class]}
+    )
+    sub = random_subset(ordered, 200)
+    assert len(sub.y_train) == 200 and len(set(sub.y_train.tolist())) == 10  # the first 200 hold 2 classes
+    assert torch.equal(sub.y_train, random_subset(ordered, 200).y_train) and sub.x_val is ordered.x_val
+    assert random_subset(ordered, None) is ordered

@@ -17,6 +17,11 @@ def _batch(n=64):
     return torch.randn(n, SHAPE[0] * SHAPE[1] * SHAPE[2], generator=torch.Generator().manual_seed(0))
 
 
+def _take(config, x, idx=None):
+    """Rows `idx` (all by default) of `x`, augmented as `fit` augments its training batches."""
+    return Augmenter(config, SHAPE, x).take(torch.arange(len(x)) if idx is None else idx)
+
+
 def _shifted(img: torch.Tensor, dy: int, dx: int, t: int) -> torch.Tensor:
     """One image moved by (dy, dx) in [-t, t], zeros where it uncovers: a plain slice of a pad."""
     _, h, w = img.shape
@@ -26,7 +31,7 @@ def _shifted(img: torch.Tensor, dy: int, dx: int, t: int) -> torch.Tensor:
 
 def test_hflip_mirrors_about_half_the_images_and_leaves_the_rest():
     x = _batch()
-    out = Augmenter(TrainConfig(hflip=True), SHAPE, torch.device("cpu"))(x).view(-1, *SHAPE)
+    out = _take(TrainConfig(hflip=True), x).view(-1, *SHAPE)
     imgs = x.view(-1, *SHAPE)
     flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, imgs, strict=True)]
     kept = [torch.equal(o, i) for o, i in zip(out, imgs, strict=True)]
@@ -37,7 +42,7 @@ def test_hflip_mirrors_about_half_the_images_and_leaves_the_rest():
 def test_translate_equals_a_zero_padded_shift_of_each_image():
     t = 2
     x = _batch()
-    out = Augmenter(TrainConfig(translate=t), SHAPE, torch.device("cpu"))(x).view(-1, *SHAPE)
+    out = _take(TrainConfig(translate=t), x).view(-1, *SHAPE)
     shifts_seen = set()
     for o, img in zip(out, x.view(-1, *SHAPE), strict=True):
         match = [
@@ -54,8 +59,26 @@ def test_translate_equals_a_zero_padded_shift_of_each_image():
 def test_augmentation_changes_neither_shape_nor_the_input():
     x = _batch()
     before = x.clone()
-    out = Augmenter(TrainConfig(hflip=True, translate=1), SHAPE, torch.device("cpu"))(x)
+    out = _take(TrainConfig(hflip=True, translate=1), x)
     assert out.shape == x.shape and torch.equal(x, before)
+
+
+def test_flips_and_shifts_together_are_a_shift_of_the_image_or_of_its_mirror():
+    t, x = 1, _batch()
+    out = _take(TrainConfig(hflip=True, translate=t), x).view(-1, *SHAPE)
+    for o, img in zip(out, x.view(-1, *SHAPE), strict=True):
+        candidates = [_shifted(im, dy, dx, t) for im in (img, img.flip(2))
+                      for dy in range(-t, t + 1) for dx in range(-t, t + 1)]  # fmt: skip
+        assert any(torch.equal(o, cand) for cand in candidates)
+
+
+def test_a_batch_takes_the_rows_it_is_asked_for():
+    x = _batch()
+    idx = torch.tensor([5, 0, 63, 5])
+    plain = _take(TrainConfig(translate=1), x, idx).view(-1, *SHAPE)
+    for o, i in zip(plain, idx.tolist(), strict=True):
+        img = x[i].view(*SHAPE)
+        assert any(torch.equal(o, _shifted(img, dy, dx, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
 def test_flips_and_shifts_need_an_image():
