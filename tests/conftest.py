@@ -89,3 +89,12 @@ def digits_study_copy(digits_study, tmp_path) -> DigitsStudy:
     results = tmp_path / "results"
     shutil.copytree(digits_study.results_dir, results)
     return replace(digits_study, storage_url=f"sqlite:///{db}", db_path=db, results_dir=results)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """One torch thread for a whole module (as `digits_study` was searched), restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -38,13 +38,8 @@ TRIAL_TABLES = ("trial_params", "trial_values", "trial_intermediate_values", "tr
                 "trial_system_attributes", "trial_heartbeats")  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The thread count the shared study was searched with: the same float sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The thread count the shared study was searched with: the same float sums.
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def study_rows(db, name: str) -> dict[str, list]:

@@ -49,7 +49,7 @@ def test_an_interrupted_trial_is_queued_again_and_resumes_where_it_stopped(tmp_p
     study_file = tmp_path / "r.toml"
     study_file.write_text(
         '[study]\ndataset = "digits"\nepochs = 6\npruner = "none"\n'
-        '[space]\nwidth = 32\ndropout = 0.1\nlr = {low = 0.01, high = 0.1, log = true}\n'
+        "[space]\nwidth = 32\ndropout = 0.1\nlr = {low = 0.01, high = 0.1, log = true}\n"
     )
 
     def opts(folder, trials):
