@@ -47,6 +47,7 @@ def optimize(
     jobs: int = 1,
     seed: int = 0,
     results_dir: str | Path = "results",
+    stack: int | None = None,
     progress: bool = True,
 ) -> optuna.Study:
     """`python -m search.run`: add `trials` finished trials to the study (created or resumed).
@@ -56,7 +57,7 @@ def optimize(
     """
     opts = prepare_run(
         study=study, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
-        data_dir=data_dir, device=device, jobs=jobs, seed=seed, results_dir=results_dir,
+        data_dir=data_dir, device=device, jobs=jobs, seed=seed, results_dir=results_dir, stack=stack,
     )  # fmt: skip
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -52,6 +52,9 @@ def build_parser() -> ArgumentParser:
     add("--seed", type=non_negative_int, metavar="N", default=0, help="base seed of sampler and trials")
     add("--sampler", choices=SAMPLERS, help="override the study's sampler")
     add("--pruner", choices=PRUNERS, help="override the study's pruner")
+    add("--stack", type=positive_int, metavar="K",
+        help="train K trials at once per worker as one stacked model (default: the study's, 1); "
+        "the device's free memory caps K")  # fmt: skip
     add("--jobs", type=positive_int, metavar="N", default=1, help="worker processes on this machine")
     add("--heartbeat", type=positive_int, metavar="SECONDS", default=DEFAULT_HEARTBEAT_S,
         help="seconds between heartbeats; a dead worker's trial is retried after 2 of them")  # fmt: skip
@@ -68,7 +71,7 @@ def _main(argv: Sequence[str] | None) -> int:
     opts = prepare_run(
         study=args.study, trials=args.trials, timeout=args.timeout, storage=args.storage,
         study_name=args.study_name, data_dir=args.data_dir, dataset=args.dataset, epochs=args.epochs,
-        sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed, jobs=args.jobs,
+        sampler=args.sampler, pruner=args.pruner, stack=args.stack, device=args.device, seed=args.seed, jobs=args.jobs,
         heartbeat=args.heartbeat, results_dir=args.results_dir, resume_every=args.resume_every,
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better

@@ -101,6 +101,24 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def free_bytes(device: torch.device) -> int:
+    """Memory a new allocation may use on `device`: CUDA's free memory, or the host's available
+    memory (Linux's MemAvailable; without /proc, a quarter of the physical memory)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"

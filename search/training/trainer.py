@@ -56,6 +56,7 @@ class FitResult:
     train_seconds: float = 0.0  # building the model and its training passes: not validation, not on_epoch
     val_seconds: float = 0.0  # scoring the validation split after each epoch
     cuda_graphs: bool = False  # full batches were replayed from a captured CUDA graph
+    stack_padding: float = 0.0  # fit_stacked only: share of its stack's matmul work that was padding
 
     @property
     def epochs_run(self) -> int:
@@ -67,14 +68,15 @@ class FitResult:
         return self.history[-1].val_acc if self.history else float("nan")
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device, *, capturable: bool = False):
-    """The config's optimizer, with the fastest kernels this device has. `capturable` keeps the
-    optimizer's step counters on the device, which capturing its step in a CUDA graph requires."""
+def make_optimizer(config: TrainConfig, model, device: torch.device, *, capturable: bool = False):
+    """The config's optimizer for `model` (a module, or a list of tensors), with the fastest
+    kernels this device has. `capturable` keeps the optimizer's step counters on the device,
+    which capturing its step in a CUDA graph requires."""
     flags = optimizer_flags(device, config.optimizer)
     common = dict(lr=config.lr, weight_decay=config.weight_decay, **flags)
     if capturable and config.optimizer != "sgd":  # SGD keeps no step counter: nothing to move
         common["capturable"] = True
-    params = model.parameters()
+    params = model.parameters() if isinstance(model, nn.Module) else model
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, momentum=config.momentum, **common)
     if config.optimizer == "rmsprop":

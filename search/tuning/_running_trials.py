@@ -1,21 +1,48 @@
-"""Writing to a RUNNING trial from outside its objective: the one thing Optuna's API leaves out.
+"""Running trials outside `study.optimize`: the two things Optuna's public API leaves out.
 
 A worker interrupted between Optuna's ask and tell leaves its trial RUNNING. The public API ends
 it (`study.tell(number, state=FAIL)`), but has no way to set a user attr on a trial the caller
 holds only as a `FrozenTrial`: that takes the study's storage and the trial's storage id, both
-private. tests/tuning/test_running_trials.py fails, naming the Optuna version, if either moves.
+private. And a stack of trials (search.tuning.stacking) runs through ask and tell, which start no
+heartbeat: `study.optimize` starts one per trial with a private helper, which `heartbeats`
+starts for each trial of a stack, so a dead stacked worker's trials are failed and retried like
+any other's. tests/tuning/test_running_trials.py fails, naming the Optuna version, if any moves.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial
 
-OPTUNA_INTERNAL = "optuna.Study._storage.set_trial_user_attr and FrozenTrial._trial_id"
+OPTUNA_INTERNAL = (
+    "optuna.Study._storage.set_trial_user_attr, FrozenTrial._trial_id, Trial._trial_id and "
+    "optuna.storages._heartbeat.get_heartbeat_thread / is_heartbeat_enabled"
+)
 
 
 def set_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
     """`trial.set_user_attr(key, value)` for a RUNNING trial known only as a FrozenTrial."""
     study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """What `study.optimize` does before each ask: fail (and retry) dead workers' trials."""
+    if is_heartbeat_enabled(study._storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def heartbeats(study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None]:
+    """Each trial's heartbeat, as `study.optimize` keeps one, while the block runs."""
+    with contextlib.ExitStack() as stack:
+        for t in trials:
+            stack.enter_context(get_heartbeat_thread(t._trial_id, study._storage))
+        yield

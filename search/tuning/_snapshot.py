@@ -37,18 +37,27 @@ class TrialsAtStart:
         self._completed: list[FrozenTrial] = []
         self._medians: dict[int, float] = {}  # step -> median of completed trials at that step
         self._primed: tuple[str, list[FrozenTrial]] | None = None  # (study name, trials)
+        # The reads of the other trials running in this process since the last prime: a stack's
+        # members (search.tuning.stacking) ask their questions in turn, each against its own read.
+        self._others: dict[tuple[str, int], tuple[list, list, dict]] = {}
 
     def prime(self, study: optuna.Study) -> None:
         """Read the trials now, for the trial Optuna is about to start."""
         self._primed = (study.study_name, study.get_trials(deepcopy=False))
+        self._others.clear()
 
     def get(self, study: optuna.Study, number: int) -> list[FrozenTrial]:
         key = (study.study_name, number)
         if key != self._key:
-            primed, self._primed = self._primed, None
-            self._trials = primed[1] if self._fits(primed, key) else study.get_trials(deepcopy=False)
-            self._completed = [t for t in self._trials if t.state == TrialState.COMPLETE]
-            self._medians = {}
+            if self._key is not None:
+                self._others[self._key] = (self._trials, self._completed, self._medians)
+            if key in self._others:
+                self._trials, self._completed, self._medians = self._others.pop(key)
+            else:
+                primed, self._primed = self._primed, None
+                self._trials = primed[1] if self._fits(primed, key) else study.get_trials(deepcopy=False)
+                self._completed = [t for t in self._trials if t.state == TrialState.COMPLETE]
+                self._medians = {}
             self._key = key
         return self._trials
 

@@ -34,11 +34,14 @@ def prepare_run(
     epochs: int | None = None,
     sampler: str | None = None,
     pruner: str | None = None,
+    stack: int | None = None,
     heartbeat: int | None = DEFAULT_HEARTBEAT_S,
     resume_every: float | None = 30.0,
 ) -> RunOptions:
     """The run's options, everything checked and the data loaded; raises UserError otherwise."""
-    spec = load_study(study).with_overrides(dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner)
+    spec = load_study(study).with_overrides(
+        dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack
+    )
     where = resolve_device(device)
     name = study_name or spec.name
     study_dir(results_dir, name)  # a name that cannot be a results folder fails now

@@ -7,6 +7,7 @@ reports each epoch's validation accuracy, asks the pruner, and records on the tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from search.data.datasets import Dataset
 from search.storage._batched import publish
 from search.training import checkpoint
 from search.training.model import architecture, param_count
-from search.training.trainer import EpochMetrics, fit
+from search.training.config import TrainConfig
+from search.training.resume import TrainState
+from search.training.trainer import EpochMetrics, FitResult, fit
 from search.tuning.resuming import StateKeeper, state_path
 from search.tuning.space import sample_config, trial_seed
 from search.tuning.strategy import should_prune
@@ -37,6 +40,17 @@ ATTR_RESUMED = "resumed_from_epoch"  # a retry that carried on from its first at
 
 
 @dataclass
+class Begun:
+    """A trial between sampling and training: what its training and its end need."""
+
+    config: TrainConfig
+    reported: dict[int, float]  # epoch -> validation accuracy, as reported to Optuna
+    prunable: bool  # False for the baseline, which runs its whole budget
+    keeper: StateKeeper | None  # where its training state is saved, if it is
+    resume: TrainState | None  # the saved state it carries on from, if any
+
+
+@dataclass
 class Objective:
     spec: StudySpec  # space, epochs
     data: Dataset  # already on the training device
@@ -47,46 +61,11 @@ class Objective:
     resume_every: float = 30.0  # seconds between writes of a trial's state (0: every epoch)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if self.worker is not None:
-            trial.set_user_attr(ATTR_WORKER, self.worker)
-        # A retry (Optuna copies the failed attempt's user attrs) keeps its first attempt's seed.
-        attrs = trial.user_attrs
-        first = int(attrs.get(ATTR_FIRST_ATTEMPT, trial.number))
-        seed = int(attrs[ATTR_SEED]) if ATTR_FIRST_ATTEMPT in attrs and ATTR_SEED in attrs else None
-        seed = trial_seed(self.seed, trial.number) if seed is None else seed
-        if attrs.get(ATTR_REASON) is not None:  # the failed attempt's reason is not this one's
-            trial.set_user_attr(ATTR_REASON, None)
-        trial.set_user_attr(ATTR_FIRST_ATTEMPT, first)
-        config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
-        reported: dict[int, float] = {}
-        keeper = (
-            StateKeeper(state_path(self.resume_dir, first), self.resume_every) if self.resume_dir else None
-        )
-        resume = keeper.load(config.to_dict()) if keeper is not None else None
-        if resume is not None:  # the epochs the first attempt trained count for this trial
-            for m in resume.history:
-                trial.report(m["val_acc"], m["epoch"])
-                reported[m["epoch"]] = m["val_acc"]
-            trial.set_user_attr(ATTR_RESUMED, resume.epoch)
-        # The baseline is what the search is measured against: it runs its whole budget.
-        prunable = not trial.user_attrs.get(ATTR_BASELINE, False)
-
-        def on_epoch(m: EpochMetrics) -> bool:
-            # Held by BatchedStorage and written with the trial's end (or every 2 s), in this
-            # thread: a background writer measured slower (GIL and cores shared; see README).
-            trial.report(m.val_acc, m.epoch)
-            reported[m.epoch] = m.val_acc
-            return prunable and should_prune(trial, reported)  # the values we hold, not the storage's
-
-        shape = dict(in_features=self.data.in_features, n_classes=self.data.n_classes)
-        trial.set_user_attr(ATTR_SEED, seed)
-        trial.set_user_attr(ATTR_ARCH, architecture(config, **shape))
-        trial.set_user_attr(ATTR_PARAMS, param_count(config, **shape))
-        trial.set_user_attr(ATTR_DEVICE, str(self.data.device))
-        publish(trial)  # params out before training: other workers' samplers, a crash's retry
+        begun = self.begin(trial)
+        keeper = begun.keeper
         try:
             result = fit(
-                config, self.data, on_epoch=on_epoch, resume=resume,
+                begun.config, self.data, on_epoch=self.on_epoch(trial, begun), resume=begun.resume,
                 on_state=keeper.offer if keeper is not None else None,
             )  # fmt: skip
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last epoch for the retry
@@ -99,6 +78,57 @@ class Objective:
             raise
         if keeper is not None:
             keeper.discard()
+        return self.end(trial, begun, result)
+
+    def begin(self, trial: optuna.Trial, *, resumable: bool = True) -> Begun:
+        """Everything before training: the seed, the config, a saved state to resume from (if
+        `resumable`), the attrs a person needs, and the params published to other workers."""
+        if self.worker is not None:
+            trial.set_user_attr(ATTR_WORKER, self.worker)
+        # A retry (Optuna copies the failed attempt's user attrs) keeps its first attempt's seed.
+        attrs = trial.user_attrs
+        first = int(attrs.get(ATTR_FIRST_ATTEMPT, trial.number))
+        seed = int(attrs[ATTR_SEED]) if ATTR_FIRST_ATTEMPT in attrs and ATTR_SEED in attrs else None
+        seed = trial_seed(self.seed, trial.number) if seed is None else seed
+        if attrs.get(ATTR_REASON) is not None:  # the failed attempt's reason is not this one's
+            trial.set_user_attr(ATTR_REASON, None)
+        trial.set_user_attr(ATTR_FIRST_ATTEMPT, first)
+        config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
+        reported: dict[int, float] = {}
+        keeper = None
+        if self.resume_dir is not None and resumable:
+            keeper = StateKeeper(state_path(self.resume_dir, first), self.resume_every)
+        resume = keeper.load(config.to_dict()) if keeper is not None else None
+        if resume is not None:  # the epochs the first attempt trained count for this trial
+            for m in resume.history:
+                trial.report(m["val_acc"], m["epoch"])
+                reported[m["epoch"]] = m["val_acc"]
+            trial.set_user_attr(ATTR_RESUMED, resume.epoch)
+        shape = dict(in_features=self.data.in_features, n_classes=self.data.n_classes)
+        trial.set_user_attr(ATTR_SEED, seed)
+        trial.set_user_attr(ATTR_ARCH, architecture(config, **shape))
+        trial.set_user_attr(ATTR_PARAMS, param_count(config, **shape))
+        trial.set_user_attr(ATTR_DEVICE, str(self.data.device))
+        publish(trial)  # params out before training: other workers' samplers, a crash's retry
+        # The baseline is what the search is measured against: it runs its whole budget.
+        prunable = not trial.user_attrs.get(ATTR_BASELINE, False)
+        return Begun(config, reported, prunable, keeper, resume)
+
+    def on_epoch(self, trial: optuna.Trial, begun: Begun) -> Callable[[EpochMetrics], bool]:
+        """The trainer's per-epoch callback: report the value, and ask the pruner."""
+
+        def on_epoch(m: EpochMetrics) -> bool:
+            # Held by BatchedStorage and written with the trial's end (or every 2 s), in this
+            # thread: a background writer measured slower (GIL and cores shared; see README).
+            trial.report(m.val_acc, m.epoch)
+            begun.reported[m.epoch] = m.val_acc
+            # The values we hold, not the storage's.
+            return begun.prunable and should_prune(trial, begun.reported)
+
+        return on_epoch
+
+    def end(self, trial: optuna.Trial, begun: Begun, result: FitResult) -> float:
+        """The trial's value; raises TrialPruned for a stopped or diverged fit, with its reason."""
         trial.set_user_attr(ATTR_SECONDS, round(result.train_seconds, 4))
         trial.set_user_attr(ATTR_EPOCHS, result.epochs_run)
         if result.diverged:
@@ -114,6 +144,6 @@ class Objective:
                 value=result.val_acc,
                 trial_number=trial.number,
                 model=result.model,
-                meta={"config": config.to_dict(), "study": trial.study.study_name},
+                meta={"config": begun.config.to_dict(), "study": trial.study.study_name},
             )
         return result.val_acc

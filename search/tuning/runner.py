@@ -33,6 +33,7 @@ from search.tuning.binding import check_resumable, study_attrs
 from search.tuning.objective import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, Objective
 from search.tuning.recovery import fail_orphans, retry_dead_local_workers, retry_trials
 from search.tuning.resuming import RESUME_DIR
+from search.tuning.stacking import run_stack
 from search.tuning.strategy import TrialsAtStart, make_pruner, make_sampler, snapshot_of
 from search.tuning.study_file import StudySpec
 from search.tuning.summary import RunSummary, WorkerReport, summarize
@@ -121,30 +122,36 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
 
 
 class _Slots:
-    """Finished-trial slots of one run, shared by its workers (a counter under a lock), and
-    which workers hold one right now, so a worker that dies mid-trial can hand its slot back."""
+    """Finished-trial slots of one run, shared by its workers (a counter under a lock), and how
+    many each worker holds right now, so a worker that dies mid-trial can hand them back."""
 
     def __init__(self, target: int, jobs: int = 1, ctx=None):
         ctx = ctx or mp.get_context("spawn")
         self.target = target
         self.claimed = ctx.Value("i", 0)
-        self.holding = ctx.Array("b", jobs)
+        self.holding = ctx.Array("i", jobs)
 
-    def claim(self, worker: int) -> bool:
+    def claim(self, worker: int, n: int = 1) -> int:
+        """Claim up to n slots (a stack claims several); returns how many were granted."""
         with self.claimed.get_lock():
-            if self.claimed.value >= self.target:
-                return False
-            self.claimed.value += 1
-            self.holding[worker] = 1
-            return True
+            granted = max(0, min(n, self.target - self.claimed.value))
+            self.claimed.value += granted
+            self.holding[worker] += granted
+            return granted
 
     def done(self, worker: int, *, counted: bool) -> None:
-        """The worker's trial ended: keep the slot if it finished, give it back if not."""
+        """One of the worker's trials ended: keep its slot if it finished, give it back if not."""
         with self.claimed.get_lock():
-            if self.holding[worker]:
-                self.holding[worker] = 0
+            if self.holding[worker] > 0:
+                self.holding[worker] -= 1
                 if not counted:
                     self.claimed.value -= 1
+
+    def release(self, worker: int) -> None:
+        """The worker stopped: the slots it still holds go back."""
+        with self.claimed.get_lock():
+            self.claimed.value -= self.holding[worker]
+            self.holding[worker] = 0
 
     @property
     def left(self) -> int:
@@ -225,7 +232,13 @@ def run_worker(
                 break
             if snapshot is not None:
                 snapshot.prime(study)  # the one read of the trials this trial's sampling needs
-            study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after])
+            if opts.spec.stack > 1:
+                run_stack(
+                    study, objective, opts.spec.stack, claim=lambda n: slots.claim(worker, n),
+                    on_told=lambda frozen: after(study, frozen), interrupted=interrupted_trials,
+                )  # fmt: skip
+            else:
+                study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after])
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
                 report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"
                 break
@@ -234,7 +247,7 @@ def run_worker(
     except UserError as e:
         report.error = str(e)
     finally:
-        slots.done(worker, counted=False)
+        slots.release(worker)
         if report.interrupted and study is not None:
             fail_orphans(study, {_worker_tag(worker)})
             if opts.resume_every is not None:  # the next run carries on from their saved epoch
@@ -331,7 +344,7 @@ def _run_processes(opts: RunOptions, emit, deadline) -> list[WorkerReport]:
                     continue
                 # Died without a report (killed, segfault, out of memory): free its slot and
                 # replace it while work is left. The heartbeat fails and re-queues its trial.
-                slots.done(i, counted=False)
+                slots.release(i)
                 if slots.left > 0 and respawns[i] < MAX_RESPAWNS:
                     respawns[i] += 1
                     procs[i] = start(i)

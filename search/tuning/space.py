@@ -302,6 +302,16 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
     return tuple(inert)
 
 
+# The params that shape a stacked model as a whole (search.training.stacked.stack_key): the
+# members of one stack share them, every other param is per member.
+STACK_PARAMS = ("n_layers", "batch_size", "whiten", "zca_eps")
+
+
+def stack_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params of a trial that the other members of its stack must share."""
+    return {k: v for k, v in params.items() if k in STACK_PARAMS}
+
+
 def trial_seed(base_seed: int, trial_number: int) -> int:
     """Each trial's weight-init and batch-order seed: distinct per trial, reproducible."""
     return (base_seed * 1_000_003 + trial_number) % (2**31 - 1)

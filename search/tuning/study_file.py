@@ -9,6 +9,7 @@
     pruner = "median"       # median | halving | hyperband | none
     startup_trials = 10     # TPE's random trials before it models the results
     min_epochs = 1          # median: no pruning before this epoch; halving/hyperband: first rung
+    stack = 1               # trials a worker trains at once as one stacked model (search.run --stack)
 
     [space]
     ...                     # see search.tuning.space
@@ -40,6 +41,7 @@ else:  # pragma: no cover
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving", "hyperband", "none")
+MAX_STACK = 1024  # trials per stacked model; the device's memory caps it further at run time
 PACKAGE_STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 # [study] keys, their types and defaults.
@@ -52,6 +54,7 @@ STUDY_KEYS: dict[str, tuple[type, Any]] = {
     "pruner": (str, "median"),
     "startup_trials": (int, 10),
     "min_epochs": (int, 0),  # 0: the pruner's own default (a fifth of the epochs for median)
+    "stack": (int, 1),
     "description": (str, ""),
 }
 
@@ -71,6 +74,7 @@ class StudySpec:
     description: str = ""
     startup_trials: int = 10  # TPE's random start-up trials (the baseline counts as one)
     min_epochs: int = 0  # the pruner's first epoch to judge; 0 = its default
+    stack: int = 1  # trials trained at once as one stacked model (search.training.stacked)
     baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
 
     def baseline_params(self) -> dict[str, Any] | None:
@@ -184,6 +188,8 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
         raise UserError(f"{where}: val_fraction must be in (0, 1), got {spec.val_fraction}")
     if spec.startup_trials < 0 or spec.min_epochs < 0:
         raise UserError(f"{where}: startup_trials and min_epochs must be >= 0")
+    if not 1 <= spec.stack <= MAX_STACK:
+        raise UserError(f"{where}: stack must be in [1, {MAX_STACK}], got {spec.stack}")
     if spec.baseline is not None:
         try:
             spec.baseline_params()

@@ -1,0 +1,132 @@
+"""A worker's trials, K at a time: asked together, trained as one stacked model, told one by one.
+
+`run_stack` asks Optuna for a stack's trials (ask and tell; TPE's constant liar keeps trials
+that run together apart), trains them with `fit_stacked`, and reports, prunes and tells each on
+its own, so each trial in the storage looks like one trained alone, plus the attrs `stack_id`
+(the number of its stack's first trial), `stack_size` and `stack_padding`.
+
+The members of a stack must share depth, batch size and input whitening (search.training.stacked).
+The first trial is sampled freely; the others are sampled with those params fixed to the first's
+(Optuna's `PartialFixedSampler`), so the sampler's choices never split a stack into singletons:
+TPE picks those few params once per stack and every other param per trial. A trial that arrives
+with its own params (a retry, the baseline) and does not fit trains in a stack of its own.
+Stacked trials save no resume state: a retried one starts over.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import described
+from search.training.device import free_memory
+from search.training.stacked import fit_stacked, stack_capacity, stack_key
+from search.tuning._running_trials import fail_stale, heartbeats
+from search.tuning.objective import ATTR_REASON, Begun, Objective
+from search.tuning.space import stack_params
+
+ATTR_STACK_ID = "stack_id"  # the number of the first trial of the stack it trained in
+ATTR_STACK_SIZE = "stack_size"  # trials in that stack when it started
+ATTR_STACK_PADDING = "stack_padding"  # share of the stack's matmul work spent on padding
+
+
+@dataclass
+class _Member:
+    trial: optuna.Trial
+    begun: Begun
+
+
+def run_stack(
+    study: optuna.Study,
+    objective: Objective,
+    size: int,
+    *,
+    claim: Callable[[int], int],
+    on_told: Callable[[FrozenTrial], None],
+    interrupted: list[int],
+) -> None:
+    """Ask up to `size` trials (the first slot is held; `claim(n)` grants up to n more), train
+    them stacked, tell each. A trial whose sampling fails is told FAIL; a failed stack fails
+    its members. On Ctrl-C the members' numbers go to `interrupted`, for the runner to retry."""
+    fail_stale(study)
+    members: list[_Member] = []
+    told: set[int] = set()
+
+    def tell_done(frozen: FrozenTrial) -> None:
+        told.add(frozen.number)
+        on_told(frozen)
+
+    try:
+        first = _ask(study, objective, tell_done)
+        if first is None:
+            return
+        members.append(first)
+        size = min(size, stack_capacity(first.begun.config, objective.data))
+        more = claim(size - 1) if size > 1 else 0
+        base = study.sampler
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.sampler = optuna.samplers.PartialFixedSampler(stack_params(first.trial.params), base)
+        try:
+            for _ in range(more):
+                m = _ask(study, objective, tell_done)
+                if m is not None:
+                    members.append(m)
+        finally:
+            study.sampler = base
+        groups: dict[tuple, list[_Member]] = {}
+        for m in members:
+            groups.setdefault(stack_key(m.begun.config), []).append(m)
+        for group in groups.values():
+            _train(study, objective, group, tell_done)
+    except KeyboardInterrupt:
+        for m in (m for m in members if m.trial.number not in told):
+            m.trial.set_user_attr(ATTR_REASON, "interrupted")
+            interrupted.append(m.trial.number)
+        raise
+
+
+def _ask(study: optuna.Study, objective: Objective, on_told) -> _Member | None:
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for study.optimize; `heartbeats` starts them.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    try:
+        return _Member(trial, objective.begin(trial, resumable=False))
+    except Exception as e:
+        trial.set_user_attr(ATTR_REASON, described(e))
+        on_told(study.tell(trial, state=TrialState.FAIL))
+        return None
+
+
+def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_told) -> None:
+    configs = [m.begun.config for m in group]
+    for m in group:
+        m.trial.set_user_attr(ATTR_STACK_ID, group[0].trial.number)
+        m.trial.set_user_attr(ATTR_STACK_SIZE, len(group))
+    callbacks = [objective.on_epoch(m.trial, m.begun) for m in group]
+    try:
+        with heartbeats(study, [m.trial for m in group]):
+            results = fit_stacked(configs, objective.data, on_epoch=lambda i, metrics: callbacks[i](metrics))
+    except Exception as e:  # the stack failed (OOM splitting ran out, a bug): each member fails
+        free_memory(objective.data.device)
+        for m in group:
+            m.trial.set_user_attr(ATTR_REASON, described(e))
+            on_told(study.tell(m.trial, state=TrialState.FAIL))
+        return
+    for m, result in zip(group, results):
+        m.trial.set_user_attr(ATTR_STACK_PADDING, round(result.stack_padding, 4))
+        try:
+            value = objective.end(m.trial, m.begun, result)
+        except optuna.TrialPruned:
+            frozen = study.tell(m.trial, state=TrialState.PRUNED)
+        except Exception as e:  # saving the best weights failed, say
+            m.trial.set_user_attr(ATTR_REASON, described(e))
+            frozen = study.tell(m.trial, state=TrialState.FAIL)
+        else:
+            frozen = study.tell(m.trial, value)
+        on_told(frozen)
