@@ -54,6 +54,8 @@ CASES = {
     "trials not a number": (["--trials", "abc"], "'abc' is not a whole number"),
     "negative timeout": (["--timeout", "-1"], "--timeout"),
     "no jobs": (["--jobs", "0"], "--jobs"),
+    "no stack": (["--stack", "0"], "--stack"),
+    "stack too large": (["--stack", "5000"], "stack must be in [1, 1024]"),
     "unknown study": (["--study", "nope"], "unknown study 'nope'"),
     "toml syntax": (["--study", "{root}/syntax.toml"], "TOML syntax error"),
     "unknown activation": (["--study", "{root}/activation.toml"], "'swish' is not allowed"),

@@ -63,6 +63,14 @@ def stack_capacity(config: TrainConfig, data: Dataset) -> int:
     return max(1, int(free_bytes(data.device) * MEMORY_SHARE) // member_bytes(config, data))
 
 
+def padding_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> float:
+    """The share of a stack's matmul work (multiply-adds) spent on padding: 0 when all members
+    have the same widths."""
+    padded = layout_of(configs, in_features, n_classes).flops() * len(configs)
+    real = sum(member_flops(c, in_features, n_classes) for c in configs)
+    return 1.0 - real / padded if padded else 0.0
+
+
 @dataclass
 class _Member:
     index: int  # position in fit_stacked's `configs`

@@ -233,7 +233,7 @@ def run_worker(
             if snapshot is not None:
                 snapshot.prime(study)  # the one read of the trials this trial's sampling needs
             if opts.spec.stack > 1:
-                run_stack(
+                report.stacks += run_stack(
                     study, objective, opts.spec.stack, claim=lambda n: slots.claim(worker, n),
                     on_told=lambda frozen: after(study, frozen), interrupted=interrupted_trials,
                 )  # fmt: skip

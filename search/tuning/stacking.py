@@ -48,12 +48,14 @@ def run_stack(
     claim: Callable[[int], int],
     on_told: Callable[[FrozenTrial], None],
     interrupted: list[int],
-) -> None:
+) -> list[tuple[int, float]]:
     """Ask up to `size` trials (the first slot is held; `claim(n)` grants up to n more), train
-    them stacked, tell each. A trial whose sampling fails is told FAIL; a failed stack fails
-    its members. On Ctrl-C the members' numbers go to `interrupted`, for the runner to retry."""
+    them stacked, tell each; returns each stack's (size, padding share). A trial whose sampling
+    fails is told FAIL; a failed stack fails its members. On Ctrl-C the members' numbers go to
+    `interrupted`, for the runner to retry."""
     fail_stale(study)
     members: list[_Member] = []
+    stacks: list[tuple[int, float]] = []
     told: set[int] = set()
 
     def tell_done(frozen: FrozenTrial) -> None:
@@ -63,7 +65,7 @@ def run_stack(
     try:
         first = _ask(study, objective, tell_done)
         if first is None:
-            return
+            return stacks
         members.append(first)
         size = min(size, stack_capacity(first.begun.config, objective.data))
         more = claim(size - 1) if size > 1 else 0
@@ -82,12 +84,13 @@ def run_stack(
         for m in members:
             groups.setdefault(stack_key(m.begun.config), []).append(m)
         for group in groups.values():
-            _train(study, objective, group, tell_done)
+            stacks.append((len(group), _train(study, objective, group, tell_done)))
     except KeyboardInterrupt:
         for m in (m for m in members if m.trial.number not in told):
             m.trial.set_user_attr(ATTR_REASON, "interrupted")
             interrupted.append(m.trial.number)
         raise
+    return stacks
 
 
 def _ask(study: optuna.Study, objective: Objective, on_told) -> _Member | None:
@@ -103,7 +106,8 @@ def _ask(study: optuna.Study, objective: Objective, on_told) -> _Member | None:
         return None
 
 
-def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_told) -> None:
+def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_told) -> float:
+    """Train one stack and tell its trials; returns the share of its work spent on padding."""
     configs = [m.begun.config for m in group]
     for m in group:
         m.trial.set_user_attr(ATTR_STACK_ID, group[0].trial.number)
@@ -117,7 +121,7 @@ def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_t
         for m in group:
             m.trial.set_user_attr(ATTR_REASON, described(e))
             on_told(study.tell(m.trial, state=TrialState.FAIL))
-        return
+        return 0.0
     for m, result in zip(group, results):
         m.trial.set_user_attr(ATTR_STACK_PADDING, round(result.stack_padding, 4))
         try:
@@ -130,3 +134,4 @@ def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_t
         else:
             frozen = study.tell(m.trial, value)
         on_told(frozen)
+    return results[0].stack_padding if results else 0.0

@@ -20,6 +20,7 @@ class WorkerReport:
     failed: int = 0
     error: str | None = None  # why the worker stopped early, if it did
     interrupted: str | None = None  # "SIGINT" or "SIGTERM"
+    stacks: list[tuple[int, float]] = field(default_factory=list)  # (trials, padding share) per stack
 
 
 @dataclass
@@ -45,6 +46,16 @@ class RunSummary:
         wall = sum(w.wall_seconds for w in self.workers)
         train = sum(w.train_seconds for w in self.workers)
         return None if wall <= 0 or train <= 0 else max(0.0, 1.0 - train / wall)
+
+    @property
+    def stacking(self) -> tuple[float, float] | None:
+        """(mean trials per stack, share of the stacks' matmul work spent on padding), if the
+        run trained stacks; the share weights each stack by its size."""
+        stacks = [s for w in self.workers for s in w.stacks]
+        if not stacks:
+            return None
+        trials = sum(n for n, _ in stacks)
+        return trials / len(stacks), sum(n * p for n, p in stacks) / trials
 
     @property
     def error(self) -> str | None:
@@ -90,6 +101,9 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
             lines.append(f"  architecture: {arch}")
         if s.baseline_gain:
             lines.append(s.baseline_gain)
+    if s.stacking is not None:
+        size, padding = s.stacking
+        lines.append(f"stacks: {size:.1f} trials each on average, {padding:.1%} of their matmul work on padding")
     if s.overhead is not None:
         lines.append(
             f"search overhead: {s.overhead:.1%} of worker time outside training "

@@ -1,0 +1,194 @@
+"""fit_stacked's contract: each member trains as `fit` trains it alone, whatever its neighbours do.
+
+The tolerance: on the CPU in float32, a member's per-epoch train loss is within a relative 1e-4
+of `fit`'s and its validation accuracy within one validation sample (the two compute the same
+sums with other blockings, so they round differently, and an argmax may flip on a tie). One case
+is looser by nature, and tested on its own: Adam or RMSprop with BatchNorm, where a Linear bias
+ahead of BatchNorm has a true gradient of zero and the optimizer's normalization amplifies the
+rounding noise in it; there the stacked run may drift from `fit` as far as `fit` drifts from
+itself when its input is perturbed at the level of float32 rounding, and no further.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from search.data.datasets import load_dataset
+from search.training import stack_model, stacked
+from search.training.config import TrainConfig
+from search.training.stack_model import layout_of
+from search.training.stacked import fit_stacked, padding_of, stack_capacity
+from search.training.trainer import evaluate, fit
+
+LOSS_RTOL = 1e-4
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", device=torch.device("cpu"))
+
+
+BASE = TrainConfig(hidden=(32, 24), epochs=3, batch_size=64, lr=0.05, seed=1)
+
+# Each per-member knob, as three members that differ in it (and in their seeds).
+KNOBS = {
+    "lr": [dict(lr=0.01), dict(lr=0.05), dict(lr=0.2)],
+    "momentum": [dict(momentum=0.0), dict(momentum=0.5), dict(momentum=0.95)],
+    "weight_decay": [dict(weight_decay=0.0), dict(weight_decay=1e-3), dict(weight_decay=5e-2)],
+    "l1": [dict(l1=0.0), dict(l1=1e-5), dict(l1=1e-3)],
+    "dropout": [dict(dropout=0.0), dict(dropout=0.2), dict(dropout=0.5)],
+    "bn_momentum": [dict(bn_momentum=0.01), dict(bn_momentum=0.1), dict(bn_momentum=0.5)],
+    "activation": [dict(activation="relu"), dict(activation="sigmoid"), dict(activation="gelu")],
+    "optimizer": [  # without BatchNorm: see test_adaptive_optimizers_with_batchnorm_drift_...
+        dict(optimizer="adam", lr=3e-3, batchnorm=False),
+        dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2, batchnorm=False),
+        dict(optimizer="rmsprop", lr=1e-3, momentum=0.5, batchnorm=False),
+    ],
+    "schedule": [dict(schedule="constant"), dict(schedule="cosine"), dict(schedule="onecycle", warmup=0.2)],
+    "warmup": [dict(warmup=0.0, schedule="cosine"), dict(warmup=0.1, schedule="cosine"), dict(warmup=0.5)],
+    "label_smoothing": [dict(label_smoothing=0.0), dict(label_smoothing=0.1), dict(label_smoothing=0.3)],
+    "hflip": [dict(hflip=False), dict(hflip=True), dict(hflip=True, translate=1)],
+    "translate": [dict(translate=0), dict(translate=1), dict(translate=3)],
+    "widths": [dict(hidden=(32, 24)), dict(hidden=(8, 40)), dict(hidden=(17, 3))],
+    "batchnorm": [dict(batchnorm=True), dict(batchnorm=False), dict(batchnorm=False, activation="tanh")],
+}
+
+
+def members(changes: list[dict]) -> list[TrainConfig]:
+    return [BASE.replace(seed=10 + i, **c) for i, c in enumerate(changes)]
+
+
+def assert_same_training(alone, together, n_val: int, *, loss_rtol: float = LOSS_RTOL):
+    assert len(alone.history) == len(together.history)
+    for a, s in zip(alone.history, together.history):
+        assert a.epoch == s.epoch
+        assert math.isclose(a.train_loss, s.train_loss, rel_tol=loss_rtol), (a, s)
+        assert abs(a.val_acc - s.val_acc) <= 1.0 / n_val + 1e-12, (a, s)
+    assert alone.stopped == together.stopped and alone.diverged == together.diverged
+
+
+@pytest.mark.parametrize("knob", sorted(KNOBS))
+def test_each_per_member_knob_trains_as_it_does_alone(digits, knob):
+    configs = members(KNOBS[knob])
+    together = fit_stacked(configs, digits)
+    for config, result in zip(configs, together):
+        alone = fit(config, digits)
+        assert_same_training(alone, result, len(digits.y_val))
+        # The returned model holds the member's own weights, unpadded: it scores as fit's does.
+        assert result.model[0].weight.shape == alone.model[0].weight.shape
+        _, acc_alone = evaluate(alone.model, digits.x_val, digits.y_val)
+        _, acc_stacked = evaluate(result.model, digits.x_val, digits.y_val)
+        assert abs(acc_alone - acc_stacked) <= 1.0 / len(digits.y_val) + 1e-12
+
+
+@contextlib.contextmanager
+def batches_in_reverse(batch_size: int):
+    """`fit` with each batch's rows in reverse order: the same batches, the same training, other
+    roundings in every sum over a batch (BatchNorm's statistics, the weight gradients)."""
+    real = torch.randperm
+
+    def randperm(n, **kw):
+        order = real(n, **kw)
+        return torch.cat([order[i : i + batch_size].flip(0) for i in range(0, n, batch_size)])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "randperm", randperm)
+        yield
+
+
+def test_adaptive_optimizers_with_batchnorm_drift_no_further_than_rounding_noise_takes_fit(digits):
+    configs = members([dict(optimizer="adam", lr=3e-3), dict(optimizer="rmsprop", lr=1e-3, momentum=0.5)])
+    together = fit_stacked(configs, digits)
+    for config, result in zip(configs, together):
+        alone = fit(config, digits)
+        with batches_in_reverse(config.batch_size):
+            reordered = fit(config, digits)
+        assert [m.train_loss for m in reordered.history] != [m.train_loss for m in alone.history]
+
+        def drift(run, field):
+            return max(abs(getattr(a, field) - getattr(r, field)) for a, r in zip(alone.history, run.history))
+
+        for field in ("train_loss", "val_loss"):
+            assert drift(result, field) <= 3 * drift(reordered, field) + 1e-5, field
+        assert drift(result, "val_acc") <= 3 * drift(reordered, "val_acc") + 2.0 / len(digits.y_val)
+
+
+def test_a_member_stopped_midway_leaves_and_the_others_are_untouched(digits):
+    configs = members([dict(), dict(hidden=(40, 24), dropout=0.3), dict(optimizer="adam", lr=3e-3, batchnorm=False)])
+    configs = [c.replace(epochs=4) for c in configs]
+    calls = []
+
+    def on_epoch(i, m):
+        calls.append((i, m.epoch))
+        return i == 1 and m.epoch == 2  # the widest member is pruned after its second epoch
+
+    together = fit_stacked(configs, digits, on_epoch=on_epoch)
+    assert together[1].stopped and together[1].epochs_run == 2
+    assert sorted(calls) == sorted([(0, e) for e in range(1, 5)] + [(1, 1), (1, 2)] + [(2, e) for e in range(1, 5)])
+    for i, config in enumerate(configs):
+        alone = fit(config, digits, on_epoch=(lambda m: m.epoch == 2) if i == 1 else None)
+        assert_same_training(alone, together[i], len(digits.y_val))
+
+
+def test_a_diverging_member_ends_with_its_reason_and_the_others_are_untouched(digits):
+    configs = members([dict(), dict(lr=1e6, batchnorm=False, momentum=0.99), dict(dropout=0.2)])
+    together = fit_stacked(configs, digits)
+    alone = [fit(c, digits) for c in configs]
+    assert alone[1].diverged, "the test's diverging config must diverge alone too"
+    assert together[1].diverged == alone[1].diverged
+    for i in (0, 2):
+        assert together[i].diverged is None
+        assert_same_training(alone[i], together[i], len(digits.y_val))
+
+
+def test_out_of_memory_splits_the_stack_and_no_epoch_is_reported_twice(digits, monkeypatch):
+    configs = members([dict(), dict(lr=0.1), dict(dropout=0.2), dict(hidden=(16, 16))])
+    real_forward = stack_model.StackedMLP.forward
+    failed = []
+
+    def forward(self, x, **kw):
+        # The first stack of all four fails in its second epoch, once: as CUDA would, mid-run.
+        if len(self.configs) == 4 and kw.get("train") and getattr(self, "_steps", 0) > 30 and not failed:
+            failed.append(True)
+            raise torch.OutOfMemoryError("injected")
+        self._steps = getattr(self, "_steps", 0) + 1
+        return real_forward(self, x, **kw)
+
+    monkeypatch.setattr(stack_model.StackedMLP, "forward", forward)
+    calls = []
+    together = fit_stacked(configs, digits, on_epoch=lambda i, m: calls.append((i, m.epoch)))
+    assert failed, "the injected error must have fired"
+    assert sorted(calls) == sorted((i, e) for i in range(4) for e in range(1, 4))
+    for config, result in zip(configs, together):
+        assert_same_training(fit(config, digits), result, len(digits.y_val))
+
+
+def test_members_that_differ_in_depth_or_batch_size_are_refused(digits):
+    with pytest.raises(ValueError, match="share depth, batch size"):
+        fit_stacked([BASE, BASE.replace(hidden=(32,))], digits)
+    with pytest.raises(ValueError, match="share depth, batch size"):
+        fit_stacked([BASE, BASE.replace(batch_size=32)], digits)
+
+
+def test_padding_share_counts_the_padded_multiply_adds():
+    a, b = BASE.replace(hidden=(32, 24)), BASE.replace(hidden=(8, 40))
+    # Padded layers: 64-32-40-10 for both; real ones 64-32-24-10 and 64-8-40-10.
+    padded = 2 * (64 * 32 + 32 * 40 + 40 * 10)
+    real = (64 * 32 + 32 * 24 + 24 * 10) + (64 * 8 + 8 * 40 + 40 * 10)
+    assert layout_of([a, b], 64, 10).widths == (32, 40)
+    assert math.isclose(padding_of([a, b], 64, 10), 1 - real / padded)
+    assert padding_of([a, a], 64, 10) == 0.0
+
+
+def test_stack_capacity_follows_the_devices_free_memory(digits, monkeypatch):
+    per_member = stacked.member_bytes(BASE, digits)
+    monkeypatch.setattr(stacked, "free_bytes", lambda device: int(per_member * 10 / stacked.MEMORY_SHARE))
+    assert stack_capacity(BASE, digits) == 10
+    monkeypatch.setattr(stacked, "free_bytes", lambda device: 1)
+    assert stack_capacity(BASE, digits) == 1  # never below one: a trial alone always runs

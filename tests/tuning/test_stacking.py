@@ -1,0 +1,117 @@
+"""A stacked search: its trials look in the storage like trials trained alone, and replay alone."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from search.data.datasets import load_dataset
+from search.storage.connect import open_storage
+from search.training.trainer import fit
+from search.tuning import _running_trials
+from search.tuning.runner import RunOptions, _Slots, run_search
+from search.tuning.space import STACK_PARAMS, replay_config
+from search.tuning.stacking import ATTR_STACK_ID, ATTR_STACK_PADDING, ATTR_STACK_SIZE
+from search.tuning.study_file import load_study
+from search.tuning.summary import format_summary
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
+
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def stacked_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stacked")
+    url = f"sqlite:///{root}/s.db"
+    spec = load_study("digits").with_overrides(epochs=EPOCHS, stack=6)
+    opts = RunOptions(spec=spec, storage_url=url, study_name="digits", trials=12, device="cpu",
+                      results_dir=root / "results", heartbeat_s=None)  # fmt: skip
+    summary = run_search(opts)
+    return summary, optuna.load_study(study_name="digits", storage=url), spec
+
+
+def test_every_stacked_trial_is_recorded_as_one_trained_alone(stacked_run):
+    summary, study, _ = stacked_run
+    assert summary.error is None and summary.finished == 12
+    trials = study.get_trials()
+    assert len(trials) == 12 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in trials:
+        epochs = t.user_attrs["epochs_run"]
+        assert sorted(t.intermediate_values) == list(range(1, epochs + 1))  # one value per epoch
+        assert t.value == t.intermediate_values[epochs]
+        assert t.user_attrs["n_params"] > 0 and t.user_attrs["architecture"]
+        assert t.user_attrs[ATTR_STACK_SIZE] >= 1 and 0.0 <= t.user_attrs[ATTR_STACK_PADDING] < 1.0
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["reason"].startswith("pruned after epoch")
+
+
+def test_a_stacks_members_share_only_the_params_that_shape_the_stack(stacked_run):
+    _, study, _ = stacked_run
+    stacks: dict[int, list] = {}
+    for t in study.get_trials():
+        stacks.setdefault(t.user_attrs[ATTR_STACK_ID], []).append(t)
+    assert len(stacks) == 2  # 12 trials, stacks of 6: the sampler did not split them
+    for stack_id, members in stacks.items():
+        assert min(t.number for t in members) == stack_id
+        assert all(t.user_attrs[ATTR_STACK_SIZE] == len(members) for t in members)
+        for name in STACK_PARAMS:
+            assert len({t.params.get(name) for t in members}) == 1, name
+        # Everything else is each member's own: the members are not copies of one another.
+        assert len({t.params["lr"] for t in members}) == len(members)
+        assert len({t.params["optimizer"] for t in members} | {t.params["activation"] for t in members}) > 1
+
+
+def test_the_summary_gives_the_mean_stack_size_and_the_padding(stacked_run):
+    summary, study, _ = stacked_run
+    size, padding = summary.stacking
+    assert size == 6.0
+    paddings = [t.user_attrs[ATTR_STACK_PADDING] for t in study.get_trials()]
+    assert math.isclose(padding, sum(paddings) / len(paddings), abs_tol=1e-3)
+    assert "stacks: 6.0 trials each on average" in format_summary(summary)
+
+
+def test_a_stacked_trial_retrained_alone_reproduces_its_validation_accuracy(stacked_run):
+    _, study, spec = stacked_run
+    data = load_dataset("digits", device=torch.device("cpu"), val_fraction=spec.val_fraction)
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert done, "the stacked run completed no trial"
+    for t in done[:3]:
+        config = replay_config(t.params, spec.space, epochs=spec.epochs, seed=t.user_attrs["seed"])
+        alone = fit(config, data)
+        adaptive_bn = config.batchnorm and config.optimizer != "sgd"  # see tests/training/test_stacked.py
+        assert abs(alone.val_acc - t.value) <= (3 if adaptive_bn else 1) / len(data.y_val) + 1e-12
+
+
+def test_slots_grant_a_stack_what_is_left():
+    slots = _Slots(target=5, jobs=2)
+    assert slots.claim(0, 4) == 4 and slots.claim(1, 4) == 1 and slots.claim(1) == 0
+    slots.done(0, counted=True)
+    slots.release(0)  # worker 0 stopped holding 3 unfinished slots: they go back
+    assert slots.left == 3
+
+
+def test_stacked_trials_beat_their_heartbeat_while_they_train(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/h.db", heartbeat_s=1)
+    study = optuna.create_study(storage=storage, direction="maximize")
+    beating, silent = study.ask(), study.ask()
+    try:
+        with _running_trials.heartbeats(study, [beating, silent]):
+            time.sleep(0.2)
+        with _running_trials.heartbeats(study, [beating]):
+            time.sleep(3.5)  # past the grace period (2 beats) of a trial that stopped beating
+            _running_trials.fail_stale(study)
+    except AttributeError as e:
+        raise AssertionError(
+            f"Optuna {optuna.__version__} moved {_running_trials.OPTUNA_INTERNAL}: "
+            f"search/tuning/_running_trials.py must follow it ({e})"
+        ) from None
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[beating.number] == TrialState.RUNNING
+    assert states[silent.number] == TrialState.FAIL  # and its retry is queued
+    assert any(t.state == TrialState.WAITING for t in study.get_trials())
