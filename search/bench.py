@@ -4,6 +4,7 @@
     python -m search.bench --suite          the one-call GPU check (bench, then timed searches)
     python -m search.bench --augment        what flips, shifts, one-cycle and label smoothing cost
     python -m search.bench --quality        TPE + pruning against random at the same wall time
+    python -m search.bench --stack          a search at stack 1, 4, 16 and 64: trials per hour, best
 
 Each writes its figures as JSON with --json PATH (search.perf holds the measurements).
 """
@@ -62,6 +63,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--suite-epochs", type=positive_int, default=3)
     p.add_argument("--suite-jobs", type=_jobs_list, default=(1, 4), help="comma-separated worker counts")
     p.add_argument(
+        "--suite-stacks", type=_jobs_list, default=(1, 32), help="comma-separated stack sizes (1 worker)"
+    )
+    p.add_argument(
         "--augment",
         action="store_true",
         help="time an epoch with flips, shifts, one-cycle and label smoothing against a plain one",
@@ -73,6 +77,14 @@ def build_parser() -> ArgumentParser:
         help="digits searches with the batched storage and the trial snapshot each on and off",
     )
     p.add_argument("--overhead-trials", type=positive_int, default=100, metavar="N", help="per search")
+    p.add_argument(
+        "--stack",
+        action="store_true",
+        help="the same search at each --stack-sizes, alternated --rounds times: trials per hour, best value",
+    )
+    p.add_argument("--stack-study", default="digits", help="study --stack searches")
+    p.add_argument("--stack-trials", type=positive_int, default=96, metavar="N", help="per search")
+    p.add_argument("--stack-sizes", type=_jobs_list, default=(1, 4, 16, 64), metavar="K,K,...")
     p.add_argument(
         "--quality",
         action="store_true",
@@ -101,9 +113,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {args.momentum}")
-    kinds = [k for k in ("suite", "augment", "quality", "overhead") if getattr(args, k)]
+    kinds = [k for k in ("suite", "augment", "quality", "overhead", "stack") if getattr(args, k)]
     if len(kinds) > 1:
-        raise UserError("--suite, --augment, --quality and --overhead are separate benches: pass one")
+        raise UserError("--suite, --augment, --quality, --overhead and --stack are separate benches: pass one")
     kind = kinds[0] if kinds else "bench"
     opts = BenchOptions(
         device=args.device, data_dir=args.data_dir, batch_size=args.batch_size, epochs=args.epochs,
@@ -113,9 +125,10 @@ def _main(argv: Sequence[str] | None) -> int:
     request = MeasureRequest(
         kind=kind, opts=opts, threads=args.threads, rounds=args.rounds, json_path=args.json,
         suite_study=args.suite_study, suite_trials=args.suite_trials, suite_epochs=args.suite_epochs,
-        suite_jobs=args.suite_jobs, quality_study=args.quality_study, quality_budget=args.quality_budget,
+        suite_jobs=args.suite_jobs, suite_stacks=args.suite_stacks, quality_study=args.quality_study, quality_budget=args.quality_budget,
         quality_seeds=args.quality_seeds, quality_epochs=args.quality_epochs,
-        overhead_trials=args.overhead_trials,
+        overhead_trials=args.overhead_trials, stack_study=args.stack_study,
+        stack_trials=args.stack_trials, stack_sizes=args.stack_sizes,
     )  # fmt: skip
     result, table = measure(request, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:

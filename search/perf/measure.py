@@ -19,10 +19,11 @@ from search.perf.images import load_bench_data, prepare_images
 from search.perf.notebook import SUITE_BUDGET_S, BenchOptions, format_bench, run_bench
 from search.perf.overhead import format_overhead, run_overhead
 from search.perf.quality import format_quality, plot_quality, random_subset, run_quality
+from search.perf.stack_speed import STACKS, format_stack_bench, run_stack_bench
 from search.training.device import resolve_device
 from search.tuning.study_file import load_study
 
-KINDS = ("bench", "suite", "augment", "quality", "overhead")
+KINDS = ("bench", "suite", "augment", "quality", "overhead", "stack")
 QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
 
 
@@ -37,11 +38,15 @@ class MeasureRequest:
     suite_trials: int = 8
     suite_epochs: int = 3
     suite_jobs: tuple[int, ...] = (1, 4)
+    suite_stacks: tuple[int, ...] = (1, 32)
     quality_study: str = "cifar10"
     quality_budget: float = 240.0  # seconds per arm and seed
     quality_seeds: int = 3
     quality_epochs: int = 6
     overhead_trials: int = 100  # per run of the digits search
+    stack_study: str = "digits"
+    stack_trials: int = 96
+    stack_sizes: tuple[int, ...] = STACKS
 
 
 def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tuple[dict[str, Any], str]:
@@ -56,6 +61,9 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
     if request.kind == "overhead":  # digits searches in child processes: no images to prepare
         result = run_overhead(trials=request.overhead_trials, rounds=request.rounds, progress=progress)
         return result, format_overhead(result)
+    if request.kind == "stack" and request.stack_study == "digits":  # no images to prepare
+        result = _stack_bench(request, None, progress)
+        return result, format_stack_bench(result)
     spec = None
     if request.kind == "quality":  # a bad study fails before any images are prepared
         spec = load_study(request.quality_study).with_overrides(epochs=request.quality_epochs)
@@ -65,6 +73,9 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
     with prepare_images(
         synthetic=opts.synthetic, data_dir=opts.data_dir, limit=opts.limit, seed=opts.seed, progress=progress
     ) as images:
+        if request.kind == "stack":
+            result = _stack_bench(request, images, progress)
+            return result, format_stack_bench(result)
         if request.kind == "augment":
             data = load_bench_data(images, resolve_device(opts.device), opts.limit)
             result = run_augment_bench(opts.config(), data, rounds=request.rounds, progress=progress)
@@ -81,12 +92,22 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
 
             result = run_suite(
                 opts, images, progress, study=request.suite_study, trials=request.suite_trials,
-                study_epochs=request.suite_epochs, jobs=request.suite_jobs,
+                study_epochs=request.suite_epochs, jobs=request.suite_jobs, stacks=request.suite_stacks,
                 budget_s=SUITE_BUDGET_S - (time.perf_counter() - started),
             )  # fmt: skip
             return result, format_suite(result)
         result = run_bench(opts, images, progress)
         return result, format_bench(result)
+
+
+def _stack_bench(request: MeasureRequest, images, progress) -> dict[str, Any]:
+    spec = load_study(request.stack_study)  # a bad study name fails before any search runs
+    epochs = request.suite_epochs if request.stack_study != "digits" else spec.epochs
+    return run_stack_bench(
+        study=request.stack_study, trials=request.stack_trials, epochs=epochs,
+        device=str(resolve_device(request.opts.device)), stacks=request.stack_sizes,
+        rounds=request.rounds, images=images, progress=progress,
+    )  # fmt: skip
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:

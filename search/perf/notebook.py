@@ -30,6 +30,7 @@ import torch
 
 from search.data.datasets import Dataset, split_indices
 from search.errors import UserError
+from search.perf.flops import matmul_floor
 from search.perf.images import Images, Progress, load_bench_data
 from search.training.config import TrainConfig
 from search.training.device import describe, resolve_device
@@ -197,6 +198,10 @@ def run_bench(opts: BenchOptions, images: Images, progress: Progress) -> dict[st
         "search_epoch_s": statistics.median(search_times[1:]),
         "search_train_loss": [m.train_loss for m in result.history],
     }
+    floor = matmul_floor(config, data.in_features, data.n_classes, n, device)
+    out.update(floor)
+    out["search_gflops"] = floor["epoch_gflop"] / out["search_epoch_s"]
+    out["floor_share"] = floor["floor_epoch_s"] / out["search_epoch_s"]
     out["baseline_samples_per_s"] = n / out["baseline_epoch_s"]
     out["search_samples_per_s"] = n / out["search_epoch_s"]
     out["speedup"] = out["baseline_epoch_s"] / out["search_epoch_s"]
@@ -251,6 +256,11 @@ def format_bench(r: dict[str, Any]) -> str:
             r["speedup"],
         ),
     ]
+    lines.append(
+        f"matmul floor: (b) achieves {r['search_gflops']:,.1f} GFLOP/s; torch.mm at the layer shapes "
+        f"runs {r['mm_gflops']:,.1f} GFLOP/s here: an epoch's matmuls alone take {r['floor_epoch_s']:.3f} s, "
+        f"{r['floor_share']:.0%} of (b)'s epoch"
+    )
     warm = f"warm-up epochs (not in the medians): notebook {r['baseline_warmup_s']:.2f} s, "
     warm += f"search {r['search_warmup_s']:.2f} s"
     if "eager_warmup_s" in r:

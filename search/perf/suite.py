@@ -36,10 +36,12 @@ def run_suite(
     trials: int,
     study_epochs: int,
     jobs: Sequence[int],
+    stacks: Sequence[int] = (1, 32),
     budget_s: float = SUITE_BUDGET_S,
 ) -> dict[str, Any]:
     """The bench at each of SUITE_BATCH_SIZES, then one timed search per entry of `jobs` (and, on
-    CUDA, one more with 1 worker and CUDA graphs flipped); searches stop at the budget."""
+    CUDA, one more with 1 worker and CUDA graphs flipped), and one with 1 worker per stack size
+    of `stacks` beyond 1 (stack 1 is the first run); searches stop at the budget."""
     device = resolve_device(opts.device)
     started = time.perf_counter()
     deadline = started + budget_s
@@ -54,16 +56,18 @@ def run_suite(
         run_bench(dataclasses.replace(bench_opts, batch_size=bs), images, progress)
         for bs in SUITE_BATCH_SIZES
     ]
-    runs: list[tuple[int, bool]] = [(j, cuda_graphs_enabled(device)) for j in jobs]
+    graphs_default = cuda_graphs_enabled(device)
+    runs: list[tuple[int, bool, int]] = [(j, graphs_default, 1) for j in jobs]
     if on_cuda:
-        runs.append((1, not cuda_graphs_enabled(device)))  # what graphs buy a whole search
+        runs.append((1, not graphs_default, 1))  # what graphs buy a whole search
+    runs += [(1, graphs_default, k) for k in stacks if k > 1]  # what stacking buys one worker
     studies = []
     with tempfile.TemporaryDirectory(prefix="search-suite-") as tmp:
-        for j, graphs in runs:
+        for j, graphs, stack in runs:
             left = deadline - time.perf_counter()
             if left < 5:
                 studies.append(
-                    {"jobs": j, "cuda_graphs": graphs, "finished": 0, "wall_s": 0.0,
+                    {"jobs": j, "cuda_graphs": graphs, "stack": stack, "finished": 0, "wall_s": 0.0,
                      "trials_per_hour_wall": None, "error": "skipped: suite budget spent"}
                 )  # fmt: skip
                 continue
@@ -71,11 +75,12 @@ def run_suite(
                 run_study(
                     Path(tmp),
                     study=study,
-                    trials=trials,
+                    trials=max(trials, stack),  # a stack of K needs K trials to fill
                     epochs=study_epochs,
                     device=str(device),
                     jobs=j,
                     graphs=graphs,
+                    stack=stack,
                     images=images,
                     progress=progress,
                     timeout_s=left,
@@ -104,9 +109,10 @@ def run_study(
     device: str,
     jobs: int,
     graphs: bool,
-    images: Images,
+    images: Images | None,
     progress: Progress,
     timeout_s: float,
+    stack: int = 1,
 ) -> dict[str, Any]:
     """One `python -m search.run` in a subprocess, and its pace in finished trials per hour.
 
@@ -115,20 +121,22 @@ def run_study(
     """
     import optuna
 
-    name = f"suite-{study}-jobs{jobs}" + ("" if graphs else "-nographs")
+    name = f"suite-{study}-jobs{jobs}-stack{stack}" + ("" if graphs else "-nographs")
     storage = f"sqlite:///{tmp / 'suite.db'}"
     cmd = [
         sys.executable, "-m", "search.run", "--study", study, "--trials", str(trials),
         "--epochs", str(epochs), "--device", device, "--storage", storage, "--jobs", str(jobs),
         "--study-name", name, "--results-dir", str(tmp / "results"), "--no-progress",
+        "--stack", str(stack),
     ]  # fmt: skip
-    if study != "digits":
-        cmd += ["--data-dir", str(images.root)]
     env = dict(os.environ, SEARCH_CUDA_GRAPHS="1" if graphs else "0")
-    if images.cache_dir is not None:
-        env["SEARCH_CACHE_DIR"] = str(images.cache_dir)
+    if images is not None:
+        if study != "digits":
+            cmd += ["--data-dir", str(images.root)]
+        if images.cache_dir is not None:
+            env["SEARCH_CACHE_DIR"] = str(images.cache_dir)
     progress(
-        f"study {study}: {trials} trials x {epochs} epochs, {jobs} worker(s)"
+        f"study {study}: {trials} trials x {epochs} epochs, {jobs} worker(s), stack {stack}"
         + ("" if graphs else ", CUDA graphs off")
     )
     started = time.perf_counter()
@@ -136,6 +144,7 @@ def run_study(
     wall = time.perf_counter() - started
     out: dict[str, Any] = {
         "jobs": jobs,
+        "stack": stack,
         "cuda_graphs": graphs,
         "command": " ".join(cmd),
         "returncode": rc,
@@ -153,6 +162,8 @@ def run_study(
         ]
         out["finished"] = len(done)
         out["pruned"] = sum(t.state.name == "PRUNED" for t in done)
+        values = [t.value for t in done if t.state.name == "COMPLETE" and t.value is not None]
+        out["best"] = max(values) if values else None
         if done:
             first = min(t.datetime_start for t in done)
             span = (max(t.datetime_complete for t in done) - first).total_seconds()
@@ -223,13 +234,13 @@ def format_suite(r: dict[str, Any]) -> str:
         "(trials/hour: first trial start to last trial end; wall: whole command)"
     )
     lines.append(
-        f"{'jobs':>4} {'graphs':>6} {'finished':>8} {'pruned':>6} {'wall s':>7} "
+        f"{'jobs':>4} {'stack':>5} {'graphs':>6} {'finished':>8} {'pruned':>6} {'wall s':>7} "
         f"{'trials/hour':>12} {'(wall)':>8}  note"
     )
     for s in r["studies"]:
         tph = s.get("trials_per_hour")
         lines.append(
-            f"{s['jobs']:>4} {'on' if s['cuda_graphs'] else 'off':>6} {s['finished']:>8} "
+            f"{s['jobs']:>4} {s.get('stack', 1):>5} {'on' if s['cuda_graphs'] else 'off':>6} {s['finished']:>8} "
             f"{s.get('pruned', 0):>6} {s['wall_s']:>7.1f} "
             f"{(f'{tph:,.0f}' if tph else '-'):>12} {s['trials_per_hour_wall'] or 0:>8,.0f}  "
             f"{s.get('error', '')}"

@@ -59,6 +59,10 @@ def test_bench_on_synthetic_images_prints_a_table_and_writes_json(tmp_path, caps
     assert "SYNTHETIC" in table and "--limit 512" in table
     rows = [line for line in table.splitlines() if line.startswith(("(a)", "(b)"))]
     assert len(rows) == 2 and rows[1].split()[-1].endswith("x")
+    # The matmul floor: 6 flops per multiply-add per sample (three matmuls a layer), 8 batches
+    assert r["epoch_gflop"] == 6 * (3072 * 512 + 512 * 256 + 256 * 10) * 512 / 1e9
+    assert r["search_gflops"] == r["epoch_gflop"] / r["search_epoch_s"] and r["mm_gflops"] > 0
+    assert "matmul floor:" in table
     assert "warm-up" in captured.err  # progress goes to stderr
 
 
@@ -124,7 +128,7 @@ def test_suite_runs_small_on_cpu_and_prints_one_table_last(tmp_path, capsys):
     argv = [
         "--suite", "--device", "cpu", "--synthetic", "--limit", "256", "--epochs", "1",
         "--cuda-graphs", "on", "--suite-study", "digits", "--suite-trials", "2",
-        "--suite-epochs", "1", "--suite-jobs", "1", "--json", str(out),
+        "--suite-epochs", "1", "--suite-jobs", "1", "--suite-stacks", "1,2", "--json", str(out),
     ]  # fmt: skip
     assert bench.main(argv) == 0
     r = json.loads(out.read_text())
@@ -135,11 +139,12 @@ def test_suite_runs_small_on_cpu_and_prints_one_table_last(tmp_path, capsys):
     # (at batch 512 the 256 images make no full batch: nothing to capture)
     assert [b["search_cuda_graphs"] for b in r["bench"]] == [True, False]
     assert r["bench"][0]["graphs_max_rel_loss_diff"] == 0.0 and r["bench"][0]["eager_epoch_s"] > 0
-    (study,) = r["studies"]
+    study, stacked = r["studies"]
     assert study["returncode"] == 0 and study["finished"] == 2 and study["jobs"] == 1
-    assert study["trials_per_hour_wall"] > 0
+    assert study["trials_per_hour_wall"] > 0 and study["stack"] == 1
+    assert stacked["returncode"] == 0 and stacked["finished"] == 2 and stacked["stack"] == 2
     lines = capsys.readouterr().out.rstrip().splitlines()
-    assert lines[0].startswith("suite on cpu") and lines[-1].split()[:3] == ["1", "off", "2"]
+    assert lines[0].startswith("suite on cpu") and lines[-1].split()[:4] == ["1", "2", "off", "2"]
 
 
 # ---------------------------------------------------------------------------- trainer

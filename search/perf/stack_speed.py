@@ -1,0 +1,82 @@
+"""`python -m search.bench --stack`: what training K trials as one stacked model buys a search.
+
+The same search (`python -m search.run --study S --trials N --stack K`, one worker, a fresh
+SQLite file each time) runs at each stack size, in separate processes, alternated round by
+round (the order reverses every round) so a busy neighbour slows every size alike. Each run
+gives its wall time, its pace in finished trials per hour, and the best validation accuracy it
+found: stacking must buy speed without costing the search its quality.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from search.perf.images import Images, Progress
+from search.perf.suite import run_study
+
+STACKS = (1, 4, 16, 64)
+RUN_TIMEOUT_S = 3600.0  # one search; a run that long has gone wrong
+
+
+def run_stack_bench(
+    *,
+    study: str,
+    trials: int,
+    epochs: int,
+    device: str,
+    stacks: Sequence[int] = STACKS,
+    rounds: int = 3,
+    images: Images | None = None,
+    progress: Progress = lambda line: None,
+) -> dict[str, Any]:
+    runs: dict[int, list[dict[str, Any]]] = {k: [] for k in stacks}
+    for r in range(rounds):
+        order = list(stacks) if r % 2 == 0 else list(stacks)[::-1]
+        for k in order:
+            with tempfile.TemporaryDirectory(prefix="search-stack-") as tmp:
+                run = run_study(
+                    Path(tmp), study=study, trials=trials, epochs=epochs, device=device, jobs=1,
+                    graphs=False, stack=k, images=images, progress=lambda line: None,
+                    timeout_s=RUN_TIMEOUT_S,
+                )  # fmt: skip
+            if run.get("error"):
+                raise RuntimeError(f"the stack {k} run failed: {run['error']}")
+            runs[k].append(run)
+            progress(
+                f"round {r + 1}/{rounds} stack {k}: {run['wall_s']:.1f} s, {run['finished']} trials, "
+                f"best {run['best']:.4f}"
+            )
+    out: dict[str, Any] = {
+        "study": study, "trials": trials, "epochs": epochs, "device": device, "rounds": rounds,
+        "stacks": list(stacks), "runs": {str(k): v for k, v in runs.items()},
+    }  # fmt: skip
+    base = statistics.median(r["wall_s"] for r in runs[stacks[0]])
+    for k in stacks:
+        wall = statistics.median(r["wall_s"] for r in runs[k])
+        out[str(k)] = {
+            "wall_s_median": wall,
+            "trials_per_hour": trials / wall * 3600,
+            "speedup": base / wall,
+            "best_median": statistics.median(r["best"] for r in runs[k]),
+            "failed": sum(trials - r["finished"] for r in runs[k]),
+        }
+    return out
+
+
+def format_stack_bench(r: dict[str, Any]) -> str:
+    lines = [
+        f"stacked search, {r['study']}, {r['trials']} trials x {r['epochs']} epochs on {r['device']}, "
+        f"medians of {r['rounds']} alternated runs (wall: the whole command):",
+        f"{'stack':>6} {'wall s':>8} {'trials/hour':>12} {'speedup':>8} {'best':>7}",
+    ]
+    for k in r["stacks"]:
+        m = r[str(k)]
+        lines.append(
+            f"{k:>6} {m['wall_s_median']:>8.1f} {m['trials_per_hour']:>12,.0f} {m['speedup']:>7.2f}x "
+            f"{m['best_median']:>7.4f}" + (f"  {m['failed']} trial(s) not finished" if m["failed"] else "")
+        )
+    return "\n".join(lines)
