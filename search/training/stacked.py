@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +35,10 @@ from search.training.stack_model import StackedMLP, layout_of, member_flops
 from search.training.stack_optim import MemberOptimizers
 from search.training.trainer import EpochMetrics, FitResult
 
-# Called after every epoch of every member with (its index in `configs`, its metrics);
-# returning True stops that member (a pruner's verdict).
-StackCallback = Callable[[int, EpochMetrics], bool | None]
+# Called after every epoch with each training member's metrics, keyed by its index in `configs`
+# (all of them at once, so a pruner may judge each member against the others); returns the
+# indices of the members to stop (a pruner's verdicts).
+StackCallback = Callable[[dict[int, EpochMetrics]], Collection[int] | None]
 
 EVAL_ELEMENTS = 1 << 24  # activations per scoring pass of the whole stack: bounds its memory
 MEMORY_SHARE = 0.5  # of the device's free memory, what a stack may plan to use
@@ -184,18 +185,22 @@ class _StackRun:
             val_losses, val_accs = stack.evaluate(source.x_val, source.y_val, rows)
             self._charge(members, time.perf_counter() - val_started, train=False)
 
-            staying = []
+            fresh: dict[int, EpochMetrics] = {}  # epochs not reported before an out-of-memory retry
             for row, m in enumerate(members):
                 result, loss = self.results[m.index], train_losses[row]
                 if not math.isfinite(loss):
                     result.diverged = f"training loss became {loss} in epoch {epoch}"
-                else:
-                    metrics = EpochMetrics(epoch, loss, val_losses[row], val_accs[row], seconds=epoch_seconds / k)
-                    result.history.append(metrics)
-                    if epoch > self.reported[m.index]:
-                        self.reported[m.index] = epoch
-                        if self.on_epoch is not None and self.on_epoch(m.index, metrics) and epoch < epochs:
-                            result.stopped = True
+                    continue
+                metrics = EpochMetrics(epoch, loss, val_losses[row], val_accs[row], seconds=epoch_seconds / k)
+                result.history.append(metrics)
+                if epoch > self.reported[m.index]:
+                    self.reported[m.index] = epoch
+                    fresh[m.index] = metrics
+            stop = set(self.on_epoch(fresh) or ()) if self.on_epoch is not None and fresh else set()
+            staying = []
+            for row, m in enumerate(members):
+                result = self.results[m.index]
+                result.stopped = m.index in stop and epoch < epochs
                 if result.diverged or result.stopped or epoch == epochs:
                     self._leave(stack, row, m, optimizer.steps)
                 else:

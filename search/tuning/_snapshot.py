@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import optuna
@@ -143,29 +144,45 @@ class SnapshotPruner(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return self.decide(study, trial.number, trial.intermediate_values)
 
-    def decide(self, study: optuna.Study, number: int, reported: dict[int, float]) -> bool:
-        """Whether trial `number`, having reported `reported` (step -> value), should stop."""
+    def decide(
+        self, study: optuna.Study, number: int, reported: dict[int, float], peers: Sequence[dict[int, float]] = ()
+    ) -> bool:
+        """Whether trial `number`, having reported `reported` (step -> value), should stop.
+
+        `peers`: what the other trials training beside it (a stack's members) have reported;
+        those that reached the same step join the completed trials as its reference, and count
+        towards the start-up trials. Without peers, this is Optuna's MedianPruner."""
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
             raise ValueError("SnapshotPruner is written for a maximized objective")
-        n_completed = len(self.snapshot.completed(study, number))
-        if not reported or n_completed == 0 or n_completed < self.n_startup_trials:
+        if not reported:
             return False
         step = max(reported)
+        beside = [p[step] for p in peers if step in p]
+        n_completed = len(self.snapshot.completed(study, number))
+        if n_completed + len(beside) == 0 or n_completed + len(beside) < self.n_startup_trials:
+            return False
         if step < self.n_warmup_steps:
             return False
         best = np.nanmax(np.asarray(list(reported.values()), dtype=float))
         if math.isnan(best):
             return True  # every value so far is NaN
-        median = self.snapshot.median_at(study, number, step)
+        if beside:
+            done = self.snapshot.completed(study, number)
+            median = nan_median([t.intermediate_values[step] for t in done if step in t.intermediate_values] + beside)
+        else:
+            median = self.snapshot.median_at(study, number, step)
         return not math.isnan(median) and best < median
 
 
-def should_prune(trial: optuna.Trial, reported: dict[int, float]) -> bool:
+def should_prune(
+    trial: optuna.Trial, reported: dict[int, float], peers: Sequence[dict[int, float]] = ()
+) -> bool:
     """`trial.should_prune()`, minus its storage read where the pruner is ours: the objective
-    already holds every value this trial reported, so the pruner judges those directly."""
+    already holds every value this trial reported, so the pruner judges those directly (and
+    those its `peers` reported, see `SnapshotPruner.decide`)."""
     pruner = trial.study.pruner
     if isinstance(pruner, SnapshotPruner):
-        return pruner.decide(trial.study, trial.number, reported)
+        return pruner.decide(trial.study, trial.number, reported, peers)
     return trial.should_prune()
 
 

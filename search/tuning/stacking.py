@@ -11,6 +11,12 @@ The first trial is sampled freely; the others are sampled with those params fixe
 TPE picks those few params once per stack and every other param per trial. A trial that arrives
 with its own params (a retry, the baseline) and does not fit trains in a stack of its own.
 Stacked trials save no resume state: a retried one starts over.
+
+The median pruner judges a stack's members against each other too: at each epoch its reference
+is the completed trials' values and those of the members that reported the same epoch, as if
+they had run one after another. Without that, a study's first stack could prune nothing (no
+trial is complete until it ends) and every stack would wait on the ones before it. Successive
+halving and Hyperband see the members' values through the storage, as they see any running trial.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import described
 from search.training.device import free_memory
 from search.training.stacked import fit_stacked, stack_capacity, stack_key
+from search.training.trainer import EpochMetrics
 from search.tuning._running_trials import fail_stale, heartbeats
 from search.tuning.objective import ATTR_REASON, Begun, Objective
 from search.tuning.space import stack_params
+from search.tuning.strategy import should_prune
 
 ATTR_STACK_ID = "stack_id"  # the number of the first trial of the stack it trained in
 ATTR_STACK_SIZE = "stack_size"  # trials in that stack when it started
@@ -112,10 +120,21 @@ def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_t
     for m in group:
         m.trial.set_user_attr(ATTR_STACK_ID, group[0].trial.number)
         m.trial.set_user_attr(ATTR_STACK_SIZE, len(group))
-    callbacks = [objective.on_epoch(m.trial, m.begun) for m in group]
+
+    def on_epoch(metrics: dict[int, EpochMetrics]) -> list[int]:
+        for i, m in metrics.items():  # every member reports before any is judged
+            group[i].trial.report(m.val_acc, m.epoch)
+            group[i].begun.reported[m.epoch] = m.val_acc
+        stop = []
+        for i in metrics:
+            member, peers = group[i], [group[j].begun.reported for j in metrics if j != i]
+            if member.begun.prunable and should_prune(member.trial, member.begun.reported, peers=peers):
+                stop.append(i)
+        return stop
+
     try:
         with heartbeats(study, [m.trial for m in group]):
-            results = fit_stacked(configs, objective.data, on_epoch=lambda i, metrics: callbacks[i](metrics))
+            results = fit_stacked(configs, objective.data, on_epoch=on_epoch)
     except Exception as e:  # the stack failed (OOM splitting ran out, a bug): each member fails
         free_memory(objective.data.device)
         for m in group:

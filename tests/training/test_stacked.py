@@ -124,9 +124,9 @@ def test_a_member_stopped_midway_leaves_and_the_others_are_untouched(digits):
     configs = [c.replace(epochs=4) for c in configs]
     calls = []
 
-    def on_epoch(i, m):
-        calls.append((i, m.epoch))
-        return i == 1 and m.epoch == 2  # the widest member is pruned after its second epoch
+    def on_epoch(metrics):
+        calls.extend((i, m.epoch) for i, m in metrics.items())
+        return [1] if 1 in metrics and metrics[1].epoch == 2 else []  # the widest, after epoch 2
 
     together = fit_stacked(configs, digits, on_epoch=on_epoch)
     assert together[1].stopped and together[1].epochs_run == 2
@@ -162,7 +162,7 @@ def test_out_of_memory_splits_the_stack_and_no_epoch_is_reported_twice(digits, m
 
     monkeypatch.setattr(stack_model.StackedMLP, "forward", forward)
     calls = []
-    together = fit_stacked(configs, digits, on_epoch=lambda i, m: calls.append((i, m.epoch)))
+    together = fit_stacked(configs, digits, on_epoch=lambda ms: calls.extend((i, m.epoch) for i, m in ms.items()))
     assert failed, "the injected error must have fired"
     assert sorted(calls) == sorted((i, e) for i in range(4) for e in range(1, 4))
     for config, result in zip(configs, together):

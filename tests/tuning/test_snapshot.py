@@ -175,3 +175,39 @@ def test_tpe_still_reads_its_trials_through_the_internal_the_snapshot_answers(mo
         f"Optuna {optuna.__version__}'s TPESampler no longer reads trials through "
         f"{_snapshot.OPTUNA_INTERNAL}: search/tuning/_snapshot.py must follow it"
     )
+
+
+def test_a_stacks_peers_weigh_as_if_they_had_completed_before_it():
+    """With peers (the members training beside a trial), the pruner decides as Optuna's median
+    pruner does in a study where those peers were completed trials with the same values."""
+    rng, outcomes = random.Random(3), set()
+    for case in range(30):
+        done = [[rng.random() for _ in range(6)] for _ in range(rng.randint(0, 6))]
+        peers = [[rng.random() for _ in range(6)] for _ in range(rng.randint(0, 6))]
+        mine = [rng.random() for _ in range(rng.randint(1, 6))]
+        step = len(mine)
+
+        def study_with(curves):
+            study = optuna.create_study(direction="maximize")
+            for curve in curves:
+                t = study.ask()
+                for s, v in enumerate(curve, 1):
+                    t.report(v, s)
+                study.tell(t, curve[-1])
+            return study
+
+        plain = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        reference = study_with(done + [p[:step] for p in peers])
+        t = reference.ask()
+        for s, v in enumerate(mine, 1):
+            t.report(v, s)
+        expected = plain.prune(reference, reference._storage.get_trial(t._trial_id))
+
+        ours = study_with(done)
+        t = ours.ask()
+        pruner = SnapshotPruner(n_startup_trials=5, n_warmup_steps=2)
+        reported = dict(enumerate(mine, 1))
+        peer_values = [dict(enumerate(p[:step], 1)) for p in peers]
+        assert pruner.decide(ours, t.number, reported, peer_values) == expected, case
+        outcomes.add(expected)
+    assert outcomes == {True, False}
