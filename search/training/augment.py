@@ -6,6 +6,12 @@ random half of them left-right; a shift moves each image by its own (dx, dy) in
 normalization. No Python loop over images, and only training batches are augmented: validation
 and test never are.
 
+A batch is one `index_select`, augmented or not: the training tensor is kept once per process
+(per tensor, flip and shift size) as zero-padded images, with a mirrored copy after them when
+flips are on, and a shifted image's every row is a contiguous window of that padded copy. So a
+batch reads B*C*H windows of W pixels through one index_select of the overlapping windows
+(`unfold`): the rows, the flip and the shift are only where each window starts.
+
 On whitened data the same operations are applied to the whitened image. ZCA of natural images is
 close to a convolution (its statistics barely depend on position), so flipping or shifting a
 whitened image is close to whitening the flipped or shifted one, at 1/50th of the cost.
@@ -13,7 +19,10 @@ whitened image is close to whitening the flipped or shifted one, at 1/50th of th
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+import torch.nn.functional as F
 
 from search.errors import UserError
 from search.training.config import TrainConfig
@@ -35,27 +44,74 @@ def check_augmentable(config: TrainConfig, image_shape: tuple[int, ...] | None, 
         )
 
 
+MAX_CACHED = 2  # padded copies kept per training tensor (flips on or off, one shift size)
+# id(training tensor) -> (a weak reference to it, its padded copies): tensors compare element by
+# element, so they cannot be the keys of a WeakKeyDictionary.
+_PADDED: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+class PaddedImages:
+    """A training tensor [N, C*H*W] as zero-padded images (and their mirror images after them)."""
+
+    def __init__(self, source: torch.Tensor, image_shape: tuple[int, int, int], t: int, mirrored: bool):
+        c, h, w = image_shape
+        self.n, self.t, self.c, self.h, self.w = len(source), t, c, h, w
+        images = source.view(self.n, c, h, w)
+        if mirrored:
+            images = torch.cat([images, images.flip(3)])
+        self.padded = F.pad(images, (t, t, t, t)) if t else images.contiguous()
+        self.hp, self.wp = h + 2 * t, w + 2 * t
+        self.rows = self.padded.view(len(self.padded), -1)  # without a shift: whole rows
+        # Every W-pixel window of the padded copy, overlapping: a view, nothing copied.
+        self.windows = self.padded.view(-1).unfold(0, w, 1)
+        ch = torch.arange(c, device=source.device).view(-1, 1)
+        r = torch.arange(h, device=source.device).view(1, -1)
+        self.base = ((ch * self.hp + r + t) * self.wp + t).view(-1)  # unshifted image 0's rows
+        self.image_size = c * self.hp * self.wp
+
+    def take(self, rows: torch.Tensor, dy: torch.Tensor | None = None, dx: torch.Tensor | None = None):
+        """Images `rows` (n + i: image i mirrored), each shifted by its (dy, dx): output pixel
+        (r, c) shows the image's (r - dy, c - dx), or 0 outside it. [len(rows), C*H*W]."""
+        if dy is None:
+            if not self.t:
+                return self.rows.index_select(0, rows)
+            dy = dx = torch.zeros_like(rows)
+        start = rows * self.image_size - dy * self.wp - dx
+        windows = self.windows.index_select(0, (start.view(-1, 1) + self.base).view(-1))
+        return windows.view(len(rows), -1)
+
+
+def padded_images(source: torch.Tensor, image_shape, t: int, mirrored: bool) -> PaddedImages:
+    """The padded copy of `source`, made once per process and kept while `source` lives."""
+    entry = _PADDED.get(id(source))
+    if entry is None or entry[0]() is not source:
+        entry = (weakref.ref(source, lambda _ref, key=id(source): _PADDED.pop(key, None)), {})
+        _PADDED[id(source)] = entry
+    per_source = entry[1]
+    key = (t, mirrored, tuple(image_shape))
+    if key not in per_source:
+        while len(per_source) >= MAX_CACHED:
+            per_source.pop(next(iter(per_source)))
+        per_source[key] = PaddedImages(source, image_shape, t, mirrored)
+    return per_source[key]
+
+
+def _offsets(shift: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift number s of (2t+1)^2, dy major, as its (dy, dx) in [-t, t]."""
+    span = 2 * t + 1
+    return shift // span - t, shift % span - t
+
+
 class Augmenter:
     """The augmented rows of one training tensor, batch by batch. Its own generator: turning
     augmentation on changes neither the weight init nor the batch order of the same seed.
-
-    Flips cost nothing per batch: a mirrored copy of the whole tensor is made once, and a batch
-    takes each row from the plain or the mirrored half with the index_select it needs anyway.
-    Shifts are one `gather` per batch: every (dy, dx) has a precomputed map from output pixel to
-    source pixel, pointing at an appended zero where the shifted image uncovers its border.
-    """
+    Each batch draws a flip for every image (a coin) and then a shift (one of (2t+1)^2)."""
 
     def __init__(self, config: TrainConfig, image_shape: tuple[int, int, int], source: torch.Tensor):
         self.hflip, self.t = config.hflip, config.translate
-        self.c, self.h, self.w = image_shape
         self.n, device = len(source), source.device
         self.gen = torch.Generator(device=device).manual_seed(config.seed + 0x5EED)
-        self.source = source
-        if self.hflip:
-            mirrored = source.view(self.n, self.c, self.h, self.w).flip(3).reshape(self.n, -1)
-            self.source = torch.cat([source, mirrored])
-        if self.t:
-            self.maps = shift_maps(self.t, self.h, self.w, device)
+        self.images = padded_images(source, image_shape, self.t, self.hflip)
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows `idx` of the source tensor, each flipped and shifted at random: [len(idx), C*H*W]."""
@@ -63,63 +119,25 @@ class Augmenter:
         if self.hflip:
             flip = torch.rand(b, device=idx.device, generator=self.gen) < 0.5
             idx = idx + flip * self.n
-        x = self.source.index_select(0, idx)
         if not self.t:
-            return x
-        shift = torch.randint(0, len(self.maps), (b,), device=idx.device, generator=self.gen)
-        return shifted(x, self.maps.index_select(0, shift), self.c)
-
-
-def shift_maps(t: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-    """For every (dy, dx) in [-t, t]^2 (dy major), the source pixel of each output pixel of an
-    H x W image, or H*W (an appended zero) where the shift uncovers the border: [(2t+1)^2, H*W]."""
-    hw, span = h * w, 2 * t + 1
-    rows = torch.arange(h, device=device).view(1, -1, 1)
-    cols = torch.arange(w, device=device).view(1, 1, -1)
-    d = torch.arange(-t, t + 1, device=device)
-    dy, dx = d.repeat_interleave(span).view(-1, 1, 1), d.repeat(span).view(-1, 1, 1)
-    src_r, src_c = rows - dy, cols - dx  # output (r, c) shows source (r - dy, c - dx)
-    inside = (src_r >= 0) & (src_r < h) & (src_c >= 0) & (src_c < w)
-    flat = src_r.clamp(0, h - 1) * w + src_c.clamp(0, w - 1)
-    return torch.where(inside, flat, hw).view(span * span, hw)
-
-
-def shifted(x: torch.Tensor, maps: torch.Tensor, channels: int) -> torch.Tensor:
-    """Each row of x [B, C*H*W] moved through its own map (a row of `shift_maps`): one gather."""
-    b, hw = len(x), maps.shape[1]
-    index = maps.view(b, 1, hw).expand(b, channels, hw)
-    padded = torch.cat([x.view(b, channels, hw), x.new_zeros(b, channels, 1)], 2)
-    return torch.gather(padded, 2, index).view(b, -1)
+            return self.images.take(idx)
+        span = 2 * self.t + 1
+        shift = torch.randint(0, span * span, (b,), device=idx.device, generator=self.gen)
+        return self.images.take(idx, *_offsets(shift, self.t))
 
 
 class StackAugmenter:
     """The rows `Augmenter` gives, for K configs at once (search.training.stacked): each member
     draws its flips and shifts from its own generator, in the order its own Augmenter would, so
     its rows are the ones it gets when trained alone; all K batches then come out of one
-    index_select and one gather. Members without a flip read the plain half; without a shift,
-    the identity map (a shift of zero)."""
+    index_select. Members without a flip read the plain images; without a shift, shift zero."""
 
     def __init__(self, configs: list[TrainConfig], image_shape: tuple[int, int, int], source: torch.Tensor):
-        self.c, self.h, self.w = image_shape
         self.n, device = len(source), source.device
         self.flips = [c.hflip for c in configs]
         self.ts = [c.translate for c in configs]
         self.gens = [torch.Generator(device=device).manual_seed(c.seed + 0x5EED) for c in configs]
-        self.source = source
-        if any(self.flips):
-            mirrored = source.view(self.n, self.c, self.h, self.w).flip(3).reshape(self.n, -1)
-            self.source = torch.cat([source, mirrored])
-        self.t = max(self.ts)
-        if self.t:
-            self.maps = shift_maps(self.t, self.h, self.w, device)
-            span = 2 * self.t + 1
-            self.center = torch.tensor(self.t * span + self.t, device=device)
-            # lut[t][i]: member shift i of its own (2t+1)^2 table, as a row of the widest table
-            self.luts = {}
-            for t in set(self.ts) - {0}:
-                i = torch.arange((2 * t + 1) ** 2, device=device)
-                dy, dx = i // (2 * t + 1) - t, i % (2 * t + 1) - t
-                self.luts[t] = (dy + self.t) * span + (dx + self.t)
+        self.images = padded_images(source, image_shape, max(self.ts), any(self.flips))
 
     def keep(self, rows: list[int]) -> None:
         """Only these members (positions in the current stack) go on."""
@@ -130,20 +148,18 @@ class StackAugmenter:
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """idx [K, B] (member k's batch in row k) -> the augmented rows, [K*B, C*H*W]."""
         b, device = idx.shape[1], idx.device
-        if any(self.flips):  # each member's flip draw comes before its shift draw, as in Augmenter
-            flips = [
-                (torch.rand(b, device=device, generator=g) < 0.5) * self.n if flip else idx.new_zeros(b)
-                for flip, g in zip(self.flips, self.gens)
-            ]
-            idx = idx + torch.stack(flips)
-        shifts = [self._shift(t, g, b, device) for t, g in zip(self.ts, self.gens)] if self.t else []
-        x = self.source.index_select(0, idx.reshape(-1))
-        if not self.t:
-            return x
-        return shifted(x, self.maps.index_select(0, torch.cat(shifts)), self.c)
-
-    def _shift(self, t: int, gen: torch.Generator, b: int, device) -> torch.Tensor:
-        if not t:
-            return self.center.expand(b)
-        drawn = torch.randint(0, (2 * t + 1) ** 2, (b,), device=device, generator=gen)
-        return self.luts[t].index_select(0, drawn)
+        flips, dys, dxs = [], [], []
+        for flip, t, g in zip(self.flips, self.ts, self.gens):
+            coin = torch.rand(b, device=device, generator=g) < 0.5 if flip else None
+            flips.append(coin * self.n if flip else idx.new_zeros(b))
+            if t:
+                span = 2 * t + 1
+                dy, dx = _offsets(torch.randint(0, span * span, (b,), device=device, generator=g), t)
+            else:
+                dy = dx = idx.new_zeros(b)
+            dys.append(dy)
+            dxs.append(dx)
+        rows = (idx + torch.stack(flips)).view(-1) if any(self.flips) else idx.reshape(-1)
+        if not any(self.ts):
+            return self.images.take(rows)
+        return self.images.take(rows, torch.cat(dys), torch.cat(dxs))
