@@ -102,3 +102,19 @@ def test_validation_is_never_augmented():
     assert result.history[-1].val_acc == evaluate(result.model, data.x_val, data.y_val)[1]
     plain = fit(TrainConfig(hidden=(32,), epochs=2), data)
     assert plain.history[-1].train_loss != result.history[-1].train_loss
+
+
+def test_one_padded_copy_serves_every_trial_and_grows_only_when_asked_for_more():
+    from search.training.augment import padded_images
+
+    x = _batch()
+    wide = padded_images(x, SHAPE, 3, True)
+    assert padded_images(x, SHAPE, 1, False) is wide  # smaller shifts, no flips: the same copy
+    t = 1
+    out = _take(TrainConfig(translate=t), x).view(-1, *SHAPE)  # read through the 3-pixel copy
+    for o, img in zip(out, x.view(-1, *SHAPE), strict=True):
+        assert any(
+            torch.equal(o, _shifted(img, dy, dx, t)) for dy in range(-t, t + 1) for dx in range(-t, t + 1)
+        )
+    grown = padded_images(x, SHAPE, 4, False)
+    assert grown is not wide and grown.t == 4 and grown.mirrored  # widened, flips kept
