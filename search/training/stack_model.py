@@ -156,16 +156,27 @@ class StackedMLP:
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, x: torch.Tensor, *, train: bool, drop_gens: list[torch.Generator] | None = None):
-        """x [K, B, in] -> logits [K, B, n_classes]; in training, BatchNorm's running stats move."""
+    def forward(
+        self, x: torch.Tensor, *, train: bool, drop_gens: list[torch.Generator] | None = None, first=None
+    ) -> torch.Tensor:
+        """x [K, B, in] (each member's batch), or [B, in] (one batch for all: scoring, with
+        `first` the first layer's weights as one [in, K*width] matrix) -> logits [K, B, n_classes];
+        in training, BatchNorm's running stats move."""
         v, h = self.views, x
+        k = len(self.configs)
         for i in range(len(self.layout.widths)):
-            z = torch.baddbmm(v[f"b{i}"].unsqueeze(1), h, v[f"w{i}"].transpose(1, 2))
+            w, b = v[f"w{i}"], v[f"b{i}"]
+            if h.dim() == 2:  # one input for all members: one matmul against all their weights
+                z = torch.addmm(b.reshape(-1), h, first).view(len(h), k, -1).transpose(0, 1)
+            else:
+                z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if self.layout.batchnorm:
                 z = self._batchnorm(z, i, train=train)
             z = self._activate(z)
             mask = self._dropout_mask(z, i, drop_gens) if train and self.dropout else self.unit_masks[i]
             h = z if mask is None else z * mask
+        if h.dim() == 2:  # a linear model scoring one input
+            h = h.expand(k, *h.shape)
         return torch.baddbmm(v["bh"].unsqueeze(1), h, v["wh"].transpose(1, 2))
 
     def _batchnorm(self, z: torch.Tensor, i: int, *, train: bool) -> torch.Tensor:
@@ -221,9 +232,13 @@ class StackedMLP:
         k = len(self.configs)
         loss_sum = torch.zeros(k, device=x.device)
         correct = torch.zeros(k, device=x.device)
+        first = None
+        if self.layout.widths:  # one copy per scoring: every pass is then one matmul for all members
+            w0 = self.views["w0"]
+            first = w0.reshape(-1, w0.shape[2]).T
         for at in range(0, len(x), rows_per_pass):
             xb, yb = x[at : at + rows_per_pass], y[at : at + rows_per_pass]
-            logits = self.forward(xb.expand(k, *xb.shape), train=False).float()
+            logits = self.forward(xb, train=False, first=first).float()
             target = yb.expand(k, len(yb))
             loss_sum += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
             correct += (logits.argmax(2) == target).sum(1)
