@@ -1,0 +1,194 @@
+"""`python -m search.bench --storage-load`: many workers on one database, directly and through the proxy.
+
+Each of `workers` processes opens the storage as a search worker does (a direct RDB URL: Optuna's
+RDBStorage with heartbeats, inside `BatchedStorage`; grpc://: the proxy's beating client) and runs
+its share of `trials` storage-only trials: four params sampled at random, 10 intermediate values
+reported, a user attr, a value. There is no training, so the storage is the whole load. The clock
+runs from the moment every worker has opened its study to the last one's end, and a thread counts
+the database's connections (`pg_stat_activity`) throughout. The proxied path starts its own
+`python -m search.serve` in front of the same database. Each study made is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from search.storage.connect import check_storage, open_storage, redacted
+
+STEPS = 10  # intermediate values per trial
+START_TIMEOUT_S = 120.0
+SAMPLE_EVERY_S = 0.05  # how often the connection count is read
+
+
+def _objective(trial: optuna.Trial) -> float:
+    from search.storage._batched import publish
+
+    lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    trial.suggest_int("width", 8, 512)
+    trial.suggest_categorical("activation", ["relu", "tanh", "gelu"])
+    trial.suggest_float("dropout", 0.0, 0.5)
+    publish(trial)  # as the search's objective does after sampling
+    for step in range(1, STEPS + 1):
+        trial.report(lr * step, step)
+    trial.set_user_attr("worker", f"{os.getpid()}")
+    return lr
+
+
+def _worker(url: str, study_name: str, n_trials: int, barrier, heartbeat_s: int) -> None:
+    from search.storage import _batched
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = open_storage(url, heartbeat_s=heartbeat_s)
+    if _batched.available() and isinstance(storage, optuna.storages.RDBStorage):  # as the runner does
+        storage = _batched.BatchedStorage(storage)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    barrier.wait(timeout=START_TIMEOUT_S)
+    study.optimize(_objective, n_trials=n_trials)
+
+
+class _ConnectionCounter(threading.Thread):
+    """The highest number of connections to the database seen while it runs (its own not counted)."""
+
+    def __init__(self, url: str):
+        super().__init__(name="pg-connections", daemon=True)
+        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self.peak, self._done = 0, threading.Event()
+
+    def run(self) -> None:
+        query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        with self.engine.connect() as conn:
+            while not self._done.is_set():
+                self.peak = max(self.peak, int(conn.execute(query).scalar()) - 1)
+                conn.rollback()  # a fresh snapshot of pg_stat_activity on the next read
+                self._done.wait(SAMPLE_EVERY_S)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        self.engine.dispose()
+        return self.peak
+
+
+def run_load(
+    db_url: str, *, proxied: bool, workers: int = 16, trials: int = 320, heartbeat_s: int = 30
+) -> dict[str, Any]:
+    """One load: trials per second, peak connections, and what the study holds afterwards."""
+    db_url = check_storage(db_url)
+    if sqlalchemy.engine.make_url(db_url).get_backend_name() != "postgresql":
+        raise ValueError("the storage load counts PostgreSQL's connections: give a postgresql:// URL")
+    name = f"storage-load-{uuid.uuid4().hex[:10]}"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a line per trial would be the load's output
+    optuna.create_study(study_name=name, storage=db_url, direction="maximize")
+    counter = _ConnectionCounter(db_url)
+    counter.start()
+    server = _start_proxy(db_url) if proxied else None
+    try:
+        url = check_storage(server[1]) if server else db_url
+        shares = [trials // workers + (i < trials % workers) for i in range(workers)]
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(workers + 1)
+        procs = [ctx.Process(target=_worker, args=(url, name, k, barrier, heartbeat_s)) for k in shares]
+        for p in procs:
+            p.start()
+        barrier.wait(timeout=START_TIMEOUT_S)
+        started = time.perf_counter()
+        for p in procs:
+            p.join()
+        seconds = time.perf_counter() - started
+        codes = [p.exitcode for p in procs]
+    finally:
+        peak = counter.stop()
+        if server:
+            server[0].send_signal(signal.SIGTERM)
+            server[0].wait(timeout=30)
+    try:
+        held = _what_the_study_holds(db_url, name)
+    finally:
+        optuna.delete_study(study_name=name, storage=db_url)
+    return {
+        "path": "proxy" if proxied else "direct", "storage": redacted(db_url), "workers": workers,
+        "trials": trials, "seconds": seconds, "trials_per_s": trials / seconds, "peak_connections": peak,
+        "worker_exit_codes": codes, **held,
+    }  # fmt: skip
+
+
+def _start_proxy(db_url: str) -> tuple[subprocess.Popen, str]:
+    """`python -m search.serve` on a free port; (its process, the URL it printed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.serve", "--storage", db_url, "--port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    line = proc.stdout.readline().strip()
+    if not line.startswith("grpc://"):
+        proc.kill()
+        raise RuntimeError(f"python -m search.serve did not start: {line} {proc.stdout.read()[-500:]}")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+    return proc, line
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _what_the_study_holds(db_url: str, name: str) -> dict[str, Any]:
+    trials = optuna.load_study(study_name=name, storage=db_url).trials
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    return {
+        "states": states,
+        "numbers": sorted(t.number for t in trials),
+        "complete_with_all_steps": sum(
+            t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == list(range(1, STEPS + 1))
+            for t in trials
+        ),
+    }
+
+
+def run_storage_load(
+    db_url: str, *, workers: int = 16, trials: int = 320, rounds: int = 3, progress=lambda line: None
+) -> dict[str, Any]:
+    """Direct and proxied loads, alternated round by round; the medians of each."""
+    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "proxy": []}
+    for r in range(rounds):
+        for path in ("direct", "proxy") if r % 2 == 0 else ("proxy", "direct"):
+            run = run_load(db_url, proxied=path == "proxy", workers=workers, trials=trials)
+            runs[path].append(run)
+            progress(
+                f"round {r + 1}/{rounds} {path}: {run['trials_per_s']:.1f} trials/s, "
+                f"peak {run['peak_connections']} connections, {run['states']}"
+            )
+    out: dict[str, Any] = {"workers": workers, "trials": trials, "rounds": rounds, "runs": runs}
+    for path, done in runs.items():
+        out[path] = {
+            "trials_per_s_median": statistics.median(r["trials_per_s"] for r in done),
+            "peak_connections_median": statistics.median(r["peak_connections"] for r in done),
+        }
+    return out
+
+
+def format_storage_load(r: dict[str, Any]) -> str:
+    lines = [f"{r['workers']} workers, {r['trials']} storage-only trials, medians of {r['rounds']} rounds:"]
+    for path in ("direct", "proxy"):
+        m = r[path]
+        lines.append(
+            f"  {path:<7} {m['trials_per_s_median']:7.1f} trials/s   "
+            f"peak {m['peak_connections_median']:.0f} PostgreSQL connections"
+        )
+    return "\n".join(lines)
