@@ -4,6 +4,7 @@
     python -m search.bench --suite          the one-call GPU check (bench, then timed searches)
     python -m search.bench --augment        what flips, shifts, one-cycle and label smoothing cost
     python -m search.bench --quality        TPE + pruning against random at the same wall time
+    python -m search.bench --storage-load --storage postgresql://...   16 workers, direct and proxied
 
 Each writes its figures as JSON with --json PATH (search.perf holds the measurements).
 """
@@ -78,6 +79,14 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="TPE + pruning against random without pruning, same wall time, over seeds (--quality-*)",
     )
+    p.add_argument(
+        "--storage-load",
+        action="store_true",
+        help="storage-only trials from many workers on --storage, directly and through search.serve",
+    )
+    p.add_argument("--storage", metavar="URL", help="--storage-load: the PostgreSQL database")
+    p.add_argument("--load-workers", type=positive_int, default=16, metavar="N", help="--storage-load")
+    p.add_argument("--load-trials", type=positive_int, default=320, metavar="N", help="--storage-load")
     p.add_argument("--quality-study", default="cifar10", help="study --quality searches")
     p.add_argument(
         "--quality-budget", type=positive_float, default=240.0, metavar="SECONDS", help="per arm and seed"
@@ -101,10 +110,14 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {args.momentum}")
-    kinds = [k for k in ("suite", "augment", "quality", "overhead") if getattr(args, k)]
+    kinds = [k for k in ("suite", "augment", "quality", "overhead", "storage_load") if getattr(args, k)]
     if len(kinds) > 1:
-        raise UserError("--suite, --augment, --quality and --overhead are separate benches: pass one")
-    kind = kinds[0] if kinds else "bench"
+        raise UserError(
+            "--suite, --augment, --quality, --overhead and --storage-load are separate benches: pass one"
+        )
+    kind = kinds[0].replace("_", "-") if kinds else "bench"
+    if kind == "storage-load" and not args.storage:
+        raise UserError("--storage-load needs --storage postgresql://USER@HOST/DBNAME")
     opts = BenchOptions(
         device=args.device, data_dir=args.data_dir, batch_size=args.batch_size, epochs=args.epochs,
         synthetic=args.synthetic, limit=args.limit, workers=args.workers, optimizer=args.optimizer,
@@ -115,7 +128,8 @@ def _main(argv: Sequence[str] | None) -> int:
         suite_study=args.suite_study, suite_trials=args.suite_trials, suite_epochs=args.suite_epochs,
         suite_jobs=args.suite_jobs, quality_study=args.quality_study, quality_budget=args.quality_budget,
         quality_seeds=args.quality_seeds, quality_epochs=args.quality_epochs,
-        overhead_trials=args.overhead_trials,
+        overhead_trials=args.overhead_trials, storage=args.storage, load_workers=args.load_workers,
+        load_trials=args.load_trials,
     )  # fmt: skip
     result, table = measure(request, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:

@@ -27,6 +27,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from search.errors import UserError
 from search.storage.connect import check_storage, open_storage, redacted
 
 STEPS = 10  # intermediate values per trial
@@ -89,17 +90,22 @@ def run_load(
     """One load: trials per second, peak connections, and what the study holds afterwards."""
     db_url = check_storage(db_url)
     if sqlalchemy.engine.make_url(db_url).get_backend_name() != "postgresql":
-        raise ValueError("the storage load counts PostgreSQL's connections: give a postgresql:// URL")
+        raise UserError(
+            f"--storage {redacted(db_url)}: the load counts PostgreSQL connections: pass a postgresql:// URL"
+        )
     name = f"storage-load-{uuid.uuid4().hex[:10]}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a line per trial would be the load's output
     optuna.create_study(study_name=name, storage=db_url, direction="maximize")
     counter = _ConnectionCounter(db_url)
     counter.start()
-    server = _start_proxy(db_url) if proxied else None
+    server = start_serve(db_url) if proxied else None
     try:
         url = check_storage(server[1]) if server else db_url
         shares = [trials // workers + (i < trials % workers) for i in range(workers)]
-        ctx = mp.get_context("spawn")
+        # Forked from a server that has imported this module once: 16 spawned interpreters each
+        # importing Optuna cost this 2-core machine about 10 s before the clock starts.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
         barrier = ctx.Barrier(workers + 1)
         procs = [ctx.Process(target=_worker, args=(url, name, k, barrier, heartbeat_s)) for k in shares]
         for p in procs:
@@ -126,18 +132,22 @@ def run_load(
     }  # fmt: skip
 
 
-def _start_proxy(db_url: str) -> tuple[subprocess.Popen, str]:
-    """`python -m search.serve` on a free port; (its process, the URL it printed)."""
+def start_serve(db_url: str) -> tuple[subprocess.Popen, str]:
+    """`python -m search.serve` in front of `db_url` on a free port: (its process, the URL it printed)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "search.serve", "--storage", db_url, "--port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    line = proc.stdout.readline().strip()
-    if not line.startswith("grpc://"):
-        proc.kill()
-        raise RuntimeError(f"python -m search.serve did not start: {line} {proc.stdout.read()[-500:]}")
+    said = []
+    for line in proc.stdout:  # a warning may come first
+        if line.startswith("grpc://"):
+            break
+        said.append(line)
+    else:
+        proc.wait()
+        raise RuntimeError(f"python -m search.serve did not start: {''.join(said)[-1000:]}")
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
-    return proc, line
+    return proc, line.strip()
 
 
 def free_port() -> int:
