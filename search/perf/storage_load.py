@@ -4,9 +4,11 @@ Each of `workers` processes opens the storage as a search worker does (a direct 
 RDBStorage with heartbeats, inside `BatchedStorage`; grpc://: the proxy's beating client) and runs
 its share of `trials` storage-only trials: four params sampled at random, 10 intermediate values
 reported, a user attr, a value. There is no training, so the storage is the whole load. The clock
-runs from the moment every worker has opened its study to the last one's end, and a thread counts
-the database's connections (`pg_stat_activity`) throughout. The proxied path starts its own
-`python -m search.serve` in front of the same database. Each study made is deleted afterwards.
+runs from the moment every worker has opened its study to the last one's end, a thread counts
+the database's connections (`pg_stat_activity`) throughout, and PostgreSQL's own statistics
+(`pg_stat_database`) say how many transactions and rows read the trials cost it. The proxied path
+starts its own `python -m search.serve` in front of the same database. Each study made is deleted
+afterwards.
 """
 
 from __future__ import annotations
@@ -80,8 +82,18 @@ class _ConnectionCounter(threading.Thread):
     def stop(self) -> int:
         self._done.set()
         self.join()
-        self.engine.dispose()
         return self.peak
+
+    def database_work(self) -> tuple[int, int]:
+        """(transactions, rows read) the database has done so far, all sessions together; a busy
+        session reports its share within a second, a closed one at once."""
+        query = sqlalchemy.text(
+            "SELECT xact_commit + xact_rollback, tup_returned + tup_fetched FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        )
+        with self.engine.connect() as conn:
+            transactions, rows = conn.execute(query).one()
+        return int(transactions), int(rows)
 
 
 def run_load(
@@ -111,7 +123,7 @@ def run_load(
         for p in procs:
             p.start()
         barrier.wait(timeout=START_TIMEOUT_S)
-        started = time.perf_counter()
+        started, work_before = time.perf_counter(), counter.database_work()
         for p in procs:
             p.join()
         seconds = time.perf_counter() - started
@@ -121,6 +133,8 @@ def run_load(
         if server:
             server[0].send_signal(signal.SIGTERM)
             server[0].wait(timeout=30)
+    work = [after - before for after, before in zip(counter.database_work(), work_before, strict=True)]
+    counter.engine.dispose()
     try:
         held = _what_the_study_holds(db_url, name)
     finally:
@@ -128,6 +142,7 @@ def run_load(
     return {
         "path": "proxy" if proxied else "direct", "storage": redacted(db_url), "workers": workers,
         "trials": trials, "seconds": seconds, "trials_per_s": trials / seconds, "peak_connections": peak,
+        "transactions_per_trial": work[0] / trials, "rows_read_per_trial": work[1] / trials,
         "worker_exit_codes": codes, **held,
     }  # fmt: skip
 
@@ -182,13 +197,14 @@ def run_storage_load(
             runs[path].append(run)
             progress(
                 f"round {r + 1}/{rounds} {path}: {run['trials_per_s']:.1f} trials/s, "
-                f"peak {run['peak_connections']} connections, {run['states']}"
+                f"peak {run['peak_connections']} connections, {run['transactions_per_trial']:.1f} "
+                f"transactions and {run['rows_read_per_trial']:.0f} rows read per trial, {run['states']}"
             )
     out: dict[str, Any] = {"workers": workers, "trials": trials, "rounds": rounds, "runs": runs}
     for path, done in runs.items():
         out[path] = {
-            "trials_per_s_median": statistics.median(r["trials_per_s"] for r in done),
-            "peak_connections_median": statistics.median(r["peak_connections"] for r in done),
+            f"{k}_median": statistics.median(r[k] for r in done)
+            for k in ("trials_per_s", "peak_connections", "transactions_per_trial", "rows_read_per_trial")
         }
     return out
 
@@ -199,6 +215,8 @@ def format_storage_load(r: dict[str, Any]) -> str:
         m = r[path]
         lines.append(
             f"  {path:<7} {m['trials_per_s_median']:7.1f} trials/s   "
-            f"peak {m['peak_connections_median']:.0f} PostgreSQL connections"
+            f"peak {m['peak_connections_median']:.0f} PostgreSQL connections   per trial: "
+            f"{m['transactions_per_trial_median']:.1f} transactions, "
+            f"{m['rows_read_per_trial_median']:.0f} rows read"
         )
     return "\n".join(lines)

@@ -50,7 +50,8 @@ def test_sixteen_workers_run_320_storage_only_trials_each_counted_once(postgres,
     r = run_load(postgres, proxied=proxied, workers=16, trials=320)
     print(
         f"\n{r['path']}: 16 workers, 320 trials in {r['seconds']:.1f} s: {r['trials_per_s']:.1f} trials/s, "
-        f"peak {r['peak_connections']} PostgreSQL connections"
+        f"peak {r['peak_connections']} PostgreSQL connections, {r['transactions_per_trial']:.1f} "
+        "transactions a trial"
     )
     assert r["worker_exit_codes"] == [0] * 16
     assert r["states"] == {"COMPLETE": 320}
