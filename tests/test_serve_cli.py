@@ -7,16 +7,13 @@ import uuid
 
 import optuna
 import pytest
-from helpers import one_torch_thread, run_args
+from helpers import one_torch_thread, postgres_or_skip, run_args
 from optuna.trial import TrialState
 
 pytest.importorskip("grpc", reason="search.serve needs the grpc extra: pip install -e '.[grpc]'")
 
 from search.perf.storage_load import start_serve  # noqa: E402
 from search.serve import main  # noqa: E402
-from search.storage.connect import normalize_url  # noqa: E402
-
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # as a user types it
 
 
 def test_sqlite_behind_the_proxy_is_refused_with_the_reason(tmp_path, capsys):
@@ -29,7 +26,7 @@ def test_sqlite_behind_the_proxy_is_refused_with_the_reason(tmp_path, capsys):
 def test_a_proxy_behind_the_proxy_and_a_bad_port_are_refused(capsys):
     assert main(["--storage", "grpc://127.0.0.1:1"]) == 2
     assert "a proxy serves a database (postgresql://...), not another proxy" in capsys.readouterr().err
-    assert main(["--storage", POSTGRES, "--port", "70000"]) == 2
+    assert main(["--storage", "postgresql://u@h/db", "--port", "70000"]) == 2
     assert "70000 is not a port" in capsys.readouterr().err
 
 
@@ -44,25 +41,13 @@ def test_a_port_someone_holds_is_refused(capsys):
             check_port_free("127.0.0.1", held.getsockname()[1])
 
 
-def _postgres_or_skip():
-    try:
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(normalize_url(POSTGRES), connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as e:  # no driver, no server
-        pytest.skip(f"no PostgreSQL answers at 127.0.0.1:5432/test: {type(e).__name__}")
-
-
 def test_searches_and_exports_run_through_the_proxy_and_sigterm_stops_it_with_143(tmp_path, capsys):
-    _postgres_or_skip()
+    db = postgres_or_skip()
     from search.export import main as export_main
     from search.run import main as run_main
 
     name = f"serve-{uuid.uuid4().hex[:8]}"
-    proc, url = start_serve(POSTGRES)
+    proc, url = start_serve(db)
     try:
         with one_torch_thread("search.tuning.runner"):
             args = run_args(tmp_path, "--trials", "3", "--study-name", name)
@@ -75,7 +60,7 @@ def test_searches_and_exports_run_through_the_proxy_and_sigterm_stops_it_with_14
             assert export_main(export) == 0
         best = (tmp_path / "results" / name / "best.json").read_text()
         assert name in best and "grpc://" in best
-        trials = optuna.load_study(study_name=name, storage=normalize_url(POSTGRES)).trials
+        trials = optuna.load_study(study_name=name, storage=db).trials
         assert [t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials] == [True] * 3
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
@@ -83,14 +68,13 @@ def test_searches_and_exports_run_through_the_proxy_and_sigterm_stops_it_with_14
         proc.kill()
         proc.wait()
         try:
-            optuna.delete_study(study_name=name, storage=normalize_url(POSTGRES))
+            optuna.delete_study(study_name=name, storage=db)
         except KeyError:
             pass
 
 
 def test_ctrl_c_stops_the_proxy_with_130():
-    _postgres_or_skip()
-    proc, _ = start_serve(POSTGRES)
+    proc, _ = start_serve(postgres_or_skip())
     try:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130

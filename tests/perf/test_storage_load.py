@@ -9,28 +9,17 @@ import uuid
 
 import optuna
 import pytest
+from helpers import postgres_or_skip
 from optuna.trial import TrialState
 
 pytest.importorskip("grpc", reason="the proxied load needs the grpc extra: pip install -e '.[grpc]'")
 
 from search.perf.storage_load import run_load, start_serve  # noqa: E402
-from search.storage.connect import normalize_url  # noqa: E402
-
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
 def postgres() -> str:
-    try:
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(normalize_url(POSTGRES), connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as e:  # no driver, no server
-        pytest.skip(f"no PostgreSQL answers at 127.0.0.1:5432/test: {type(e).__name__}")
-    return POSTGRES
+    return postgres_or_skip()
 
 
 def test_the_bench_refuses_a_storage_load_without_a_postgresql_url(tmp_path, capsys):
@@ -73,7 +62,7 @@ def test_four_search_runs_on_digits_through_one_proxy_count_every_trial_once(pos
         for p, (out, err) in zip(runs, [p.communicate(timeout=300) for p in runs], strict=True):
             assert p.returncode == 0, err
             assert "this run finished 4 trial(s), 0 failed" in out
-        trials = optuna.load_study(study_name=name, storage=normalize_url(postgres)).trials
+        trials = optuna.load_study(study_name=name, storage=postgres).trials
         assert sorted(t.number for t in trials) == list(range(16))
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         assert len({t.user_attrs["worker"] for t in trials}) == 4
@@ -83,6 +72,6 @@ def test_four_search_runs_on_digits_through_one_proxy_count_every_trial_once(pos
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         try:
-            optuna.delete_study(study_name=name, storage=normalize_url(postgres))
+            optuna.delete_study(study_name=name, storage=postgres)
         except KeyError:
             pass
