@@ -107,9 +107,23 @@ def run_load(
     name = f"storage-load-{uuid.uuid4().hex[:10]}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a line per trial would be the load's output
     optuna.create_study(study_name=name, storage=db_url, direction="maximize")
+    try:
+        figures = _measure(
+            db_url, name, proxied=proxied, workers=workers, trials=trials, heartbeat_s=heartbeat_s
+        )
+        held = _what_the_study_holds(db_url, name)
+    finally:
+        optuna.delete_study(study_name=name, storage=db_url)
+    return {
+        "path": "proxy" if proxied else "direct", "storage": redacted(db_url), "workers": workers,
+        "trials": trials, **figures, **held,
+    }  # fmt: skip
+
+
+def _measure(db_url: str, name: str, *, proxied: bool, workers: int, trials: int, heartbeat_s: int) -> dict:
     counter = _ConnectionCounter(db_url)
     counter.start()
-    server = start_serve(db_url) if proxied else None
+    server, procs = start_serve(db_url) if proxied else None, []
     try:
         url = check_storage(server[1]) if server else db_url
         shares = [trials // workers + (i < trials % workers) for i in range(workers)]
@@ -126,23 +140,20 @@ def run_load(
         for p in procs:
             p.join()
         seconds = time.perf_counter() - started
-        codes = [p.exitcode for p in procs]
     finally:
+        for p in procs:
+            if p.is_alive():  # the load failed on its way: leave no worker behind
+                p.kill()
+                p.join()
         peak = counter.stop()
         if server:
             server[0].send_signal(signal.SIGTERM)
             server[0].wait(timeout=30)
     transactions = counter.transactions() - transactions
     counter.engine.dispose()
-    try:
-        held = _what_the_study_holds(db_url, name)
-    finally:
-        optuna.delete_study(study_name=name, storage=db_url)
     return {
-        "path": "proxy" if proxied else "direct", "storage": redacted(db_url), "workers": workers,
-        "trials": trials, "seconds": seconds, "trials_per_s": trials / seconds, "peak_connections": peak,
-        "transactions_per_trial": transactions / trials,
-        "worker_exit_codes": codes, **held,
+        "seconds": seconds, "trials_per_s": trials / seconds, "peak_connections": peak,
+        "transactions_per_trial": transactions / trials, "worker_exit_codes": [p.exitcode for p in procs],
     }  # fmt: skip
 
 
