@@ -35,6 +35,7 @@ from search.storage.connect import check_storage, open_storage, redacted
 STEPS = 10  # intermediate values per trial
 START_TIMEOUT_S = 120.0
 SAMPLE_EVERY_S = 0.05  # how often the connection count is read
+MEASURING = "search-storage-load"  # application_name of this process's own connections: not counted
 
 
 def _objective(trial: optuna.Trial) -> float:
@@ -64,18 +65,24 @@ def _worker(url: str, study_name: str, n_trials: int, barrier, heartbeat_s: int)
 
 
 class _ConnectionCounter(threading.Thread):
-    """The highest number of connections to the database seen while it runs (its own not counted)."""
+    """The highest number of connections to the database seen while it runs, the measuring
+    process's own (the study's creation and check, this count) left out."""
 
     def __init__(self, url: str):
         super().__init__(name="pg-connections", daemon=True)
-        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self.engine = sqlalchemy.create_engine(
+            url, poolclass=sqlalchemy.pool.NullPool, connect_args={"application_name": MEASURING}
+        )
         self.peak, self._done = 0, threading.Event()
 
     def run(self) -> None:
-        query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        query = sqlalchemy.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name <> :measuring"
+        )
         with self.engine.connect() as conn:
             while not self._done.is_set():
-                self.peak = max(self.peak, int(conn.execute(query).scalar()) - 1)
+                self.peak = max(self.peak, int(conn.execute(query, {"measuring": MEASURING}).scalar()))
                 conn.rollback()  # a fresh snapshot of pg_stat_activity on the next read
                 self._done.wait(SAMPLE_EVERY_S)
 
@@ -106,14 +113,16 @@ def run_load(
         )
     name = f"storage-load-{uuid.uuid4().hex[:10]}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a line per trial would be the load's output
-    optuna.create_study(study_name=name, storage=db_url, direction="maximize")
+    own = optuna.storages.RDBStorage(db_url, engine_kwargs={"connect_args": {"application_name": MEASURING}})
+    optuna.create_study(study_name=name, storage=own, direction="maximize")
     try:
         figures = _measure(
             db_url, name, proxied=proxied, workers=workers, trials=trials, heartbeat_s=heartbeat_s
         )
-        held = _what_the_study_holds(db_url, name)
+        held = _what_the_study_holds(own, name)
     finally:
-        optuna.delete_study(study_name=name, storage=db_url)
+        optuna.delete_study(study_name=name, storage=own)
+        own.engine.dispose()
     return {
         "path": "proxy" if proxied else "direct", "storage": redacted(db_url), "workers": workers,
         "trials": trials, **figures, **held,
@@ -181,8 +190,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _what_the_study_holds(db_url: str, name: str) -> dict[str, Any]:
-    trials = optuna.load_study(study_name=name, storage=db_url).trials
+def _what_the_study_holds(storage, name: str) -> dict[str, Any]:
+    trials = optuna.load_study(study_name=name, storage=storage).trials
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1

@@ -97,8 +97,12 @@ class SilentTrials:
         """Fail and retry every silent trial in the storage; what was failed."""
         now, running, failed = self._clock(), set(), []
         for name in optuna.get_all_study_names(storage):
-            study = optuna.load_study(study_name=name, storage=storage)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            try:
+                study = optuna.load_study(study_name=name, storage=storage)
+                trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            except KeyError:  # deleted since it was listed
+                continue
+            for t in trials:
                 found = beat_of(t)
                 if found is None:  # not beating through the proxy: Optuna's heartbeat, or none
                     continue

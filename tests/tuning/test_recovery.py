@@ -160,3 +160,13 @@ def test_silence_is_judged_on_the_checkers_clock_not_the_time_a_worker_wrote():
     assert silent.check(study._storage) == []
     clock.now += 1
     assert len(silent.check(study._storage)) == 1
+
+
+def test_a_study_deleted_while_the_checker_looks_is_passed_over(monkeypatch):
+    study = optuna.create_study(direction="maximize")
+    clock = _Clock()
+    silent, _ = SilentTrials(clock), _beating_trial(study, every=1)
+    monkeypatch.setattr(optuna, "get_all_study_names", lambda storage: ["deleted just now", study.study_name])
+    silent.check(study._storage)
+    clock.now += 3
+    assert [s.study for s in silent.check(study._storage)] == [study.study_name]
