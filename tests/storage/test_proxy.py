@@ -37,6 +37,12 @@ def test_a_grpc_url_names_a_host_and_a_port_and_nothing_else(url):
         check_storage(url)
 
 
+def test_without_grpcio_a_grpc_url_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc", None)  # what `import grpc` finds where it is missing
+    with pytest.raises(UserError, match=r"grpc:// storage needs gRPC .* pip install -e '\.\[grpc\]'"):
+        check_storage("grpc://127.0.0.1:13000")
+
+
 def test_an_unreachable_proxy_is_one_line_that_says_how_to_start_it(monkeypatch, capsys):
     from search.compare import main
 
