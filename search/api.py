@@ -25,7 +25,7 @@ from search.data.datasets import Dataset
 from search.outputs import exporting, reporting
 from search.outputs.evaluation import evaluate_test
 from search.outputs.pictures import predictions_grid, sample_grid
-from search.storage.connect import DEFAULT_STORAGE, check_storage, choose_study, open_readonly
+from search.storage.connect import DEFAULT_STORAGE, check_storage, choose_study, open_readonly, open_storage
 from search.training import checkpoint
 from search.training.config import TrainConfig
 from search.training.device import resolve_device
@@ -66,7 +66,9 @@ def optimize(
             run_search(opts, on_event=bar_events(bar))
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return optuna.load_study(study_name=opts.study_name, storage=opts.storage_url)
+    return optuna.load_study(
+        study_name=opts.study_name, storage=open_storage(opts.storage_url, heartbeat_s=None)
+    )
 
 
 def export(

@@ -5,6 +5,7 @@
     python -m search.bench --augment        what flips, shifts, one-cycle and label smoothing cost
     python -m search.bench --quality        TPE + pruning against random at the same wall time
     python -m search.bench --stack          a search at stack 1, 4, 16 and 64: trials per hour, best
+    python -m search.bench --storage-load --storage postgresql://...   16 workers, direct and proxied
 
 Each writes its figures as JSON with --json PATH (search.perf holds the measurements).
 """
@@ -22,6 +23,8 @@ from search.perf.notebook import BenchOptions
 from search.training.config import OPTIMIZERS
 
 # ---------------------------------------------------------------------------- command line
+
+BENCH_KINDS = ("suite", "augment", "quality", "overhead", "stack", "storage_load")  # one at a time
 
 
 def build_parser() -> ArgumentParser:
@@ -90,6 +93,14 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="TPE + pruning against random without pruning, same wall time, over seeds (--quality-*)",
     )
+    p.add_argument(
+        "--storage-load",
+        action="store_true",
+        help="storage-only trials from many workers on --storage, directly and through search.serve",
+    )
+    p.add_argument("--storage", metavar="URL", help="--storage-load: the PostgreSQL database")
+    p.add_argument("--load-workers", type=positive_int, default=16, metavar="N", help="--storage-load")
+    p.add_argument("--load-trials", type=positive_int, default=320, metavar="N", help="--storage-load")
     p.add_argument("--quality-study", default="cifar10", help="study --quality searches")
     p.add_argument(
         "--quality-budget", type=positive_float, default=240.0, metavar="SECONDS", help="per arm and seed"
@@ -113,10 +124,13 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {args.momentum}")
-    kinds = [k for k in ("suite", "augment", "quality", "overhead", "stack") if getattr(args, k)]
+    kinds = [k for k in BENCH_KINDS if getattr(args, k)]
     if len(kinds) > 1:
-        raise UserError("--suite, --augment, --quality, --overhead and --stack are separate benches: pass one")
-    kind = kinds[0] if kinds else "bench"
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in BENCH_KINDS)
+        raise UserError(f"{flags} are separate benches: pass one")
+    kind = kinds[0].replace("_", "-") if kinds else "bench"
+    if kind == "storage-load" and not args.storage:
+        raise UserError("--storage-load needs --storage postgresql://USER@HOST/DBNAME")
     opts = BenchOptions(
         device=args.device, data_dir=args.data_dir, batch_size=args.batch_size, epochs=args.epochs,
         synthetic=args.synthetic, limit=args.limit, workers=args.workers, optimizer=args.optimizer,
@@ -125,10 +139,11 @@ def _main(argv: Sequence[str] | None) -> int:
     request = MeasureRequest(
         kind=kind, opts=opts, threads=args.threads, rounds=args.rounds, json_path=args.json,
         suite_study=args.suite_study, suite_trials=args.suite_trials, suite_epochs=args.suite_epochs,
-        suite_jobs=args.suite_jobs, suite_stacks=args.suite_stacks, quality_study=args.quality_study, quality_budget=args.quality_budget,
-        quality_seeds=args.quality_seeds, quality_epochs=args.quality_epochs,
+        suite_jobs=args.suite_jobs, suite_stacks=args.suite_stacks, quality_study=args.quality_study,
+        quality_budget=args.quality_budget, quality_seeds=args.quality_seeds, quality_epochs=args.quality_epochs,
         overhead_trials=args.overhead_trials, stack_study=args.stack_study,
-        stack_trials=args.stack_trials, stack_sizes=args.stack_sizes,
+        stack_trials=args.stack_trials, stack_sizes=args.stack_sizes, storage=args.storage,
+        load_workers=args.load_workers, load_trials=args.load_trials,
     )  # fmt: skip
     result, table = measure(request, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:

@@ -26,3 +26,23 @@ def one_torch_thread(module: str):
         mp.setattr(f"{module}.split_cpu_threads", lambda jobs: 1)
         yield
     torch.set_num_threads(threads)
+
+
+TEST_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # as a user types it
+
+
+def postgres_or_skip() -> str:
+    """The test database's URL with the installed driver, or a skip that says why there is none."""
+    import sqlalchemy
+
+    from search.storage.connect import normalize_url
+
+    url = normalize_url(TEST_POSTGRES)
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:  # no driver, no server
+        pytest.skip(f"no PostgreSQL answers at 127.0.0.1:5432/test: {type(e).__name__}")
+    return url

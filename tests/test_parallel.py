@@ -5,12 +5,10 @@ import sys
 import uuid
 
 import optuna
-import pytest
+from helpers import TEST_POSTGRES, postgres_or_skip
 from optuna.trial import TrialState
 
 from search.run import main
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def test_four_sqlite_workers_finish_forty_trials_with_no_locking_failures(tmp_path, capsys):
@@ -40,20 +38,8 @@ def test_four_sqlite_workers_finish_forty_trials_with_no_locking_failures(tmp_pa
     assert len({t.user_attrs["worker"] for t in trials}) == 4  # all four took part
 
 
-def _postgres_or_skip():
-    try:
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(POSTGRES, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as e:  # no driver, no server
-        pytest.skip(f"no PostgreSQL answers at 127.0.0.1:5432/test: {type(e).__name__}")
-
-
 def test_four_processes_on_postgresql_join_one_study_and_count_every_trial_once(tmp_path):
-    _postgres_or_skip()
+    db = postgres_or_skip()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     cmd = [
         sys.executable,
@@ -67,7 +53,7 @@ def test_four_processes_on_postgresql_join_one_study_and_count_every_trial_once(
         "cpu",
         "--no-progress",
         "--storage",
-        "postgresql://postgres@127.0.0.1:5432/test",
+        TEST_POSTGRES,
         "--study-name",
         name,
         "--trials",
@@ -83,7 +69,7 @@ def test_four_processes_on_postgresql_join_one_study_and_count_every_trial_once(
         for p, (out, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0, err
             assert "this run finished 5 trial(s), 0 failed" in out
-        trials = optuna.load_study(study_name=name, storage=POSTGRES).trials
+        trials = optuna.load_study(study_name=name, storage=db).trials
         assert len(trials) == 20
         assert sorted(t.number for t in trials) == list(range(20))  # none lost, none twice
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -92,6 +78,6 @@ def test_four_processes_on_postgresql_join_one_study_and_count_every_trial_once(
         for p in procs:
             p.kill()
         try:
-            optuna.delete_study(study_name=name, storage=POSTGRES)
+            optuna.delete_study(study_name=name, storage=db)
         except KeyError:
             pass

@@ -23,7 +23,7 @@ from search.perf.stack_speed import STACKS, format_stack_bench, run_stack_bench
 from search.training.device import resolve_device
 from search.tuning.study_file import load_study
 
-KINDS = ("bench", "suite", "augment", "quality", "overhead", "stack")
+KINDS = ("bench", "suite", "augment", "quality", "overhead", "stack", "storage-load")
 QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
 
 
@@ -47,6 +47,9 @@ class MeasureRequest:
     stack_study: str = "digits"
     stack_trials: int = 96
     stack_sizes: tuple[int, ...] = STACKS
+    storage: str | None = None  # storage-load: the database
+    load_workers: int = 16
+    load_trials: int = 320
 
 
 def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tuple[dict[str, Any], str]:
@@ -58,6 +61,14 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
         torch.set_num_threads(request.threads)
     opts = request.opts
     resolve_device(opts.device)  # a bad --device fails before any work
+    if request.kind == "storage-load":  # no training, no device
+        from search.perf.storage_load import format_storage_load, run_storage_load
+
+        result = run_storage_load(
+            request.storage, workers=request.load_workers, trials=request.load_trials,
+            rounds=request.rounds, progress=progress,
+        )  # fmt: skip
+        return result, format_storage_load(result)
     if request.kind == "overhead":  # digits searches in child processes: no images to prepare
         result = run_overhead(trials=request.overhead_trials, rounds=request.rounds, progress=progress)
         return result, format_overhead(result)

@@ -114,7 +114,10 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
         self._finished_here: dict[int, set[int]] = {}  # study id -> trials ended by `_finish`
         self._read_at: dict[int, float] = {}  # study id -> monotonic time of its last read
         self._stale_checked_at: dict[int, float] = {}
-        self._buffer_lock = threading.RLock()  # the heartbeat thread shares this storage
+        self._holding = True  # False once `stop_holding` ran: every write goes out at once
+        # The heartbeat thread shares this storage; behind the gRPC proxy, every server thread
+        # does. A running trial's copy changes and is read only under this lock.
+        self._buffer_lock = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -151,17 +154,19 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
         if own is None:
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         self._check_distribution(trial_id, param_name, distribution)
-        if param_name in own.mirror.params:
-            return  # Optuna ignores a param set twice (the row exists); so do we
-        own.mirror.params[param_name] = distribution.to_external_repr(param_value_internal)
-        own.mirror.distributions[param_name] = distribution
+        with self._buffer_lock:
+            if param_name in own.mirror.params:
+                return  # Optuna ignores a param set twice (the row exists); so do we
+            own.mirror.params[param_name] = distribution.to_external_repr(param_value_internal)
+            own.mirror.distributions[param_name] = distribution
         self._hold(trial_id, "params", param_name, (param_value_internal, distribution))
 
     def set_trial_intermediate_value(self, trial_id, step, intermediate_value) -> None:
         own = self._owned(trial_id)
         if own is None:
             return super().set_trial_intermediate_value(trial_id, step, intermediate_value)
-        own.mirror.intermediate_values[step] = float(intermediate_value)
+        with self._buffer_lock:
+            own.mirror.intermediate_values[step] = float(intermediate_value)
         self._hold(trial_id, "steps", step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id, key, value) -> None:
@@ -174,8 +179,9 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
         own = self._owned(trial_id)
         if own is None:
             return unowned(trial_id, key, value)
-        attrs = own.mirror.user_attrs if kind == "user" else own.mirror.system_attrs
-        attrs[key] = _json_copy(value)  # not JSON: fails here, as in Optuna
+        copied = _json_copy(value)  # not JSON: fails here, as in Optuna
+        with self._buffer_lock:
+            (own.mirror.user_attrs if kind == "user" else own.mirror.system_attrs)[key] = copied
         self._hold(trial_id, kind, key, value)
 
     def set_trial_state_values(self, trial_id, state, values=None) -> bool:
@@ -229,7 +235,7 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
             return False
         with self._buffer_lock:
             self._own.pop(trial_id, None)
-        finished = copy.deepcopy(own.mirror)
+            finished = copy.deepcopy(own.mirror)
         finished.state = state
         finished.values = (
             None if values is None else [models.TrialValueModel.stored_repr_to_value(*v) for v in stored]
@@ -310,9 +316,8 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
             if pending is None:
                 pending = self._pending[trial_id] = _Pending(since=time.monotonic())
             getattr(pending, kind)[key] = value
-            due = time.monotonic() - pending.since >= self.flush_every_s
-        if due:
-            self.flush(trial_id)
+            if not self._holding or time.monotonic() - pending.since >= self.flush_every_s:
+                self.flush(trial_id)
 
     def _check_distribution(self, trial_id: int, name: str, distribution) -> None:
         """Optuna's check that a param keeps one kind of distribution across the study, at
@@ -337,6 +342,14 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
                 .first()
             )
         return distributions.json_to_distribution(row[0]) if row is not None else None
+
+    def stop_holding(self) -> None:
+        """Write every held write now and hold none from here on, so that nothing a caller was
+        told is stored waits in memory: for a process about to stop while others still call in
+        (the serve process, whose proxy threads run until it exits)."""
+        with self._buffer_lock:
+            self._holding = False
+            self.flush()
 
     def flush(self, trial_id: int | None = None) -> None:
         """Write the held writes (of one trial, or of all) in one transaction."""

@@ -1,4 +1,5 @@
-"""Where trials are kept: SQLite by default, any Optuna RDB URL (PostgreSQL, MySQL) for many workers.
+"""Where trials are kept: SQLite by default, any Optuna RDB URL (PostgreSQL, MySQL) for many workers,
+and `grpc://HOST:PORT` for Optuna's gRPC proxy in front of one (search.storage.proxy) beyond that.
 
 Choices, and why:
 - SQLite with several local workers: WAL journal (readers such as optuna-dashboard never block
@@ -25,6 +26,7 @@ import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
 from search.errors import UserError, first_line
+from search.storage import proxy
 
 DEFAULT_STORAGE = "sqlite:///results/search.db"
 SQLITE_BUSY_TIMEOUT_S = 600  # a worker waits this long for the write lock before failing
@@ -42,6 +44,8 @@ def redacted(url: str) -> str:
 
 def normalize_url(url: str) -> str:
     """Parse the URL (one-line error if malformed); pick the installed PostgreSQL driver."""
+    if proxy.is_proxy_url(url):
+        return proxy.canonical(url)
     try:
         parsed = make_url(url)
     except Exception:
@@ -67,6 +71,8 @@ def sqlite_path(url: str) -> Path | None:
 def check_storage(url: str) -> str:
     """Validate a storage URL without writing anything; return the URL to use."""
     url = normalize_url(url)
+    if proxy.is_proxy_url(url):
+        return proxy.check_reachable(url)
     path = sqlite_path(url)
     if path is not None:
         if path.is_dir():
@@ -144,8 +150,11 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections opened before the hooks were attached are dropped
 
 
-def open_storage(url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> optuna.storages.RDBStorage:
-    """An Optuna storage for `url` (already checked), with heartbeats for crash recovery."""
+def open_storage(url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url` (already checked), with heartbeats for crash recovery: an
+    RDBStorage, or for grpc:// the proxy's client, whose heartbeats the serve process watches."""
+    if proxy.is_proxy_url(url):
+        return proxy.open_proxy(url, heartbeat_s=heartbeat_s)
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,14 +203,19 @@ def _create_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict) -> optun
 
 
 def dashboard_command(url: str) -> str:
+    if proxy.is_proxy_url(url):
+        return proxy.dashboard_command(url)
     return f"optuna-dashboard {redacted(url)}"
 
 
 # ---------------------------------------------------------------------------- reading only
 
 
-def open_readonly(url: str) -> optuna.storages.RDBStorage:
-    """The storage at `url` (already checked), opened so that nothing can be written to it."""
+def open_readonly(url: str) -> optuna.storages.BaseStorage:
+    """The storage at `url` (already checked), opened so that nothing can be written to it (through
+    the gRPC proxy, nothing in the caller writes, but the proxy cannot enforce it)."""
+    if proxy.is_proxy_url(url):
+        return proxy.open_proxy(url)
     path, shown = sqlite_path(url), redacted(url)
     if make_url(url).get_backend_name() == "sqlite":
         if path is None:

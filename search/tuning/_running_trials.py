@@ -2,11 +2,12 @@
 
 A worker interrupted between Optuna's ask and tell leaves its trial RUNNING. The public API ends
 it (`study.tell(number, state=FAIL)`), but has no way to set a user attr on a trial the caller
-holds only as a `FrozenTrial`: that takes the study's storage and the trial's storage id, both
-private. And a stack of trials (search.tuning.stacking) runs through ask and tell, which start no
-heartbeat: `study.optimize` starts one per trial with a private helper, which `heartbeats`
-starts for each trial of a stack, so a dead stacked worker's trials are failed and retried like
-any other's. tests/tuning/test_running_trials.py fails, naming the Optuna version, if any moves.
+holds only as a `FrozenTrial`, nor a way to fail one that says whether this call or another
+process ended it: both take the study's storage and the trial's storage id, both private. And a
+stack of trials (search.tuning.stacking) runs through ask and tell, which start no heartbeat:
+`study.optimize` starts one per trial with a private helper, which `heartbeats` starts for each
+trial of a stack, so a dead stacked worker's trials are failed and retried like any other's.
+tests/tuning/test_recovery.py and test_stacking.py fail, naming the Optuna version, if any moves.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 OPTUNA_INTERNAL = (
-    "optuna.Study._storage.set_trial_user_attr, FrozenTrial._trial_id, Trial._trial_id and "
-    "optuna.storages._heartbeat.get_heartbeat_thread / is_heartbeat_enabled"
+    "optuna.Study._storage (set_trial_user_attr, set_trial_state_values), FrozenTrial._trial_id, "
+    "Trial._trial_id and optuna.storages._heartbeat.get_heartbeat_thread / is_heartbeat_enabled"
 )
 
 
@@ -46,3 +47,12 @@ def heartbeats(study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None
         for t in trials:
             stack.enter_context(get_heartbeat_thread(t._trial_id, study._storage))
         yield
+
+
+def fail(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """End a RUNNING trial FAIL as Optuna's heartbeat does: True only if this call ended it, so
+    of several processes failing the same trial exactly one queues its retry."""
+    try:
+        return study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False

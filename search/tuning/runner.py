@@ -88,7 +88,7 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
     writes batched (search.storage._batched) where this Optuna allows."""
     if storage is None:
         storage = open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
-        if batched_storage.available():
+        if batched_storage.available() and isinstance(storage, optuna.storages.RDBStorage):  # not grpc://
             storage = batched_storage.BatchedStorage(storage)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     n_before = 0

@@ -264,3 +264,69 @@ def test_the_optuna_internals_batched_storage_writes_through_are_still_there():
     assert {"trial_id", "number", "study_id", "state"} <= names, (
         f"Optuna {optuna.__version__} changed the trials table that search/storage/_batched.py writes"
     )
+
+
+def test_after_stop_holding_no_write_waits_in_memory(tmp_path):
+    """The serve process stops while its proxy threads still answer: what they were told is
+    stored, before and after, is in the database."""
+    storage = _batched(tmp_path / "b.db")
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    trial = study.ask(SPACE)
+    trial.report(0.1, 1)
+    storage.stop_holding()
+    trial.report(0.2, 2)
+    trial.set_user_attr("after", True)
+    seen = _plain(tmp_path / "b.db").get_trial(trial._trial_id)
+    assert seen.params == trial.params
+    assert seen.intermediate_values == {1: 0.1, 2: 0.2} and seen.user_attrs == {"after": True}
+
+
+def test_many_threads_sharing_one_batched_storage_record_every_trial_exactly(tmp_path):
+    """Behind the gRPC proxy every server thread writes to one BatchedStorage: each thread runs its
+    trials while a beat thread adds attrs to the same running trial and reads of it go on."""
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave between nearly every bytecode
+    storage = _batched(tmp_path / "b.db", reread_s=0.0)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    errors = []
+
+    def worker(n: int) -> None:
+        try:
+            for k in range(3):
+                trial = study.ask(SPACE)
+                stop = threading.Event()
+
+                def beat(trial_id=trial._trial_id, stop=stop):
+                    i = 0
+                    while not stop.is_set() and i < 2000:
+                        storage.set_trial_system_attr(trial_id, f"beat-{i}", i)
+                        i += 1
+
+                beating = threading.Thread(target=beat)
+                beating.start()
+                for step in range(1, 11):
+                    trial.report(step / 10, step)
+                    for _ in range(20):
+                        storage.get_trial(trial._trial_id)
+                stop.set()
+                beating.join()
+                study.tell(trial, n + k / 10)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    trials = _plain(tmp_path / "b.db").get_all_trials(study._study_id)
+    assert sorted(t.number for t in trials) == list(range(12))
+    assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 10 for t in trials)
+    assert all(set(t.params) == set(SPACE) and "beat-0" in t.system_attrs for t in trials)
