@@ -72,15 +72,17 @@ def _wait_for_running_trial(tmp_path, proc, timeout=120):
     raise AssertionError("no trial started in time")
 
 
-# Slow trials on purpose (tiny batches): a signal or a kill must land mid-trial, every time.
+# Slow trials on purpose (tiny batches): a signal or a kill must land mid-trial, every time, and
+# a trial must outlast the 2 s after which a worker writes its reports (on a quiet machine a
+# trial at batch 4 and 20 epochs took about a second: no report was ever seen mid-trial).
 SLOW_STUDY = """
 [study]
 dataset = "digits"
-epochs = 20
+epochs = 30
 [space]
 n_layers = 1
 width = 16
-batch_size = 4
+batch_size = 2
 lr = {low = 0.001, high = 0.1, log = true}
 activation = ["relu", "tanh"]
 """
