@@ -93,14 +93,6 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="TPE + pruning against random without pruning, same wall time, over seeds (--quality-*)",
     )
-    p.add_argument(
-        "--storage-load",
-        action="store_true",
-        help="storage-only trials from many workers on --storage, directly and through search.serve",
-    )
-    p.add_argument("--storage", metavar="URL", help="--storage-load: the PostgreSQL database")
-    p.add_argument("--load-workers", type=positive_int, default=16, metavar="N", help="--storage-load")
-    p.add_argument("--load-trials", type=positive_int, default=320, metavar="N", help="--storage-load")
     p.add_argument("--quality-study", default="cifar10", help="study --quality searches")
     p.add_argument(
         "--quality-budget", type=positive_float, default=240.0, metavar="SECONDS", help="per arm and seed"
@@ -113,6 +105,14 @@ def build_parser() -> ArgumentParser:
         metavar="N",
         help="epochs per trial (a shorter budget)",
     )
+    p.add_argument(
+        "--storage-load",
+        action="store_true",
+        help="storage-only trials from many workers on --storage, directly and through search.serve",
+    )
+    p.add_argument("--storage", metavar="URL", help="--storage-load: the PostgreSQL database")
+    p.add_argument("--load-workers", type=positive_int, default=16, metavar="N", help="--storage-load")
+    p.add_argument("--load-trials", type=positive_int, default=320, metavar="N", help="--storage-load")
     return p
 
 
