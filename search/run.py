@@ -71,8 +71,9 @@ def _main(argv: Sequence[str] | None) -> int:
     opts = prepare_run(
         study=args.study, trials=args.trials, timeout=args.timeout, storage=args.storage,
         study_name=args.study_name, data_dir=args.data_dir, dataset=args.dataset, epochs=args.epochs,
-        sampler=args.sampler, pruner=args.pruner, stack=args.stack, device=args.device, seed=args.seed, jobs=args.jobs,
-        heartbeat=args.heartbeat, results_dir=args.results_dir, resume_every=args.resume_every,
+        sampler=args.sampler, pruner=args.pruner, stack=args.stack, device=args.device, seed=args.seed,
+        jobs=args.jobs, heartbeat=args.heartbeat, results_dir=args.results_dir,
+        resume_every=args.resume_every,
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
     install_signal_handlers()

@@ -20,7 +20,7 @@ REPEATS = 20  # timed calls per shape, after warm-up calls; the median is taken
 
 def layer_shapes(config: TrainConfig, in_features: int, n_classes: int) -> list[tuple[int, int]]:
     dims = (in_features, *config.hidden, n_classes)
-    return list(zip(dims, dims[1:]))
+    return list(zip(dims, dims[1:], strict=False))
 
 
 def epoch_flops(config: TrainConfig, in_features: int, n_classes: int, n_samples: int) -> float:
@@ -56,9 +56,9 @@ def matmul_floor(
         x = torch.randn(bs, a, device=device, dtype=dtype)
         w = torch.randn(a, b, device=device, dtype=dtype)
         g = torch.randn(bs, b, device=device, dtype=dtype)
-        floor += _seconds(lambda: torch.mm(x, w), device)  # forward
-        floor += _seconds(lambda: torch.mm(g, w.T), device)  # the input's gradient
-        floor += _seconds(lambda: torch.mm(x.T, g), device)  # the weight's gradient
+        floor += _seconds(lambda x=x, w=w: torch.mm(x, w), device)  # forward
+        floor += _seconds(lambda g=g, w=w: torch.mm(g, w.T), device)  # the input's gradient
+        floor += _seconds(lambda x=x, g=g: torch.mm(x.T, g), device)  # the weight's gradient
     floor *= batches
     flops = epoch_flops(config, in_features, n_classes, batches * bs)
     return {"epoch_gflop": flops / 1e9, "floor_epoch_s": floor, "mm_gflops": flops / floor / 1e9}

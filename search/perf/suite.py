@@ -240,7 +240,8 @@ def format_suite(r: dict[str, Any]) -> str:
     for s in r["studies"]:
         tph = s.get("trials_per_hour")
         lines.append(
-            f"{s['jobs']:>4} {s.get('stack', 1):>5} {'on' if s['cuda_graphs'] else 'off':>6} {s['finished']:>8} "
+            f"{s['jobs']:>4} {s.get('stack', 1):>5} {'on' if s['cuda_graphs'] else 'off':>6} "
+            f"{s['finished']:>8} "
             f"{s.get('pruned', 0):>6} {s['wall_s']:>7.1f} "
             f"{(f'{tph:,.0f}' if tph else '-'):>12} {s['trials_per_hour_wall'] or 0:>8,.0f}  "
             f"{s.get('error', '')}"

@@ -91,7 +91,8 @@ def padded_images(source: torch.Tensor, image_shape, t: int, mirrored: bool) -> 
     if held is not None:
         t, mirrored = max(t, held.t), mirrored or held.mirrored
     images = PaddedImages(source, tuple(image_shape), t, mirrored)
-    _PADDED[id(source)] = (weakref.ref(source, lambda _ref, key=id(source): _PADDED.pop(key, None)), images)
+    key = id(source)
+    _PADDED[key] = (weakref.ref(source, lambda _ref: _PADDED.pop(key, None)), images)
     return images
 
 
@@ -148,7 +149,7 @@ class StackAugmenter:
         """idx [K, B] (member k's batch in row k) -> the augmented rows, [K*B, C*H*W]."""
         b, device = idx.shape[1], idx.device
         flips, dys, dxs = [], [], []
-        for flip, t, g in zip(self.flips, self.ts, self.gens):
+        for flip, t, g in zip(self.flips, self.ts, self.gens, strict=True):
             coin = torch.rand(b, device=device, generator=g) < 0.5 if flip else None
             flips.append(coin * self.n if flip else idx.new_zeros(b))
             if t:

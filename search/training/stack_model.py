@@ -74,7 +74,7 @@ class Layout:
     def flops(self) -> int:
         """Multiply-adds of one sample's forward pass through one member's padded layers."""
         dims = (self.in_features, *self.widths, self.n_classes)
-        return sum(a * b for a, b in zip(dims, dims[1:]))
+        return sum(a * b for a, b in zip(dims, dims[1:], strict=False))
 
 
 def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> Layout:
@@ -85,7 +85,7 @@ def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> L
 
 def member_flops(config: TrainConfig, in_features: int, n_classes: int) -> int:
     dims = (in_features, *config.hidden, n_classes)
-    return sum(a * b for a, b in zip(dims, dims[1:]))
+    return sum(a * b for a, b in zip(dims, dims[1:], strict=False))
 
 
 def _linears(model: nn.Module) -> list[nn.Linear]:
@@ -111,7 +111,7 @@ class StackedMLP:
                 self.running[f"rv{i}"] = torch.ones(k, w, device=device)
         views = layout.views(self.param)
         with torch.no_grad():
-            for row, (config, model) in enumerate(zip(configs, models)):
+            for row, (config, model) in enumerate(zip(configs, models, strict=True)):
                 for name, tensor in _member_tensors(model, config.batchnorm).items():
                     if name in views:
                         views[name][row][tuple(slice(0, s) for s in tensor.shape)] = tensor
@@ -188,7 +188,9 @@ class StackedMLP:
         channels = z.float().transpose(0, 1).reshape(b, k * w)
         gamma, beta = self.views[f"g{i}"].reshape(k * w), self.views[f"be{i}"].reshape(k * w)
         if train:
-            normed, mean, invstd = torch.native_batch_norm(channels, gamma, beta, None, None, True, 0.0, BN_EPS)
+            normed, mean, invstd = torch.native_batch_norm(
+                channels, gamma, beta, None, None, True, 0.0, BN_EPS
+            )
             with torch.no_grad():  # the running statistics move with each member's own momentum
                 m, n = self.bn_momentum, b
                 var = (invstd.view(k, w).double().pow(-2) - BN_EPS).float() * (n / max(1, n - 1))
@@ -227,7 +229,9 @@ class StackedMLP:
         return loss
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, rows_per_pass: int) -> tuple[list[float], list[float]]:
+    def evaluate(
+        self, x: torch.Tensor, y: torch.Tensor, rows_per_pass: int
+    ) -> tuple[list[float], list[float]]:
         """Each member's (mean cross-entropy, accuracy) on (x, y) in eval mode; one host sync."""
         k = len(self.configs)
         loss_sum = torch.zeros(k, device=x.device)

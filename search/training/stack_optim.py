@@ -55,7 +55,11 @@ class MemberOptimizers:
     def step(self) -> None:
         for k, m in enumerate(self.members):
             c, p, g = m.config, self.param[k], self.grad[k]
-            lr = c.lr if is_constant(c) else c.lr * lr_factor(c.schedule, c.warmup, self.steps, self.total_steps)
+            lr = (
+                c.lr
+                if is_constant(c)
+                else c.lr * lr_factor(c.schedule, c.warmup, self.steps, self.total_steps)
+            )
             common = dict(lr=lr, weight_decay=c.weight_decay, maximize=False, **m.flags)
             if c.optimizer == "sgd":
                 bufs = [m.tensors.get("momentum_buffer")]  # None: the first step creates it
@@ -76,7 +80,11 @@ class MemberOptimizers:
         self.steps += 1
 
     def keep(
-        self, rows: list[int], param: torch.Tensor, grad: torch.Tensor, move: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        rows: list[int],
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        move: Callable[[torch.Tensor], torch.Tensor],
     ) -> None:
         """Only these members go on, as rows of the stack's new `param` and `grad`; `move`
         carries a [n, P] tensor of the old layout to the new one, as it carried the weights."""

@@ -129,7 +129,9 @@ class _StackRun:
             torch.manual_seed(c.seed)
             model = build_mlp(c, in_features=data.in_features, n_classes=data.n_classes).to(device)
             dropout = torch.Generator(device=device)
-            dropout.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+            dropout.set_state(
+                torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+            )
             members.append(_Member(i, c, model, torch.Generator(device=device).manual_seed(c.seed), dropout))
         # Neighbours share an optimizer, then an activation: each is a few whole-run operations.
         members.sort(key=lambda m: (m.config.optimizer, m.config.activation))
@@ -146,7 +148,9 @@ class _StackRun:
         x, y = source.x_train, source.y_train
         n, bs, epochs = len(x), configs[0].batch_size, configs[0].epochs
         n_batches = max(1, n // bs + (1 if n % bs > 1 else 0))  # as fit folds a last batch of one
-        stack = StackedMLP(configs, [m.model for m in members], layout_of(configs, data.in_features, data.n_classes), device)
+        stack = StackedMLP(
+            configs, [m.model for m in members], layout_of(configs, data.in_features, data.n_classes), device
+        )
         optimizer = MemberOptimizers(configs, stack.param, stack.grad, epochs * n_batches)
         augment = StackAugmenter(configs, data.image_shape, x) if any(c.augments for c in configs) else None
         loss_sum = torch.zeros(len(members), device=device)

@@ -145,7 +145,11 @@ class SnapshotPruner(optuna.pruners.BasePruner):
         return self.decide(study, trial.number, trial.intermediate_values)
 
     def decide(
-        self, study: optuna.Study, number: int, reported: dict[int, float], peers: Sequence[dict[int, float]] = ()
+        self,
+        study: optuna.Study,
+        number: int,
+        reported: dict[int, float],
+        peers: Sequence[dict[int, float]] = (),
     ) -> bool:
         """Whether trial `number`, having reported `reported` (step -> value), should stop.
 
@@ -168,7 +172,9 @@ class SnapshotPruner(optuna.pruners.BasePruner):
             return True  # every value so far is NaN
         if beside:
             done = self.snapshot.completed(study, number)
-            median = nan_median([t.intermediate_values[step] for t in done if step in t.intermediate_values] + beside)
+            median = nan_median(
+                [t.intermediate_values[step] for t in done if step in t.intermediate_values] + beside
+            )
         else:
             median = self.snapshot.median_at(study, number, step)
         return not math.isnan(median) and best < median

@@ -16,8 +16,8 @@ import optuna
 from search.data.datasets import Dataset
 from search.storage._batched import publish
 from search.training import checkpoint
-from search.training.model import architecture, param_count
 from search.training.config import TrainConfig
+from search.training.model import architecture, param_count
 from search.training.resume import TrainState
 from search.training.trainer import EpochMetrics, FitResult, fit
 from search.tuning.resuming import StateKeeper, state_path

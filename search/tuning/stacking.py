@@ -141,7 +141,7 @@ def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_t
             m.trial.set_user_attr(ATTR_REASON, described(e))
             on_told(study.tell(m.trial, state=TrialState.FAIL))
         return 0.0
-    for m, result in zip(group, results):
+    for m, result in zip(group, results, strict=True):
         m.trial.set_user_attr(ATTR_STACK_PADDING, round(result.stack_padding, 4))
         try:
             value = objective.end(m.trial, m.begun, result)

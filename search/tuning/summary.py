@@ -103,7 +103,9 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
             lines.append(s.baseline_gain)
     if s.stacking is not None:
         size, padding = s.stacking
-        lines.append(f"stacks: {size:.1f} trials each on average, {padding:.1%} of their matmul work on padding")
+        lines.append(
+            f"stacks: {size:.1f} trials each on average, {padding:.1%} of their matmul work on padding"
+        )
     if s.overhead is not None:
         lines.append(
             f"search overhead: {s.overhead:.1%} of worker time outside training "

@@ -5,7 +5,9 @@ from search.perf.stack_speed import format_stack_bench, run_stack_bench
 
 def test_the_stack_bench_runs_each_size_to_the_same_trial_count(tmp_path):
     lines = []
-    r = run_stack_bench(study="digits", trials=4, epochs=2, device="cpu", stacks=(1, 4), rounds=1, progress=lines.append)
+    r = run_stack_bench(
+        study="digits", trials=4, epochs=2, device="cpu", stacks=(1, 4), rounds=1, progress=lines.append
+    )
     assert len(lines) == 2 and r["stacks"] == [1, 4]
     for k in ("1", "4"):
         (run,) = r["runs"][k]

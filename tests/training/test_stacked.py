@@ -66,7 +66,7 @@ def members(changes: list[dict]) -> list[TrainConfig]:
 
 def assert_same_training(alone, together, n_val: int, *, loss_rtol: float = LOSS_RTOL):
     assert len(alone.history) == len(together.history)
-    for a, s in zip(alone.history, together.history):
+    for a, s in zip(alone.history, together.history, strict=True):
         assert a.epoch == s.epoch
         assert math.isclose(a.train_loss, s.train_loss, rel_tol=loss_rtol), (a, s)
         assert abs(a.val_acc - s.val_acc) <= 1.0 / n_val + 1e-12, (a, s)
@@ -77,7 +77,7 @@ def assert_same_training(alone, together, n_val: int, *, loss_rtol: float = LOSS
 def test_each_per_member_knob_trains_as_it_does_alone(digits, knob):
     configs = members(KNOBS[knob])
     together = fit_stacked(configs, digits)
-    for config, result in zip(configs, together):
+    for config, result in zip(configs, together, strict=True):
         alone = fit(config, digits)
         assert_same_training(alone, result, len(digits.y_val))
         # The returned model holds the member's own weights, unpadded: it scores as fit's does.
@@ -105,14 +105,15 @@ def batches_in_reverse(batch_size: int):
 def test_adaptive_optimizers_with_batchnorm_drift_no_further_than_rounding_noise_takes_fit(digits):
     configs = members([dict(optimizer="adam", lr=3e-3), dict(optimizer="rmsprop", lr=1e-3, momentum=0.5)])
     together = fit_stacked(configs, digits)
-    for config, result in zip(configs, together):
+    for config, result in zip(configs, together, strict=True):
         alone = fit(config, digits)
         with batches_in_reverse(config.batch_size):
             reordered = fit(config, digits)
         assert [m.train_loss for m in reordered.history] != [m.train_loss for m in alone.history]
 
-        def drift(run, field):
-            return max(abs(getattr(a, field) - getattr(r, field)) for a, r in zip(alone.history, run.history))
+        def drift(run, field, alone=alone):
+            pairs = zip(alone.history, run.history, strict=True)
+            return max(abs(getattr(a, field) - getattr(r, field)) for a, r in pairs)
 
         for field in ("train_loss", "val_loss"):
             assert drift(result, field) <= 3 * drift(reordered, field) + 1e-5, field
@@ -120,7 +121,9 @@ def test_adaptive_optimizers_with_batchnorm_drift_no_further_than_rounding_noise
 
 
 def test_a_member_stopped_midway_leaves_and_the_others_are_untouched(digits):
-    configs = members([dict(), dict(hidden=(40, 24), dropout=0.3), dict(optimizer="adam", lr=3e-3, batchnorm=False)])
+    configs = members(
+        [dict(), dict(hidden=(40, 24), dropout=0.3), dict(optimizer="adam", lr=3e-3, batchnorm=False)]
+    )
     configs = [c.replace(epochs=4) for c in configs]
     calls = []
 
@@ -130,7 +133,9 @@ def test_a_member_stopped_midway_leaves_and_the_others_are_untouched(digits):
 
     together = fit_stacked(configs, digits, on_epoch=on_epoch)
     assert together[1].stopped and together[1].epochs_run == 2
-    assert sorted(calls) == sorted([(0, e) for e in range(1, 5)] + [(1, 1), (1, 2)] + [(2, e) for e in range(1, 5)])
+    assert sorted(calls) == sorted(
+        [(0, e) for e in range(1, 5)] + [(1, 1), (1, 2)] + [(2, e) for e in range(1, 5)]
+    )
     for i, config in enumerate(configs):
         alone = fit(config, digits, on_epoch=(lambda m: m.epoch == 2) if i == 1 else None)
         assert_same_training(alone, together[i], len(digits.y_val))
@@ -162,10 +167,12 @@ def test_out_of_memory_splits_the_stack_and_no_epoch_is_reported_twice(digits, m
 
     monkeypatch.setattr(stack_model.StackedMLP, "forward", forward)
     calls = []
-    together = fit_stacked(configs, digits, on_epoch=lambda ms: calls.extend((i, m.epoch) for i, m in ms.items()))
+    together = fit_stacked(
+        configs, digits, on_epoch=lambda ms: calls.extend((i, m.epoch) for i, m in ms.items())
+    )
     assert failed, "the injected error must have fired"
     assert sorted(calls) == sorted((i, e) for i in range(4) for e in range(1, 4))
-    for config, result in zip(configs, together):
+    for config, result in zip(configs, together, strict=True):
         assert_same_training(fit(config, digits), result, len(digits.y_val))
 
 
