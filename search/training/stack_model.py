@@ -138,6 +138,9 @@ class StackedMLP:
         self.keep_p = column([1.0 - c.dropout for c in configs])
         self.dropout = any(c.dropout > 0 for c in configs)
         self.l1 = column([c.l1 for c in configs], dims=1)
+        # Plain bools, decided once: a test of a device tensor in the step would sync every batch.
+        self.any_l1 = any(c.l1 > 0 for c in configs)
+        self.any_smoothing = any(c.label_smoothing > 0 for c in configs)
         self.smoothing = column([c.label_smoothing for c in configs], dims=2)
         self.activation_runs = []
         for c in configs:
@@ -152,7 +155,8 @@ class StackedMLP:
             mask = torch.zeros(k, 1, w, device=device)
             for row, c in enumerate(configs):
                 mask[row, :, : c.hidden[i]] = 1.0
-            self.unit_masks.append(None if bool(mask.all()) else mask)
+            padded = any(c.hidden[i] < w for c in configs)
+            self.unit_masks.append(mask if padded else None)
 
     # ------------------------------------------------------------------ forward
 
@@ -220,10 +224,10 @@ class StackedMLP:
         """Each member's training loss [K]: cross-entropy with its label smoothing, plus its L1."""
         logp = F.log_softmax(logits.float(), dim=2)
         nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)  # [K, B]
-        if bool((self.smoothing > 0).any()):
+        if self.any_smoothing:
             nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(2)
         loss = nll.mean(1)
-        if bool((self.l1 > 0).any()):
+        if self.any_l1:
             weights = [self.views[f"w{i}"] for i in range(len(self.layout.widths))] + [self.views["wh"]]
             loss = loss + self.l1 * torch.stack([w.abs().sum((1, 2)) for w in weights]).sum(0)
         return loss
