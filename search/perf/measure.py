@@ -18,7 +18,7 @@ from search.perf.augment_cost import format_augment, run_augment_bench
 from search.perf.images import load_bench_data, prepare_images
 from search.perf.notebook import SUITE_BUDGET_S, BenchOptions, format_bench, run_bench
 from search.perf.overhead import format_overhead, run_overhead
-from search.perf.quality import format_quality, plot_quality, random_subset, run_quality
+from search.perf.quality import format_quality, plot_quality, random_subset, run_quality, shortened
 from search.perf.stack_speed import STACKS, format_stack_bench, run_stack_bench
 from search.training.device import resolve_device
 from search.tuning.study_file import load_study
@@ -77,7 +77,7 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
         return result, format_stack_bench(result)
     spec = None
     if request.kind == "quality":  # a bad study fails before any images are prepared
-        spec = load_study(request.quality_study).with_overrides(epochs=request.quality_epochs)
+        spec = shortened(load_study(request.quality_study), request.quality_epochs)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # its progress lines say it better
         if opts.limit is None:
             opts = dataclasses.replace(opts, limit=QUALITY_LIMIT)

@@ -44,6 +44,16 @@ def random_subset(data: Dataset, n: int | None, seed: int = 0) -> Dataset:
     )
 
 
+def shortened(spec: StudySpec, epochs: int) -> StudySpec:
+    """The study at a shorter epoch budget, its pruner's first rung at the same share of it: a
+    rung at epoch 4 of 12 judges a third of the way in, so at 6 epochs it judges at epoch 2.
+    Kept at epoch 4 it would judge two thirds in and save little of a stopped trial's time."""
+    first = spec.min_epochs
+    if first and epochs != spec.epochs:
+        first = max(1, min(epochs, round(first * epochs / spec.epochs)))
+    return spec.with_overrides(epochs=epochs, min_epochs=first)
+
+
 def search_curve(arm: str, spec: StudySpec, data: Dataset, *, seed: int, budget_s: float) -> dict[str, Any]:
     """One arm's search for `budget_s` seconds: every trial's end time, state and value."""
     if arm == "tpe":
@@ -115,6 +125,7 @@ def run_quality(
         "n_val": len(data.x_val),
         "epochs": spec.epochs,
         "pruner": spec.pruner,
+        "min_epochs": spec.min_epochs,
         "budget_s": budget_s,
         "seeds": list(seeds),
         "timing": "each arm searches for budget_s seconds in this process; trials ending later "

@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.data.datasets import load_dataset
-from search.perf.quality import best_at, plot_quality, run_quality
+from search.perf.quality import best_at, plot_quality, run_quality, shortened
 from search.tuning.study_file import load_study
 
 BUDGET = 6.0
@@ -78,3 +78,14 @@ def test_the_training_subset_is_drawn_at_random_not_the_first_rows():
     assert len(sub.y_train) == 200 and len(set(sub.y_train.tolist())) == 10  # the first 200 hold 2 classes
     assert torch.equal(sub.y_train, random_subset(ordered, 200).y_train) and sub.x_val is ordered.x_val
     assert random_subset(ordered, None) is ordered
+
+
+def test_a_shorter_budget_keeps_the_first_rung_at_its_share_of_the_epochs():
+    cifar = load_study("cifar10")  # its first rung: epoch 4 of 12, a third of the way in
+    assert (cifar.epochs, cifar.min_epochs) == (12, 4)
+    assert shortened(cifar, 6).min_epochs == 2
+    assert shortened(cifar, 6).epochs == 6
+    assert shortened(cifar, 2).min_epochs == 1  # never before the first epoch
+    assert shortened(cifar, 12).min_epochs == 4
+    digits = load_study("digits")
+    assert shortened(digits, 4).min_epochs == digits.min_epochs  # 0: the pruner's own default
