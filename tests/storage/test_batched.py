@@ -221,6 +221,37 @@ def test_a_trial_another_worker_created_unseen_is_not_skipped(tmp_path):
     assert [_exact(t) for t in a.get_all_trials(study._study_id)] == [_exact(t) for t in fresh]
 
 
+def test_a_stacks_running_trials_are_read_from_memory_and_equal_the_database(tmp_path):
+    """A worker running K trials at once (a stack) reads the study at every ask: its own running
+    trials come from its copies, not the database, and what it reads is what the database holds
+    once its writes are flushed; another worker's trials are still fetched."""
+    a, b = _batched(tmp_path / "b.db", reread_s=0.0), _batched(tmp_path / "b.db", reread_s=0.0)
+    sa = optuna.create_study(storage=a, study_name="s", direction="maximize")
+    sb = optuna.load_study(storage=b, study_name="s")
+    sa.tell(sa.ask(SPACE), 0.1)
+    stack = [sa.ask(SPACE) for _ in range(4)]
+    for step, t in enumerate(stack, start=1):
+        t.report(0.1 * step, step)
+        t.set_user_attr("stack_id", stack[0].number)
+    other = sb.ask(SPACE)
+    publish(other)
+    built = []
+    build = a._backend._build_frozen_trial_from_trial_model
+    a._backend._build_frozen_trial_from_trial_model = lambda m: built.append(m.trial_id) or build(m)
+    read = a.get_all_trials(sa._study_id)
+    assert other._trial_id in built
+    assert not {t._trial_id for t in stack} & set(built)
+    a.flush()
+    fresh = _plain(tmp_path / "b.db").get_all_trials(sa._study_id)
+    assert [_exact(t) for t in read] == [_exact(t) for t in fresh]
+    sb.tell(other, 0.5)
+    for t in stack:
+        sa.tell(t, 0.2)
+    fresh = _plain(tmp_path / "b.db").get_all_trials(sa._study_id)
+    assert [_exact(t) for t in a.get_all_trials(sa._study_id)] == [_exact(t) for t in fresh]
+    assert [t.state for t in fresh] == [TrialState.COMPLETE] * 6
+
+
 def test_a_param_must_keep_its_distribution_across_the_study(tmp_path):
     """Optuna's check, at suggest time as in Optuna, against trials written by any worker."""
     _run_script(_plain(tmp_path / "b.db"))
