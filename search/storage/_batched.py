@@ -289,7 +289,9 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
             query = query.options(sqlalchemy.orm.selectinload(trial.intermediate_values))
             newer = trial.trial_id > mark
             query = query.filter(sqlalchemy.or_(trial.trial_id.in_(again), newer) if again else newer)
-            fetched = [backend._build_frozen_trial_from_trial_model(t) for t in query.order_by(trial.trial_id)]
+            fetched = [
+                backend._build_frozen_trial_from_trial_model(t) for t in query.order_by(trial.trial_id)
+            ]
         self._add_trials_to_cache(study_id, [*fetched, *(copy.deepcopy(t) for t in own)])
         study.unfinished_trial_ids.update(skip)
         for t in fetched:  # as Optuna's refresh: the mark moves only over what this read saw

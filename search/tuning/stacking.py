@@ -8,14 +8,18 @@ its own, so each trial in the storage looks like one trained alone, plus the att
 The members of a stack must share depth, batch size and input whitening (search.training.stacked).
 The first trial is sampled freely; the others are sampled with those params fixed to the first's
 (Optuna's `PartialFixedSampler`), so the sampler's choices never split a stack into singletons:
-TPE picks those few params once per stack and every other param per trial. A trial that arrives
+TPE picks those few params once per stack and every other param per trial. On a CPU a stack's
+trials are then split by width into sub-stacks trained one after another, where the padding to
+the widest member would cost more than the extra steps (search.training.stack_plan); each
+sub-stack's trials are told before the next trains, so its pruner sees them as finished. A trial that arrives
 with its own params (a retry, the baseline) and does not fit trains in a stack of its own.
 Stacked trials save no resume state: a retried one starts over.
 
 The median pruner judges a stack's members against each other too: at each epoch its reference
 is the completed trials' values and those of the members that reported the same epoch, as if
 they had run one after another. Without that, a study's first stack could prune nothing (no
-trial is complete until it ends) and every stack would wait on the ones before it. Successive
+trial is complete until it ends) and every stack would wait on the ones before it. The trials
+that completed in a sub-stack trained earlier join that reference too. Successive
 halving and Hyperband see the members' values through the storage, as they see any running trial.
 """
 
@@ -30,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import described
 from search.training.device import free_memory
+from search.training.stack_plan import split_by_width
 from search.training.stacked import fit_stacked, stack_capacity, stack_key
 from search.training.trainer import EpochMetrics
 from search.tuning._running_trials import fail_stale, heartbeats
@@ -65,9 +70,12 @@ def run_stack(
     members: list[_Member] = []
     stacks: list[tuple[int, float]] = []
     told: set[int] = set()
+    completed: set[int] = set()
 
     def tell_done(frozen: FrozenTrial) -> None:
         told.add(frozen.number)
+        if frozen.state == TrialState.COMPLETE:
+            completed.add(frozen.number)
         on_told(frozen)
 
     try:
@@ -91,8 +99,14 @@ def run_stack(
         groups: dict[tuple, list[_Member]] = {}
         for m in members:
             groups.setdefault(stack_key(m.begun.config), []).append(m)
+        data = objective.data
         for group in groups.values():
-            stacks.append((len(group), _train(study, objective, group, tell_done)))
+            configs = [m.begun.config for m in group]
+            earlier: list[dict[int, float]] = []  # what this group's completed sub-stacks reported
+            for part in split_by_width(configs, data.in_features, data.n_classes, data.device):
+                sub = [group[i] for i in sorted(part)]  # in the order they were asked
+                stacks.append((len(sub), _train(study, objective, sub, tell_done, earlier)))
+                earlier += [m.begun.reported for m in sub if m.trial.number in completed]
     except KeyboardInterrupt:
         for m in (m for m in members if m.trial.number not in told):
             m.trial.set_user_attr(ATTR_REASON, "interrupted")
@@ -114,11 +128,19 @@ def _ask(study: optuna.Study, objective: Objective, on_told) -> _Member | None:
         return None
 
 
-def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_told) -> float:
-    """Train one stack and tell its trials; returns the share of its work spent on padding."""
+def _train(
+    study: optuna.Study,
+    objective: Objective,
+    group: list[_Member],
+    on_told,
+    earlier: list[dict[int, float]],
+) -> float:
+    """Train one stack and tell its trials; returns the share of its work spent on padding.
+    `earlier`: the reports of trials that completed in the sub-stacks trained before this one
+    (not yet in the pruner's snapshot, which was read when the trials were asked)."""
     configs = [m.begun.config for m in group]
     for m in group:
-        m.trial.set_user_attr(ATTR_STACK_ID, group[0].trial.number)
+        m.trial.set_user_attr(ATTR_STACK_ID, min(g.trial.number for g in group))
         m.trial.set_user_attr(ATTR_STACK_SIZE, len(group))
 
     def on_epoch(metrics: dict[int, EpochMetrics]) -> list[int]:
@@ -127,7 +149,8 @@ def _train(study: optuna.Study, objective: Objective, group: list[_Member], on_t
             group[i].begun.reported[m.epoch] = m.val_acc
         stop = []
         for i in metrics:
-            member, peers = group[i], [group[j].begun.reported for j in metrics if j != i]
+            member = group[i]
+            peers = [group[j].begun.reported for j in metrics if j != i] + earlier
             if member.begun.prunable and should_prune(member.trial, member.begun.reported, peers=peers):
                 stop.append(i)
         return stop

@@ -115,3 +115,60 @@ def test_stacked_trials_beat_their_heartbeat_while_they_train(tmp_path):
     assert states[beating.number] == TrialState.RUNNING
     assert states[silent.number] == TrialState.FAIL  # and its retry is queued
     assert any(t.state == TrialState.WAITING for t in study.get_trials())
+
+
+UNEVEN = """
+[study]
+dataset = "digits"
+epochs = 3
+val_fraction = 0.2
+sampler = "random"
+pruner = "median"
+stack = 8
+
+[space]
+n_layers = 1
+width = [16, 1024]
+activation = ["relu", "tanh"]
+optimizer = ["sgd", "adam"]
+lr = {low = 1e-3, high = 1e-1, log = true}
+batch_size = 128
+"""
+
+
+def test_a_stack_of_narrow_and_wide_trials_trains_as_two_sub_stacks(tmp_path, monkeypatch):
+    """On a CPU the 16-unit trials do not pay for the 1024-unit ones' padding; the second
+    sub-stack's pruner also sees the trials that completed in the first."""
+    from search.tuning import stacking
+
+    (tmp_path / "uneven.toml").write_text(UNEVEN)
+    peers_seen = []
+    judge = stacking.should_prune
+
+    def recording(trial, reported, peers=()):
+        peers_seen.append((trial.number, len(peers)))
+        return judge(trial, reported, peers=peers)
+
+    monkeypatch.setattr(stacking, "should_prune", recording)
+    url = f"sqlite:///{tmp_path}/u.db"
+    spec = load_study(str(tmp_path / "uneven.toml"))
+    opts = RunOptions(spec=spec, storage_url=url, study_name="u", trials=8, device="cpu",
+                      results_dir=tmp_path / "results", heartbeat_s=None, seed=1)  # fmt: skip
+    assert run_search(opts).error is None
+    trials = optuna.load_study(study_name="u", storage=url).get_trials()
+    by_width: dict[int, set] = {}
+    for t in trials:
+        by_width.setdefault(t.params["width_0"], set()).add(
+            (t.user_attrs[ATTR_STACK_ID], t.user_attrs[ATTR_STACK_SIZE], t.user_attrs[ATTR_STACK_PADDING])
+        )
+    assert sorted(by_width) == [16, 1024], "the seed drew one width only: pick another"
+    (narrow,), (wide,) = by_width[16], by_width[1024]
+    assert narrow[0] != wide[0]
+    assert narrow[1] + wide[1] == 8
+    assert narrow[2] == wide[2] == 0.0  # each sub-stack is as wide as its members
+    # the narrow sub-stack trains first (members go smallest first)
+    in_first = {t.number for t in trials if t.user_attrs[ATTR_STACK_ID] == narrow[0]}
+    completed_first = sum(t.state == TrialState.COMPLETE for t in trials if t.number in in_first)
+    assert completed_first > 0
+    assert max(n for number, n in peers_seen if number in in_first) <= len(in_first) - 1
+    assert min(n for number, n in peers_seen if number not in in_first) >= completed_first
