@@ -54,7 +54,16 @@ def run_augment_bench(
         "augmented_epoch_s": statistics.median(aug_s),
         "ratios": ratios,
         "augment_overhead": statistics.median(ratios) - 1.0,
+        # the middle half of the rounds' overheads: how far one round's figure is to be trusted
+        "augment_overhead_quartiles": [q - 1.0 for q in _quartiles(ratios)],
     }
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 def format_augment(r: dict[str, Any]) -> str:
@@ -65,6 +74,7 @@ def format_augment(r: dict[str, Any]) -> str:
             f"  plain epoch      {r['plain_epoch_s']:.3f} s",
             f"  augmented epoch  {r['augmented_epoch_s']:.3f} s  (hflip, translate 4, one-cycle, "
             "label smoothing 0.1)",
-            f"  augment_overhead {r['augment_overhead']:+.3f}",
+            f"  augment_overhead {r['augment_overhead']:+.3f}  (the rounds' middle half: "
+            f"{r['augment_overhead_quartiles'][0]:+.3f} to {r['augment_overhead_quartiles'][1]:+.3f})",
         ]
     )

@@ -28,6 +28,9 @@ def test_plain_and_augmented_fits_alternate_and_the_overhead_is_their_median_rat
             assert (c.translate, c.schedule, c.label_smoothing) == (4, "onecycle", 0.1) and c.warmup > 0
     ratios = [a / p for a, p in zip(r["augmented_epoch_times_s"], r["plain_epoch_times_s"], strict=True)]
     assert r["augment_overhead"] == statistics.median(ratios) - 1
+    low, high = sorted(ratios)[0] - 1, sorted(ratios)[2] - 1  # 3 rounds: quartiles lie between
+    q1, q3 = r["augment_overhead_quartiles"]
+    assert low <= q1 <= r["augment_overhead"] <= q3 <= high
 
 
 def test_bench_augment_writes_augment_overhead(tmp_path, capsys):
