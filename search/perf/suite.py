@@ -172,6 +172,11 @@ def run_study(
             out["mean_train_seconds"] = statistics.mean(
                 float(t.user_attrs.get("train_seconds", 0.0)) for t in done
             )
+            # the trials' own training and scoring passes (a stack's time shared among its members)
+            out["training_s"] = sum(
+                float(t.user_attrs.get("train_seconds", 0.0)) + float(t.user_attrs.get("val_seconds", 0.0))
+                for t in done
+            )
     out["trials_per_hour_wall"] = out["finished"] / wall * 3600 if wall > 0 else None
     return out
 
