@@ -17,10 +17,12 @@ from collections.abc import Sequence
 
 from search.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_main
 from search.errors import UserError
+from search.outputs.provenance import collect
 from search.perf.images import ARCHIVE
 from search.perf.measure import MeasureRequest, measure, write_json
 from search.perf.notebook import BenchOptions
 from search.training.config import OPTIMIZERS
+from search.training.device import resolve_device
 
 # ---------------------------------------------------------------------------- command line
 
@@ -147,7 +149,10 @@ def _main(argv: Sequence[str] | None) -> int:
         load_workers=args.load_workers, load_trials=args.load_trials,
     )  # fmt: skip
     result, table = measure(request, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.json:
+    if args.json:  # what produced the figures travels with them
+        result["provenance"] = collect(
+            prog="python -m search.bench", argv=argv, device=resolve_device(args.device)
+        )
         write_json(result, args.json)
     print(table)
     return 0

@@ -40,6 +40,8 @@ def test_bench_augment_writes_augment_overhead(tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["rounds"] == 2 and len(r["ratios"]) == 2 and r["n_train"] == 256
     assert r["augment_overhead"] > -1
+    assert r["provenance"]["command"].startswith("python -m search.bench --augment")
+    assert set(r["provenance"]) >= {"git_revision", "versions", "device"}
     assert "augment_overhead" in capsys.readouterr().out
 
 
