@@ -85,7 +85,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--stack",
         action="store_true",
-        help="the same search at each --stack-sizes, alternated --rounds times: trials per hour, best value",
+        help="the same search at each --stack-sizes, alternated --rounds times: trials per hour, best value, "
+        "the trials' span and training time",
     )
     p.add_argument("--stack-study", default="digits", help="study --stack searches")
     p.add_argument("--stack-trials", type=positive_int, default=96, metavar="N", help="per search")

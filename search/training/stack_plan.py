@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from search.training.config import TrainConfig
-from search.training.stack_model import layout_of, member_flops
+from search.training.stack_model import Layout, layout_of, member_flops
 
 STEP_S = 1.5e-3  # a stacked step's fixed cost (the loss, the backward's setup, Python), plus
 # its share of the epoch's scoring and reporting
@@ -35,7 +35,10 @@ MAX_PLANNED = 128  # members planned one by one; beyond, in runs of equal size (
 def step_seconds(configs: list[TrainConfig], in_features: int, n_classes: int) -> float:
     """The CPU model's time for one training step of these configs stacked."""
     padded = layout_of(configs, in_features, n_classes).flops()
-    k, batch = len(configs), configs[0].batch_size
+    return _step_cost(len(configs), configs[0].batch_size, padded)
+
+
+def _step_cost(k: int, batch: int, padded: int) -> float:
     return STEP_S + k * (MEMBER_S + MAC_S * batch * padded)
 
 
@@ -59,9 +62,8 @@ def split_by_width(
             for m in units[i]:
                 widths = [max(w, h) for w, h in zip(widths, configs[m].hidden, strict=True)]
             k += len(units[i])
-            dims = (in_features, *widths, n_classes)
-            padded = sum(a * b for a, b in zip(dims, dims[1:], strict=False))
-            cost = best[i] + STEP_S + k * (MEMBER_S + MAC_S * batch * padded)
+            padded = Layout(in_features, n_classes, tuple(widths), False).flops()
+            cost = best[i] + _step_cost(k, batch, padded)
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     if best[n] > (1 - MIN_SAVING) * step_seconds(configs, in_features, n_classes):
