@@ -3,8 +3,8 @@
 The Python API (search.api), for notebooks and scripts:
 
     optimize   run or resume a study's search; returns the optuna.Study
-    export     the best trial's files; returns the paths written
-    report     the study's HTML page; returns its path
+    export_best   the best trial's files (python -m search.export); returns the paths written
+    write_report  the study's HTML page (python -m search.report); returns its path
     load_best  the best trial's config and model, with the normalization its inputs need
     samples    a grid of training images, as a PIL image
     predictions  test images captioned by a model's predictions, as a PIL image
@@ -20,7 +20,10 @@ _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 __version__ = "0.1.0"
 
-__all__ = ["BestModel", "UserError", "export", "load_best", "optimize", "predictions", "report", "samples"]
+__all__ = [
+    "BestModel", "UserError", "export_best", "load_best", "optimize", "predictions", "samples",
+    "write_report",
+]  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -2,7 +2,7 @@
 
     import search
     study = search.optimize(study="digits", trials=50)        # an optuna.Study
-    search.export(study_name="digits")                        # the paths written
+    search.export_best(study_name="digits")                   # the paths written
     best = search.load_best(study_name="digits")              # config, model, normalization
     best.model(best.normalize(images))                        # logits
 
@@ -21,16 +21,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from search.artifacts import export as exporting
+from search.artifacts.evaluation import evaluate_test
+from search.artifacts.pictures import predictions_grid, sample_grid
 from search.data.datasets import Dataset
-from search.outputs import exporting, reporting
-from search.outputs.evaluation import evaluate_test
-from search.outputs.pictures import predictions_grid, sample_grid
-from search.storage.connect import DEFAULT_STORAGE, check_storage, choose_study, open_readonly, open_storage
-from search.training import checkpoint
+from search.pages import report as reporting
+from search.schema import study_dir
+from search.storage.connect import DEFAULT_STORAGE, check_storage, open_storage
 from search.training.config import TrainConfig
 from search.training.device import resolve_device
-from search.tuning.binding import load_bound_dataset, study_binding
-from search.tuning.launch import bar_events, prepare_run
+from search.tuning.finished import open_finished
+from search.tuning.run import bar_events, prepare_run
 from search.tuning.runner import run_search
 from search.tuning.study_file import load_study
 
@@ -71,7 +72,7 @@ def optimize(
     )
 
 
-def export(
+def export_best(
     *,
     study_name: str | None = None,
     storage: str = DEFAULT_STORAGE,
@@ -92,7 +93,7 @@ def export(
     return [done.out_dir / name for name in done.files]
 
 
-def report(
+def write_report(
     *,
     study_name: str | None = None,
     storage: str = DEFAULT_STORAGE,
@@ -142,16 +143,11 @@ def load_best(
     """The best trial's config and weights (the search's checkpoint, checked against the trial's
     validation value; retrained from its seed where there is none), with the normalization its
     inputs need."""
-    backend = open_readonly(check_storage(storage))
-    name = choose_study(backend, study_name)
-    study = optuna.load_study(study_name=name, storage=backend)
-    trial = exporting.best_trial(study)
-    attrs = study_binding(study)
-    data, _ = load_bound_dataset(attrs, data_dir=data_dir, device=resolve_device(device))
-    config = exporting.replay_best(
-        trial, attrs, in_features=data.in_features, n_classes=data.n_classes, study_name=name
-    )
-    found = exporting.checkpoint_weights(checkpoint.study_dir(results_dir, name), trial, config, data)
+    study = open_finished(storage, study_name)
+    name, trial = study.name, study.best()
+    data, _ = study.load_data(device=resolve_device(device), data_dir=data_dir)
+    config = study.replay(trial, data)
+    found = exporting.checkpoint_weights(study_dir(results_dir, name), trial, config, data)
     if not isinstance(found, exporting.Weights):
         found = exporting.retrain_weights(trial, config, data, why=found)
     model = found.model.eval()

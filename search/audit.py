@@ -2,7 +2,7 @@
 
 A fixed-seed random choice of --n pruned trials is retrained with its own params and seed, every
 epoch, into the study `<study>-audit` (the original study is only read); results/<study>/audit.json
-holds the false-prune counts and the regret (search.outputs.audit says how each is computed).
+holds the false-prune counts and the regret (search.posthoc.audit says how each is computed).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from search import cli
-from search.outputs.audit import PROG, audit_study, summary_lines
+from search.posthoc.audit import PROG, audit_study, summary_lines
 
 DESCRIPTION = (
     "Re-run pruned trials to the full epoch budget and count how many the pruner "

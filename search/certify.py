@@ -2,7 +2,7 @@
 
 The top --top COMPLETE trials are retrained with --seeds fresh seeds each on the search's own
 split, ranked by mean validation accuracy; the winner, chosen on validation alone, is the only
-config scored on the test split (search.outputs.certify says what each file holds).
+config scored on the test split (search.posthoc.certify says what each file holds).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from search import cli
-from search.outputs.certify import PROG, certify_study, table_lines
+from search.posthoc.certify import PROG, certify_study, table_lines
 from search.training.device import resolve_device, split_cpu_threads
 
 DESCRIPTION = (

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
 from collections.abc import Callable, Sequence
 
 import optuna
@@ -139,23 +138,6 @@ def finish(lines: Sequence[str], files: Sequence[str], folder) -> int:
     """Print a command's closing lines and what it wrote; the exit code of a command that worked."""
     print("\n".join([*lines, wrote(files, folder)]))
     return EXIT_OK
-
-
-def callable_module(module_name: str, api_name: str) -> None:
-    """Let the command module `search.<api_name>` be called as the API function of that name.
-
-    `search.export(...)` is the API's export, but importing the command module `search.export`
-    makes Python bind the module to that attribute of the package; a callable module keeps both
-    `python -m search.export` and `search.export(...)` working in any import order.
-    """
-
-    class _CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            from search import api
-
-            return getattr(api, api_name)(*args, **kwargs)
-
-    sys.modules[module_name].__class__ = _CallableModule
 
 
 def wrote(files, folder) -> str:

@@ -1,5 +1,5 @@
 """`python -m search.compare`: every study in a storage, side by side, as one plain-text table
-(search.outputs.comparing builds it)."""
+(search.pages.compare builds it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import optuna
 
 from search.cli import ArgumentParser, run_main
-from search.outputs.comparing import compare_studies, format_table
+from search.pages.compare import compare_studies, format_table
 from search.storage.connect import DEFAULT_STORAGE
 
 

@@ -1,7 +1,7 @@
 """`python -m search.export`: turn a study's best trial into files a user can take away.
 
 Writes into results/<study>/ (or --out): best.json, model.pt, model.txt, test_report.txt/.json,
-trials.csv, predictions.png and errors.png (search.outputs.exporting says what each holds).
+trials.csv, predictions.png and errors.png (search.artifacts.export says what each holds).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from search import cli
-from search.outputs.exporting import PROG, export_study
+from search.artifacts.export import PROG, export_study
 
 DESCRIPTION = (
     "Export a study's best trial: best.json, model.pt, model.txt, test_report.{txt,json} and trials.csv."
@@ -56,8 +56,6 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     return cli.run_main(PROG, _main, argv)
 
-
-cli.callable_module(__name__, "export")
 
 if __name__ == "__main__":
     sys.exit(main())

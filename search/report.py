@@ -1,7 +1,7 @@
 """`python -m search.report`: one self-contained HTML page about a study, readable offline.
 
 History, learning curves, parallel coordinates, importances, slices, the best trials and warnings
-about ranges whose bounds the best trials crowd (search.outputs.reporting draws them).
+about ranges whose bounds the best trials crowd (search.pages.report draws them).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import optuna
 
-from search.cli import ArgumentParser, callable_module, run_main
-from search.outputs.reporting import REPORT, write_report
+from search.cli import ArgumentParser, run_main
+from search.pages.report import write_report
+from search.schema import REPORT_HTML as REPORT
 from search.storage.connect import DEFAULT_STORAGE
 
 
@@ -43,8 +44,6 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main("python -m search.report", _main, argv)
 
-
-callable_module(__name__, "report")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,7 @@ from search.cli import (
 )
 from search.data.datasets import DATASETS
 from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
-from search.tuning.launch import bar_events, prepare_run
+from search.tuning.run import bar_events, prepare_run
 from search.tuning.runner import install_signal_handlers, run_search
 from search.tuning.study_file import PRUNERS, SAMPLERS
 from search.tuning.summary import format_summary

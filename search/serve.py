@@ -4,7 +4,7 @@
     python -m search.run --study cifar10 --trials 50 --storage grpc://proxyhost:13000   # each machine
 
 It prints the grpc:// URL workers pass, serves until Ctrl-C or SIGTERM (exit 130, 143), and
-meanwhile fails and retries the trials of workers that stopped beating (search.storage.serving).
+meanwhile fails and retries the trials of workers that stopped beating (search.storage.serve).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import optuna
 from search.cli import EXIT_SIGINT, EXIT_SIGTERM, ArgumentParser, positive_int, run_main
 from search.storage.connect import dashboard_command, redacted
 from search.storage.proxy import DEFAULT_PORT
-from search.storage.serving import servable_url, serve, served_storage
+from search.storage.serve import servable_url, serve, served_storage
 
 PROG = "python -m search.serve"
 

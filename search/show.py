@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from search.artifacts.show import DEFAULT_STUDY, MAX_N, SAMPLES, write_samples
 from search.cli import ArgumentParser, non_negative_int, positive_int, run_main
 from search.data.datasets import DATASETS
 from search.errors import UserError
-from search.outputs.samples import DEFAULT_STUDY, MAX_N, SAMPLES, write_samples
 
 PROG = "python -m search.show"
 

@@ -8,20 +8,27 @@ from helpers import one_torch_thread
 from optuna.trial import TrialState
 
 import search
+from search.artifacts.evaluation import evaluate_test
 from search.data.datasets import load_raw
-from search.outputs.evaluation import evaluate_test
 
 
 def test_the_api_is_listed_and_keyword_only():
-    assert set(search.__all__) >= {"optimize", "export", "report", "load_best", "samples", "predictions"}
-    for name in ("optimize", "export", "report", "load_best"):
+    assert set(search.__all__) >= {
+        "optimize",
+        "export_best",
+        "write_report",
+        "load_best",
+        "samples",
+        "predictions",
+    }
+    for name in ("optimize", "export_best", "write_report", "load_best"):
         with pytest.raises(TypeError):
             getattr(search, name)("digits")
 
 
 def test_optimize_returns_the_study_it_searched(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    with one_torch_thread("search.tuning.launch"):
+    with one_torch_thread("search.tuning.run"):
         study = search.optimize(study="digits", trials=4, storage=url, results_dir=tmp_path, device="cpu",
                                 progress=False)  # fmt: skip
     assert isinstance(study, optuna.Study) and study.study_name == "digits"
@@ -31,12 +38,12 @@ def test_optimize_returns_the_study_it_searched(tmp_path):
 
 
 def test_an_interrupted_optimize_returns_control_and_leaves_no_running_trial(tmp_path, monkeypatch):
-    from search.tuning import objective
+    from search.tuning import stacking
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(objective, "fit", interrupted)
+    monkeypatch.setattr(stacking, "fit_stacked", interrupted)
     study = search.optimize(study="digits", trials=3, storage=f"sqlite:///{tmp_path}/s.db",
                             results_dir=tmp_path, device="cpu", progress=False)  # fmt: skip
     states = [t.state for t in study.trials]
@@ -47,11 +54,13 @@ def test_an_interrupted_optimize_returns_control_and_leaves_no_running_trial(tmp
 def test_export_report_and_load_best_return_what_they_wrote_and_loaded(digits_study_copy):
     s = digits_study_copy
     with one_torch_thread("search.cli"):
-        paths = search.export(storage=s.storage_url, results_dir=s.results_dir, device="cpu", progress=False)
+        paths = search.export_best(
+            storage=s.storage_url, results_dir=s.results_dir, device="cpu", progress=False
+        )
     assert {p.name for p in paths} >= {"best.json", "model.pt", "test_report.json"} and all(
         p.is_file() for p in paths
     )
-    (page,) = search.report(storage=s.storage_url, results_dir=s.results_dir)
+    (page,) = search.write_report(storage=s.storage_url, results_dir=s.results_dir)
     assert page.name == "report.html" and page.is_file()
     best = search.load_best(storage=s.storage_url, results_dir=s.results_dir)
     assert not best.model.training and best.trial_number == s.load().best_trial.number
@@ -76,5 +85,5 @@ def test_the_export_command_module_is_the_export_function_too(digits_study_copy)
     import search.export  # binds the command module to the package's `export`
 
     s = digits_study_copy
-    paths = search.export(storage=s.storage_url, results_dir=s.results_dir, device="cpu", progress=False)
+    paths = search.export_best(storage=s.storage_url, results_dir=s.results_dir, device="cpu", progress=False)
     assert any(p.name == "best.json" for p in paths)

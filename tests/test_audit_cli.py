@@ -12,7 +12,7 @@ from helpers import one_torch_thread
 from optuna.trial import TrialState
 
 from search.audit import main
-from search.outputs.audit import AUDIT_JSON
+from search.posthoc.audit import AUDIT_JSON
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,7 @@ from helpers import one_torch_thread
 from optuna.trial import TrialState
 
 from search.certify import main
-from search.outputs.certify import CERTIFIED_BEST, CERTIFIED_JSON, CERTIFIED_MODEL, CERTIFIED_TXT
+from search.posthoc.certify import CERTIFIED_BEST, CERTIFIED_JSON, CERTIFIED_MODEL, CERTIFIED_TXT
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,8 +12,7 @@ from helpers import run_args
 from optuna.trial import TrialState
 
 from search.run import main
-from search.tuning import objective as objective_mod
-from search.tuning import runner
+from search.tuning import stacking
 
 
 def _args(tmp_path, *extra, epochs="1"):
@@ -26,12 +25,12 @@ def _study(tmp_path):
 
 def test_five_failures_in_a_row_stop_the_run_naming_the_last_reason(tmp_path, monkeypatch, capsys):
     freed = []
-    monkeypatch.setattr(runner, "free_memory", lambda device: freed.append(device))
+    monkeypatch.setattr(stacking, "free_memory", lambda device: freed.append(device))
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(objective_mod, "fit", out_of_memory)
+    monkeypatch.setattr(stacking, "fit_stacked", out_of_memory)
     assert main(_args(tmp_path, "--trials", "20")) == 1
     err = capsys.readouterr().err
     assert "5 trials failed in a row" in err and "CUDA out of memory" in err
@@ -42,15 +41,15 @@ def test_five_failures_in_a_row_stop_the_run_naming_the_last_reason(tmp_path, mo
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
-    real_fit, calls = objective_mod.fit, []
+    real_fit, calls = stacking.fit_stacked, []
 
-    def flaky(config, data, **kw):
+    def flaky(configs, data, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise ValueError("odd config")
-        return real_fit(config, data, **kw)
+        return real_fit(configs, data, **kw)
 
-    monkeypatch.setattr(objective_mod, "fit", flaky)
+    monkeypatch.setattr(stacking, "fit_stacked", flaky)
     assert main(_args(tmp_path, "--trials", "3")) == 0
     states = [t.state for t in _study(tmp_path).trials]
     assert states.count(TrialState.FAIL) == 1 and len(states) == 4  # the failure did not count
@@ -172,7 +171,7 @@ def _resume_args(folder, *extra):
 
 
 def test_a_trial_killed_mid_training_resumes_from_its_last_epoch_and_ends_as_if_never_killed(tmp_path):
-    from search.training.resume import load_state
+    from search.training.state import load_state
 
     killed_dir, calm_dir = tmp_path / "killed", tmp_path / "calm"
     killed_dir.mkdir()
@@ -208,3 +207,70 @@ def test_a_trial_killed_mid_training_resumes_from_its_last_epoch_and_ends_as_if_
     (calm,) = optuna.load_study(study_name="digits", storage=f"sqlite:///{calm_dir}/s.db").trials
     assert retried.intermediate_values == calm.intermediate_values  # every epoch, 1 to 6
     assert retried.value == calm.value and retried.user_attrs["seed"] == calm.user_attrs["seed"]
+
+
+# Three trials of one depth and batch size but their own widths and lr, trained as one stack.
+STACK_RESUME_STUDY = """
+[study]
+dataset = "digits"
+epochs = 6
+pruner = "none"
+[space]
+n_layers = 1
+width = {low = 16, high = 64}
+batch_size = 8
+dropout = 0.2
+lr = {low = 0.005, high = 0.05, log = true}
+"""
+
+
+def _stack_args(folder):
+    (folder / "digits.toml").write_text(STACK_RESUME_STUDY)
+    args = run_args(folder, "--trials", "3", "--stack", "3", "--resume-every", "0")
+    args[args.index("--study") + 1] = str(folder / "digits.toml")
+    args[args.index("--epochs") : args.index("--epochs") + 2] = []
+    return args
+
+
+def test_a_stack_killed_mid_training_resumes_its_trials_from_their_saved_epoch(tmp_path):
+    from search.training.state import load_state
+
+    killed_dir, calm_dir = tmp_path / "killed", tmp_path / "calm"
+    killed_dir.mkdir()
+    calm_dir.mkdir()
+    states = [killed_dir / "results" / "digits" / "resume" / f"trial-{n}.pt" for n in range(3)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.run", *_stack_args(killed_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            saved = [load_state(p) if p.exists() else None for p in states]
+            if all(s is not None and s.epoch >= 3 for s in saved):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the stack never reached epoch 3")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    saved_epochs = [load_state(p).epoch for p in states]
+    assert main(_stack_args(killed_dir)) == 0  # the same command again
+    trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{killed_dir}/s.db").trials
+    dead, retried = trials[:3], trials[3:]
+    assert all(t.state == TrialState.FAIL and "died" in t.user_attrs["reason"] for t in dead)
+    assert sorted(t.system_attrs["failed_trial"] for t in retried) == [0, 1, 2]
+    for t in retried:
+        first = t.system_attrs["failed_trial"]
+        assert t.state == TrialState.COMPLETE
+        assert t.user_attrs["resumed_from_epoch"] == saved_epochs[first] >= 3
+    assert not any(p.exists() for p in states)  # every trial ended: nothing left to resume
+    assert main(_stack_args(calm_dir)) == 0  # the same stack, never interrupted
+    calm = optuna.load_study(study_name="digits", storage=f"sqlite:///{calm_dir}/s.db").trials
+    for t in retried:
+        twin = calm[t.system_attrs["failed_trial"]]
+        assert t.params == twin.params
+        assert t.intermediate_values == pytest.approx(twin.intermediate_values, abs=1.5 / 360)

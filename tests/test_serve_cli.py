@@ -32,7 +32,7 @@ def test_a_proxy_behind_the_proxy_and_a_bad_port_are_refused(capsys):
 
 def test_a_port_someone_holds_is_refused(capsys):
     from search.errors import UserError
-    from search.storage.serving import check_port_free
+    from search.storage.serve import check_port_free
 
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.data.datasets import clear_cache
-from search.outputs.pictures import MIN_CELL, grid_layout
+from search.artifacts.pictures import MIN_CELL, sample_grid
+from search.data.datasets import clear_cache, load_dataset
 from search.show import main
+from search.tuning.study_file import load_study
 
 ERROR_PREFIX = "python -m search.show: error: "
 
@@ -37,8 +38,11 @@ def test_data_on_digits_writes_samples_png_and_prints_its_path(capsys):
     path = Path(out.strip())
     with Image.open(path) as im:
         assert im.format == "PNG" and im.mode == "RGB"
-        layout = grid_layout(16, (8, 8), [str(d) for d in range(10)])
-        assert im.width == layout.size[0] and layout.img_w >= MIN_CELL
+        # the train split `show data --dataset` uses: val_fraction 0.1, split_seed 0
+        expected = sample_grid(load_dataset("digits", device="cpu", val_fraction=0.1, split_seed=0), n=16)
+        assert np.array_equal(np.asarray(im), np.asarray(expected))
+    cells = expected.info["cells"]
+    assert len(cells) == 16 and all(c.image[2] - c.image[0] >= MIN_CELL for c in cells)
 
 
 def test_data_with_a_study_writes_under_the_study_name(capsys):
@@ -46,8 +50,14 @@ def test_data_with_a_study_writes_under_the_study_name(capsys):
     rc, out, err = run(capsys, "data", "--study", "digits", "--n", "3", "--results-dir", "out")
     assert rc == 0, err
     assert out.strip() == str(Path("out/digits/samples.png"))
+    spec = load_study("digits")
+    data = load_dataset(
+        spec.dataset, device="cpu", val_fraction=spec.val_fraction, split_seed=spec.split_seed
+    )
+    expected = sample_grid(data, n=3)
+    assert len(expected.info["cells"]) == 3
     with Image.open("out/digits/samples.png") as im:
-        assert im.width == grid_layout(3, (8, 8), ["0"]).size[0]
+        assert np.array_equal(np.asarray(im), np.asarray(expected))
 
 
 def test_data_out_and_seed(capsys):
@@ -77,15 +87,17 @@ def test_data_keeps_the_colours_of_an_image_folder(capsys, tmp_path):
     clear_cache()
     try:
         rc, out, err = run(capsys, "data", "--dataset", "imagefolder", "--data-dir", "tree", "--n", "8")
+        data = load_dataset("imagefolder", data_dir="tree", device="cpu", val_fraction=0.1, split_seed=0)
+        cells = sample_grid(data, n=8).info["cells"]  # where the command's grid put each image
     finally:
         clear_cache()
     assert rc == 0, err
     arr = np.asarray(Image.open(out.strip()))
-    layout = grid_layout(8, (20, 12), ["yellow"])
+    assert len(cells) == 8
     seen = set()
-    for k in range(layout.n):
-        left, top, right, bottom = layout.cell_box(k)
-        cell = arr[top:bottom, left:right].reshape(-1, 3)
+    for k, c in enumerate(cells):
+        left, top, right, bottom = c.image
+        cell = arr[top + 4 : bottom - 4, left + 4 : right - 4].reshape(-1, 3)  # inside the frame
         assert (cell == cell[0]).all(), f"cell {k} is not one solid colour"
         seen.add(tuple(int(v) for v in cell[0]))
     assert seen <= set(colours.values()) and len(seen) > 1

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import UserError, first_line
+from search.files import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -242,19 +243,8 @@ def _read_cache(path: Path) -> RawImages | None:
 
 
 def _write_cache(path: Path, raw: RawImages) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # a file object, so np.savez does not append ".npz"
-            np.savez(
-                f,
-                train_x=raw.train_x,
-                train_y=raw.train_y,
-                test_x=raw.test_x,
-                test_y=raw.test_y,
-                classes=np.array(raw.classes, dtype=str),
-            )
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old state or the whole file
+    arrays = dict(train_x=raw.train_x, train_y=raw.train_y, test_x=raw.test_x, test_y=raw.test_y)
+    try:  # a file object, so np.savez does not append ".npz"; a concurrent reader sees all or nothing
+        atomic_write(path, lambda fh: np.savez(fh, **arrays, classes=np.array(raw.classes, dtype=str)))
     except OSError as e:  # an unwritable cache slows the next load; it must not fail this one
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"cannot write decode cache {path}: {first_line(e)}", stacklevel=3)

@@ -17,7 +17,7 @@ import torch
 from search.data.datasets import Dataset
 from search.training.config import TrainConfig
 from search.training.device import describe
-from search.training.trainer import fit
+from search.training.fit import fit
 
 AUGMENTED = dict(hflip=True, translate=4, schedule="onecycle", warmup=0.2, label_smoothing=0.1)
 
@@ -33,7 +33,7 @@ def run_augment_bench(
     for r in range(rounds):
         order = [("plain", plain_cfg, plain_s), ("augmented", aug_cfg, aug_s)]
         for name, cfg, times in order if r % 2 == 0 else order[::-1]:
-            result = fit(cfg, data, cuda_graphs=False)
+            result = fit(cfg, data)
             times.append(result.history[-1].seconds)
             progress(f"round {r + 1}/{rounds} {name}: {times[-1]:.3f} s per epoch")
     ratios = [a / p for a, p in zip(aug_s, plain_s, strict=True)]

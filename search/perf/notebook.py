@@ -7,7 +7,7 @@ and the loop differ:
 (a) notebook: torchvision `ImageFolder` over the image files, every sample through PIL ->
     `ToTensor` -> `Normalize`, `DataLoader(shuffle=True, num_workers=2)`, `.to(device)` per batch,
     `zero_grad / backward / step` and `loss.item()` per step;
-(b) search:   `search.training.trainer.fit` on `search.data.datasets.load_dataset` (decoded once,
+(b) search:   `search.training.fit.fit` on `search.data.datasets.load_dataset` (decoded once,
     on the device).
 
 Timing covers training passes only: neither path's validation is timed. (b) is one `fit` of
@@ -34,8 +34,8 @@ from search.perf.flops import matmul_floor
 from search.perf.images import Images, Progress, load_bench_data
 from search.training.config import TrainConfig
 from search.training.device import describe, resolve_device
+from search.training.fit import fit
 from search.training.model import architecture, build_mlp
-from search.training.trainer import fit
 
 NOTEBOOK = TrainConfig(
     hidden=(512, 256), batchnorm=False, dropout=0.0, optimizer="sgd", lr=1e-3, momentum=0.9
@@ -56,7 +56,6 @@ class BenchOptions:
     optimizer: str = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
-    cuda_graphs: str = "auto"  # auto | on | off, for (b)
     seed: int = 0
 
     def config(self) -> TrainConfig:
@@ -68,9 +67,6 @@ class BenchOptions:
             epochs=1 + self.epochs,
             seed=self.seed,
         )
-
-    def graphs_flag(self) -> bool | None:
-        return {"auto": None, "on": True, "off": False}[self.cuda_graphs]
 
 
 # ---------------------------------------------------------------------------- (a) the notebook
@@ -161,7 +157,7 @@ def run_bench(opts: BenchOptions, images: Images, progress: Progress) -> dict[st
         f"bench on {describe(device)}: {n:,} training images, batch {opts.batch_size}, "
         f"1 warm-up + {opts.epochs} epochs per path"
     )
-    result = fit(config, data, on_epoch=notebook_epoch, cuda_graphs=opts.graphs_flag())
+    result = fit(config, data, on_epoch=notebook_epoch)
     if result.diverged or len(result.history) < total:
         raise UserError(f"the search path stopped early ({result.diverged}); try a smaller --lr")
     search_times = [m.seconds for m in result.history]
@@ -192,7 +188,6 @@ def run_bench(opts: BenchOptions, images: Images, progress: Progress) -> dict[st
         "baseline_epoch_times_s": base_times[1:],
         "baseline_epoch_s": statistics.median(base_times[1:]),
         "baseline_train_loss": base_losses,
-        "search_cuda_graphs": result.cuda_graphs,
         "search_warmup_s": search_times[0],
         "search_epoch_times_s": search_times[1:],
         "search_epoch_s": statistics.median(search_times[1:]),
@@ -205,19 +200,6 @@ def run_bench(opts: BenchOptions, images: Images, progress: Progress) -> dict[st
     out["baseline_samples_per_s"] = n / out["baseline_epoch_s"]
     out["search_samples_per_s"] = n / out["search_epoch_s"]
     out["speedup"] = out["baseline_epoch_s"] / out["search_epoch_s"]
-    if result.cuda_graphs:  # the same fit without graphs: what they buy, and that they agree
-        progress(f"batch {opts.batch_size}: the search path again without CUDA graphs")
-        eager = fit(config, data, cuda_graphs=False)
-        eager_times = [m.seconds for m in eager.history]
-        out["eager_warmup_s"] = eager_times[0]
-        out["eager_epoch_times_s"] = eager_times[1:]
-        out["eager_epoch_s"] = statistics.median(eager_times[1:])
-        out["eager_train_loss"] = [m.train_loss for m in eager.history]
-        out["graphs_speedup"] = out["eager_epoch_s"] / out["search_epoch_s"]
-        out["graphs_max_rel_loss_diff"] = max(
-            abs(a - b) / max(abs(b), 1e-12)
-            for a, b in zip(out["search_train_loss"], out["eager_train_loss"], strict=True)
-        )
     return out
 
 
@@ -249,8 +231,7 @@ def format_bench(r: dict[str, Any]) -> str:
             1.0,
         ),
         _row(
-            "(b) search: trainer.fit on data.load_dataset"
-            + (" (CUDA graphs)" if r["search_cuda_graphs"] else ""),
+            "(b) search: training.fit on data.load_dataset",
             r["search_epoch_s"],
             r["n_train"],
             r["speedup"],
@@ -263,22 +244,7 @@ def format_bench(r: dict[str, Any]) -> str:
     )
     warm = f"warm-up epochs (not in the medians): notebook {r['baseline_warmup_s']:.2f} s, "
     warm += f"search {r['search_warmup_s']:.2f} s"
-    if "eager_warmup_s" in r:
-        warm += f" (graph capture included), search without graphs {r['eager_warmup_s']:.2f} s"
     lines.append(warm)
-    if "eager_epoch_s" in r:
-        lines.append(
-            _row(
-                "(b') search without CUDA graphs",
-                r["eager_epoch_s"],
-                r["n_train"],
-                r["baseline_epoch_s"] / r["eager_epoch_s"],
-            )
-        )
-        lines.append(
-            f"CUDA graphs: {r['graphs_speedup']:.2f}x the eager step; training losses agree to "
-            f"{r['graphs_max_rel_loss_diff']:.1e} (relative)"
-        )
     return "\n".join(lines)
 
 

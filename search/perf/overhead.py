@@ -27,10 +27,10 @@ VARIANTS = ("both", "no-batch", "no-snapshot", "neither")
 _CHILD = r"""
 import json, sys, time
 variant, trials, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-from search.storage import _batched
+import functools
 from search.tuning import runner, strategy
 if variant in ("no-batch", "neither"):
-    _batched.available = lambda: False
+    runner.open_worker_storage = functools.partial(runner.open_worker_storage, batched=False)
 if variant in ("no-snapshot", "neither"):
     import optuna
     def plain_sampler(name, seed, *, snapshot=None, startup_trials=10):

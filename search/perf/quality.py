@@ -23,8 +23,10 @@ import torch
 from optuna.trial import TrialState
 
 from search.data.datasets import Dataset
+from search.schema import ATTR_BASELINE
 from search.training.device import describe
-from search.tuning.objective import ATTR_BASELINE, Objective
+from search.tuning.objective import Objective
+from search.tuning.stacking import run_trials
 from search.tuning.strategy import make_pruner, make_sampler
 from search.tuning.study_file import StudySpec
 
@@ -69,26 +71,33 @@ def search_curve(arm: str, spec: StudySpec, data: Dataset, *, seed: int, budget_
     started = time.perf_counter()
     ended: list[tuple[float, str, float | None]] = []
 
-    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def record(trial: optuna.trial.FrozenTrial) -> None:
         ended.append((time.perf_counter() - started, trial.state.name, trial.value))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's experimental-feature notes, once per study
-        study.optimize(objective, timeout=budget_s, callbacks=[record], catch=(Exception,))
+        run_trials(study, objective, timeout=budget_s, on_told=record)
     in_budget = [e for e in ended if e[0] <= budget_s]
-    best, curve = -math.inf, []
-    for t, state, value in in_budget:
-        if state == TrialState.COMPLETE.name and value is not None and value > best:
-            best = value
-            curve.append((t, value))
+    curve = best_so_far(ended, budget_s)
     return {
         "seed": seed,
         "trials": [{"end_s": t, "state": s, "value": v} for t, s, v in ended],
         "trials_in_budget": len(in_budget),
         "pruned_in_budget": sum(s == TrialState.PRUNED.name for _, s, _ in in_budget),
         "best_so_far": curve,  # (seconds, best value) at each improvement
-        "final_best": best if curve else None,
+        "final_best": curve[-1][1] if curve else None,
     }
+
+
+def best_so_far(ended: list[tuple[float, str, float | None]], budget_s: float) -> list[tuple[float, float]]:
+    """The step curve of the best value so far: (seconds, value) at each improvement, from the
+    trials that completed within the budget, given as (seconds at their end, state, value)."""
+    best, curve = -math.inf, []
+    for t, state, value in ended:
+        if t <= budget_s and state == TrialState.COMPLETE.name and value is not None and value > best:
+            best = value
+            curve.append((t, value))
+    return curve
 
 
 def best_at(curve: list[tuple[float, float]], t: float) -> float | None:

@@ -44,7 +44,7 @@ def run_stack_bench(
             with tempfile.TemporaryDirectory(prefix="search-stack-") as tmp:
                 run = run_study(
                     Path(tmp), study=study, trials=trials, epochs=epochs, device=device, jobs=1,
-                    graphs=False, stack=k, images=images, progress=lambda line: None,
+                    stack=k, images=images, progress=lambda line: None,
                     timeout_s=RUN_TIMEOUT_S,
                 )  # fmt: skip
             if run.get("error"):

@@ -30,7 +30,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from search.errors import UserError
-from search.storage.connect import check_storage, open_storage, redacted
+from search.storage.connect import check_storage, open_worker_storage, redacted
 
 STEPS = 10  # intermediate values per trial
 START_TIMEOUT_S = 120.0
@@ -39,7 +39,7 @@ MEASURING = "search-storage-load"  # application_name of this process's own conn
 
 
 def _objective(trial: optuna.Trial) -> float:
-    from search.storage._batched import publish
+    from search.storage.running import publish
 
     lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
     trial.suggest_int("width", 8, 512)
@@ -53,12 +53,8 @@ def _objective(trial: optuna.Trial) -> float:
 
 
 def _worker(url: str, study_name: str, n_trials: int, barrier, heartbeat_s: int) -> None:
-    from search.storage import _batched
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(url, heartbeat_s=heartbeat_s)
-    if _batched.available() and isinstance(storage, optuna.storages.RDBStorage):  # as the runner does
-        storage = _batched.BatchedStorage(storage)
+    storage = open_worker_storage(url, heartbeat_s=heartbeat_s)  # as the runner opens it
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
     barrier.wait(timeout=START_TIMEOUT_S)
     study.optimize(_objective, n_trials=n_trials)

@@ -1,8 +1,8 @@
 """`python -m search.bench --suite`: the one GPU check, in one call of at most five minutes.
 
 The bench (search.bench) at batch 128 and 512, then short searches through `python -m search.run`
-with 1 and 4 worker processes (and, on CUDA, one more with CUDA graphs flipped), timed in trials
-per hour; one table at the end.
+with 1 and 4 worker processes (--suite-jobs) and one worker at stack 32 (--suite-stacks), timed in
+trials per hour; one table at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 
 from search.perf.images import Images, Progress
 from search.perf.notebook import SUITE_BATCH_SIZES, SUITE_BUDGET_S, BenchOptions, run_bench
-from search.training.device import cuda_graphs_enabled, describe, resolve_device
+from search.schema import ATTR_SECONDS
+from search.training.device import describe, resolve_device
 
 
 def run_suite(
@@ -39,35 +40,24 @@ def run_suite(
     stacks: Sequence[int] = (1, 32),
     budget_s: float = SUITE_BUDGET_S,
 ) -> dict[str, Any]:
-    """The bench at each of SUITE_BATCH_SIZES, then one timed search per entry of `jobs` (and, on
-    CUDA, one more with 1 worker and CUDA graphs flipped), and one with 1 worker per stack size
-    of `stacks` beyond 1 (stack 1 is the first run); searches stop at the budget."""
+    """The bench at each of SUITE_BATCH_SIZES, then one timed search per entry of `jobs`, and one
+    with 1 worker per stack size of `stacks` beyond 1 (stack 1 is the first run); searches stop at
+    the budget."""
     device = resolve_device(opts.device)
     started = time.perf_counter()
     deadline = started + budget_s
-    # CUDA graphs are opt-in until a GPU run has shown they pay and agree with the eager step:
-    # on CUDA the suite measures them (bench with graphs, compared against the same fit without;
-    # one more search with graphs on) whatever the default says.
-    on_cuda = device.type == "cuda"
-    bench_opts = (
-        dataclasses.replace(opts, cuda_graphs="on") if on_cuda and opts.cuda_graphs == "auto" else opts
-    )
     benches = [
-        run_bench(dataclasses.replace(bench_opts, batch_size=bs), images, progress)
-        for bs in SUITE_BATCH_SIZES
+        run_bench(dataclasses.replace(opts, batch_size=bs), images, progress) for bs in SUITE_BATCH_SIZES
     ]
-    graphs_default = cuda_graphs_enabled(device)
-    runs: list[tuple[int, bool, int]] = [(j, graphs_default, 1) for j in jobs]
-    if on_cuda:
-        runs.append((1, not graphs_default, 1))  # what graphs buy a whole search
-    runs += [(1, graphs_default, k) for k in stacks if k > 1]  # what stacking buys one worker
+    runs: list[tuple[int, int]] = [(j, 1) for j in jobs]
+    runs += [(1, k) for k in stacks if k > 1]  # what stacking buys one worker
     studies = []
     with tempfile.TemporaryDirectory(prefix="search-suite-") as tmp:
-        for j, graphs, stack in runs:
+        for j, stack in runs:
             left = deadline - time.perf_counter()
             if left < 5:
                 studies.append(
-                    {"jobs": j, "cuda_graphs": graphs, "stack": stack, "finished": 0, "wall_s": 0.0,
+                    {"jobs": j, "stack": stack, "finished": 0, "wall_s": 0.0,
                      "trials_per_hour_wall": None, "error": "skipped: suite budget spent"}
                 )  # fmt: skip
                 continue
@@ -79,7 +69,6 @@ def run_suite(
                     epochs=study_epochs,
                     device=str(device),
                     jobs=j,
-                    graphs=graphs,
                     stack=stack,
                     images=images,
                     progress=progress,
@@ -108,7 +97,6 @@ def run_study(
     epochs: int,
     device: str,
     jobs: int,
-    graphs: bool,
     images: Images | None,
     progress: Progress,
     timeout_s: float,
@@ -121,7 +109,7 @@ def run_study(
     """
     import optuna
 
-    name = f"suite-{study}-jobs{jobs}-stack{stack}" + ("" if graphs else "-nographs")
+    name = f"suite-{study}-jobs{jobs}-stack{stack}"
     storage = f"sqlite:///{tmp / 'suite.db'}"
     cmd = [
         sys.executable, "-m", "search.run", "--study", study, "--trials", str(trials),
@@ -129,23 +117,19 @@ def run_study(
         "--study-name", name, "--results-dir", str(tmp / "results"), "--no-progress",
         "--stack", str(stack),
     ]  # fmt: skip
-    env = dict(os.environ, SEARCH_CUDA_GRAPHS="1" if graphs else "0")
+    env = dict(os.environ)
     if images is not None:
         if study != "digits":
             cmd += ["--data-dir", str(images.root)]
         if images.cache_dir is not None:
             env["SEARCH_CACHE_DIR"] = str(images.cache_dir)
-    progress(
-        f"study {study}: {trials} trials x {epochs} epochs, {jobs} worker(s), stack {stack}"
-        + ("" if graphs else ", CUDA graphs off")
-    )
+    progress(f"study {study}: {trials} trials x {epochs} epochs, {jobs} worker(s), stack {stack}")
     started = time.perf_counter()
     rc, err = _run_group(cmd, cwd=tmp, env=env, timeout_s=timeout_s)
     wall = time.perf_counter() - started
     out: dict[str, Any] = {
         "jobs": jobs,
         "stack": stack,
-        "cuda_graphs": graphs,
         "command": " ".join(cmd),
         "returncode": rc,
         "wall_s": wall,
@@ -169,14 +153,9 @@ def run_study(
             span = (max(t.datetime_complete for t in done) - first).total_seconds()
             out["trials_span_s"] = span
             out["trials_per_hour"] = len(done) / span * 3600 if span > 0 else None
-            out["mean_train_seconds"] = statistics.mean(
-                float(t.user_attrs.get("train_seconds", 0.0)) for t in done
-            )
-            # the trials' own training and scoring passes (a stack's time shared among its members)
-            out["training_s"] = sum(
-                float(t.user_attrs.get("train_seconds", 0.0)) + float(t.user_attrs.get("val_seconds", 0.0))
-                for t in done
-            )
+            seconds = [float(t.user_attrs.get(ATTR_SECONDS, 0.0)) for t in done]
+            out["mean_train_seconds"] = statistics.mean(seconds)
+            out["training_s"] = sum(seconds)  # the trials' own training (a stack's shared among them)
     out["trials_per_hour_wall"] = out["finished"] / wall * 3600 if wall > 0 else None
     return out
 
@@ -221,32 +200,25 @@ def format_suite(r: dict[str, Any]) -> str:
         + f", median of {b0['epochs_measured']} epochs, training passes only"
     )
     lines.append(
-        f"{'batch':>5} {'notebook s/ep':>14} {'search s/ep':>12} {'speedup':>8} "
-        f"{'search samples/s':>17} {'eager s/ep':>11} {'graphs gain':>12}"
+        f"{'batch':>5} {'notebook s/ep':>14} {'search s/ep':>12} {'speedup':>8} {'search samples/s':>17}"
     )
     for b in r["bench"]:
-        eager = (
-            f"{b['eager_epoch_s']:>11.3f} {b['graphs_speedup']:>11.2f}x"
-            if "eager_epoch_s" in b
-            else f"{'-':>11} {'-':>12}"
-        )
         lines.append(
             f"{b['batch_size']:>5} {b['baseline_epoch_s']:>14.3f} {b['search_epoch_s']:>12.3f} "
-            f"{b['speedup']:>7.2f}x {b['search_samples_per_s']:>17,.0f} {eager}"
+            f"{b['speedup']:>7.2f}x {b['search_samples_per_s']:>17,.0f}"
         )
     lines.append(
         f"study {r['study']}: {r['study_trials']} trials x {r['study_epochs']} epochs per run "
         "(trials/hour: first trial start to last trial end; wall: whole command)"
     )
     lines.append(
-        f"{'jobs':>4} {'stack':>5} {'graphs':>6} {'finished':>8} {'pruned':>6} {'wall s':>7} "
+        f"{'jobs':>4} {'stack':>5} {'finished':>8} {'pruned':>6} {'wall s':>7} "
         f"{'trials/hour':>12} {'(wall)':>8}  note"
     )
     for s in r["studies"]:
         tph = s.get("trials_per_hour")
         lines.append(
-            f"{s['jobs']:>4} {s.get('stack', 1):>5} {'on' if s['cuda_graphs'] else 'off':>6} "
-            f"{s['finished']:>8} "
+            f"{s['jobs']:>4} {s.get('stack', 1):>5} {s['finished']:>8} "
             f"{s.get('pruned', 0):>6} {s['wall_s']:>7.1f} "
             f"{(f'{tph:,.0f}' if tph else '-'):>12} {s['trials_per_hour_wall'] or 0:>8,.0f}  "
             f"{s.get('error', '')}"

@@ -1,1 +1,2 @@
-"""Optuna storages: checking and opening URLs, and the workers' batched trial writes."""
+"""Optuna storages: checking and opening URLs, the workers' batched trial writes, running trials'
+heartbeats and the gRPC proxy (`search.serve`)."""

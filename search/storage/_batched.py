@@ -490,10 +490,3 @@ def _upsert(session, model, key: str, rows: list[dict], existing: set) -> None:
         session.execute(
             statement, [{"_trial": r["trial_id"], "_key": r[key], **{c: r[c] for c in values}} for r in again]
         )
-
-
-def publish(trial: optuna.Trial) -> None:
-    """Make the trial's writes so far visible to every process (its params, after sampling)."""
-    flush = getattr(trial.storage, "flush", None)
-    if flush is not None:
-        flush(trial._trial_id)

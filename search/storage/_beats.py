@@ -6,7 +6,7 @@ worker killed mid-trial would leave its trial RUNNING for good. `BeatingProxy` i
 Optuna's heartbeat interface: Optuna's own heartbeat thread (run around every trial for a storage
 that has one) calls `record_heartbeat` every interval, and the beat goes through the proxy as a
 trial system attr. The serve process, which all beats pass, fails and retries a trial whose beat
-stopped changing (`search.tuning.recovery.SilentTrials`), on its own clock: the workers' clocks
+stopped changing (search.storage.silent), on its own clock: the workers' clocks
 need not agree with it or with each other.
 
 Workers find no stale trials themselves (`_get_stale_trial_ids` is empty): hundreds of workers
@@ -24,10 +24,11 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import BaseHeartbeat
 
+from search.schema import ATTR_BEAT
+
 OPTUNA_INTERNAL = (
     "optuna.storages._heartbeat.BaseHeartbeat, and the heartbeat thread Study.optimize runs for it"
 )
-ATTR_BEAT = "search:heartbeat"  # system attr: {"at": worker's time.time(), "every": seconds}
 
 _log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
 from search.errors import UserError, first_line
-from search.storage import proxy
+from search.schema import STUDY_DERIVED_FROM
+from search.storage import _batched, proxy
 
 DEFAULT_STORAGE = "sqlite:///results/search.db"
 SQLITE_BUSY_TIMEOUT_S = 600  # a worker waits this long for the write lock before failing
@@ -182,6 +183,17 @@ def open_storage(url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> 
     return storage
 
 
+def open_worker_storage(
+    url: str, *, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S, batched: bool = True
+) -> optuna.storages.BaseStorage:
+    """A search worker's storage: `open_storage`'s, with the trial's writes batched
+    (search.storage._batched) where this Optuna allows it and the URL is a database's."""
+    storage = open_storage(url, heartbeat_s=heartbeat_s)
+    if batched and _batched.available() and isinstance(storage, optuna.storages.RDBStorage):
+        storage = _batched.BatchedStorage(storage)
+    return storage
+
+
 def make_retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     """Optuna's retry of a failed trial: a WAITING copy with its params and user attrs."""
     with warnings.catch_warnings():
@@ -241,20 +253,15 @@ def open_readonly(url: str) -> optuna.storages.BaseStorage:
         raise UserError(f"--storage {shown}: {first_line(e)}") from None
 
 
-# A study made from another (search.audit's `<study>-audit`) records which in this user attr; it is
-# never the one a command means when no --study-name is given.
-ATTR_DERIVED_FROM = "audit_of"
-
-
 def choose_study(storage: optuna.storages.BaseStorage, name: str | None) -> str:
     """`name` if the storage holds it; with no name, the only study there is (not counting the
-    studies derived from another, such as a pruning audit)."""
+    studies derived from another, such as search.audit's `<study>-audit`)."""
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     names = sorted(s.study_name for s in summaries)
     if not names:
         raise UserError("the storage holds no studies; run python -m search.run first")
     if name is None:
-        searched = [s.study_name for s in summaries if ATTR_DERIVED_FROM not in s.user_attrs]
+        searched = [s.study_name for s in summaries if STUDY_DERIVED_FROM not in s.user_attrs]
         if len(searched) == 1:
             return searched[0]
         if len(names) > 1:

@@ -17,7 +17,8 @@ import warnings
 
 import optuna
 
-from search.errors import UserError, first_line
+from search.errors import UserError
+from search.storage._grpc_check import require_grpc
 
 SCHEME = "grpc"
 DEFAULT_PORT = 13000
@@ -49,21 +50,10 @@ def url_of(host: str, port: int) -> str:
     return f"{SCHEME}://[{host}]:{port}" if ":" in host else f"{SCHEME}://{host}:{port}"
 
 
-def _import_grpc() -> None:
-    try:
-        import grpc  # noqa: F401
-        from optuna.storages._grpc.auto_generated import api_pb2  # noqa: F401  # protobuf
-    except ImportError as e:
-        missing = getattr(e, "name", None) or first_line(e)
-        raise UserError(
-            f"grpc:// storage needs gRPC ({missing} is not installed): pip install -e '.[grpc]'"
-        ) from None
-
-
 def check_reachable(url: str) -> str:
     """The canonical URL, once the proxy behind it answers; one line saying how to start it if not."""
     url = canonical(url)
-    _import_grpc()
+    require_grpc()
     host, port = address(url)
     client = _client(host, port)
     try:
@@ -79,7 +69,7 @@ def check_reachable(url: str) -> str:
 
 
 def _client(host: str, port: int, heartbeat_s: int | None = None) -> optuna.storages.GrpcStorageProxy:
-    from search.storage._beats import BeatingProxy
+    from search.storage._beats import BeatingProxy  # imports gRPC, which only grpc:// needs
 
     with warnings.catch_warnings():
         # The proxy is marked experimental in Optuna; the warning tells our users nothing.

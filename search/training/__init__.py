@@ -1,2 +1,2 @@
-"""Training, knowing nothing of Optuna: the config, the model, `fit`, its schedule, augmentation,
-the device it runs on and the best-weights checkpoint."""
+"""Training, knowing nothing of Optuna: the config, the one engine (`fit`, `fit_stacked`), its
+model, optimizers, schedule, augmentation, saved state, stack planning and device."""

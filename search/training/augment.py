@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from search.errors import UserError
 from search.training.config import TrainConfig
 
+AUGMENT_SEED = 0x5EED  # added to a config's seed: the augmentation stream's own seed
+
 
 def check_augmentable(config: TrainConfig, image_shape: tuple[int, ...] | None, dataset: str) -> None:
     """Refuse flips and shifts on data without a height and width to flip or shift."""
@@ -103,40 +105,17 @@ def _offsets(shift: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Augmenter:
-    """The augmented rows of one training tensor, batch by batch. Its own generator: turning
-    augmentation on changes neither the weight init nor the batch order of the same seed.
-    Each batch draws a flip for every image (a coin) and then a shift (one of (2t+1)^2)."""
-
-    def __init__(self, config: TrainConfig, image_shape: tuple[int, int, int], source: torch.Tensor):
-        self.hflip, self.t = config.hflip, config.translate
-        self.n, device = len(source), source.device
-        self.gen = torch.Generator(device=device).manual_seed(config.seed + 0x5EED)
-        self.images = padded_images(source, image_shape, self.t, self.hflip)
-
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows `idx` of the source tensor, each flipped and shifted at random: [len(idx), C*H*W]."""
-        b = len(idx)
-        if self.hflip:
-            flip = torch.rand(b, device=idx.device, generator=self.gen) < 0.5
-            idx = idx + flip * self.n
-        if not self.t:
-            return self.images.take(idx)
-        span = 2 * self.t + 1
-        shift = torch.randint(0, span * span, (b,), device=idx.device, generator=self.gen)
-        return self.images.take(idx, *_offsets(shift, self.t))
-
-
-class StackAugmenter:
-    """The rows `Augmenter` gives, for K configs at once (search.training.stacked): each member
-    draws its flips and shifts from its own generator, in the order its own Augmenter would, so
-    its rows are the ones it gets when trained alone; all K batches then come out of one
-    index_select. Members without a flip read the plain images; without a shift, shift zero."""
+    """The augmented training rows of K members at once. Each member draws, per batch, a flip for
+    every image (a coin) and then a shift (one of (2t+1)^2) from its own generator, seeded apart
+    from its weight init and batch order (turning augmentation on changes neither), so its rows
+    do not depend on its neighbours; all K batches then come out of one index_select. Members
+    without a flip read the plain images; without a shift, shift zero."""
 
     def __init__(self, configs: list[TrainConfig], image_shape: tuple[int, int, int], source: torch.Tensor):
         self.n, device = len(source), source.device
         self.flips = [c.hflip for c in configs]
         self.ts = [c.translate for c in configs]
-        self.gens = [torch.Generator(device=device).manual_seed(c.seed + 0x5EED) for c in configs]
+        self.gens = [torch.Generator(device=device).manual_seed(c.seed + AUGMENT_SEED) for c in configs]
         self.images = padded_images(source, image_shape, max(self.ts), any(self.flips))
 
     def keep(self, rows: list[int]) -> None:

@@ -61,7 +61,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (tensor cores, fp32 master weights); full precision elsewhere.
 
     Without autocast's weight-cast cache: an MLP casts each weight once per forward pass, so the
-    cache saves nothing, and CUDA graph capture (see `cuda_graphs_enabled`) requires it off.
+    cache saves nothing.
     """
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
@@ -82,16 +82,6 @@ def optimizer_flags(device: torch.device, optimizer: str) -> dict[str, bool]:
 
 def _fused_on_cpu() -> bool:
     return torch.torch_version.TorchVersion(torch.__version__) >= "2.4"
-
-
-def cuda_graphs_enabled(device: torch.device) -> bool:
-    """Whether `fit` replays each training step as a captured CUDA graph (one launch instead of
-    ~40 kernel launches from Python). Opt-in with SEARCH_CUDA_GRAPHS=1 (this process and the
-    workers it starts): the path is exercised on the CPU by a stand-in, but has not yet been run
-    on a GPU; `python -m search.bench --suite` measures it against the eager step there."""
-    if device.type != "cuda":
-        return False
-    return os.environ.get("SEARCH_CUDA_GRAPHS", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def free_memory(device: torch.device) -> None:

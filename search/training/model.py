@@ -1,13 +1,17 @@
-"""The MLP, built from plain values, and the L1 penalty that goes with it."""
+"""The MLP as a portable PyTorch module, and the arithmetic of its shape.
+
+Training runs on the stacked engine (search.training.stack); what it hands back, what export
+saves as `model.pt` and what `search.load_best` returns is this plain `nn.Sequential`, the
+notebook's own layer order, so a user loads the state_dict with nothing but PyTorch.
+"""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from search.training.config import TrainConfig
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
+ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
     "elu": nn.ELU,
@@ -23,7 +27,8 @@ def build_mlp(config: TrainConfig, *, in_features: int, n_classes: int) -> nn.Se
     """Per hidden layer: Linear -> [BatchNorm1d] -> activation -> Dropout; then a Linear head.
 
     The head returns logits: cross-entropy applies the softmax. With BatchNorm right after it,
-    a hidden Linear's bias is redundant, but it is kept so the notebook's layer shapes match.
+    a hidden Linear's bias is redundant (its true gradient is zero, and the engine keeps it so),
+    but it is kept so the notebook's layer shapes match.
     """
     layers: list[nn.Module] = []
     width = in_features
@@ -31,7 +36,7 @@ def build_mlp(config: TrainConfig, *, in_features: int, n_classes: int) -> nn.Se
         layers.append(nn.Linear(width, out))
         if config.batchnorm:
             layers.append(nn.BatchNorm1d(out, momentum=config.bn_momentum))
-        layers.append(_ACTIVATIONS[config.activation]())
+        layers.append(ACTIVATION_MODULES[config.activation]())
         if config.dropout > 0:
             layers.append(nn.Dropout(config.dropout))
         width = out
@@ -39,26 +44,26 @@ def build_mlp(config: TrainConfig, *, in_features: int, n_classes: int) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def l1_weights(model: nn.Module) -> list[torch.Tensor]:
-    """The tensors L1 regularises: Linear weight matrices only, never biases or BatchNorm."""
-    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-
-
-def l1_penalty(weights: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([w.abs().sum() for w in weights]).sum()
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def dims(config: TrainConfig, in_features: int, n_classes: int) -> tuple[int, ...]:
+    """Every layer's width, input and output included: (3072, 512, 256, 10)."""
+    return (in_features, *config.hidden, n_classes)
+
+
+def member_flops(config: TrainConfig, in_features: int, n_classes: int) -> int:
+    """Multiply-adds of one sample's forward pass through the Linear layers."""
+    d = dims(config, in_features, n_classes)
+    return sum(a * b for a, b in zip(d, d[1:], strict=False))
+
+
 def param_count(config: TrainConfig, *, in_features: int, n_classes: int) -> int:
     """What `count_params(build_mlp(config, ...))` returns, without building the model."""
-    total, width = 0, in_features
-    for out in config.hidden:
-        total += width * out + out + (2 * out if config.batchnorm else 0)
-        width = out
-    return total + width * n_classes + n_classes
+    bn = 2 * sum(config.hidden) if config.batchnorm else 0
+    d = dims(config, in_features, n_classes)
+    return member_flops(config, in_features, n_classes) + sum(d[1:]) + bn
 
 
 def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> str:

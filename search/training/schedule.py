@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from search.training.config import SCHEDULES, TrainConfig
+from search.training.config import SCHEDULES
 
 
 def lr_factor(schedule: str, warmup: float, step: int, total: int) -> float:
@@ -34,23 +32,3 @@ def lr_factor(schedule: str, warmup: float, step: int, total: int) -> float:
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0 - progress
-
-
-def is_constant(config: TrainConfig) -> bool:
-    return config.schedule == "constant" and config.warmup == 0
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """A per-step scheduler for `optimizer`, or None where the lr never changes.
-
-    PyTorch's `LambdaLR` sets each step's lr to `lr * lr_factor(step)`; `scheduler.step()` after
-    every `optimizer.step()` moves it on.
-    """
-    if is_constant(config):
-        return None
-    schedule, warmup = config.schedule, config.warmup
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(schedule, warmup, step, total_steps)
-    )

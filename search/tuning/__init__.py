@@ -1,1 +1,2 @@
-"""The search on Optuna: study files, the space, the objective, sampler and pruner, the runner."""
+"""The search on Optuna: study files, the space, a trial's begin and end, stacks of trials, the
+sampler and pruner, the runner, recovery and resuming, and finished studies."""

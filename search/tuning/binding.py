@@ -13,23 +13,31 @@ import optuna
 
 from search.data.datasets import Dataset, load_dataset
 from search.errors import UserError
+from search.schema import (
+    BINDING,
+    STUDY_DATA_DIR,
+    STUDY_DATASET,
+    STUDY_EPOCHS,
+    STUDY_FILE,
+    STUDY_SEED,
+    STUDY_SPACE,
+    STUDY_SPLIT_SEED,
+    STUDY_VAL_FRACTION,
+)  # fmt: skip
 from search.tuning.study_file import StudySpec
-
-# Resuming a study with different values for these would mix incomparable trials; export needs them.
-BINDING_ATTRS = ("dataset", "val_fraction", "split_seed", "epochs", "space")
 
 
 def study_attrs(spec: StudySpec, data_dir: str | None, seed: int) -> dict[str, Any]:
     """What a study is bound to: export and retraining read these back to rebuild the data."""
     return {
-        "dataset": spec.dataset,
-        "data_dir": str(data_dir) if data_dir else None,
-        "val_fraction": spec.val_fraction,
-        "split_seed": spec.split_seed,
-        "epochs": spec.epochs,
-        "seed": seed,
-        "space": spec.raw_space,
-        "study_file": str(spec.path),
+        STUDY_DATASET: spec.dataset,
+        STUDY_DATA_DIR: str(data_dir) if data_dir else None,
+        STUDY_VAL_FRACTION: spec.val_fraction,
+        STUDY_SPLIT_SEED: spec.split_seed,
+        STUDY_EPOCHS: spec.epochs,
+        STUDY_SEED: seed,
+        STUDY_SPACE: spec.raw_space,
+        STUDY_FILE: str(spec.path),
     }
 
 
@@ -38,13 +46,13 @@ def load_bound_dataset(
 ) -> tuple[Dataset, str | None]:
     """The dataset and split a study (or its best.json) is bound to, from `data_dir` if given,
     else from where the search read it. Returns the data and the directory it came from."""
-    data_dir = data_dir if data_dir is not None else binding.get("data_dir")
+    data_dir = data_dir if data_dir is not None else binding.get(STUDY_DATA_DIR)
     data = load_dataset(
-        binding["dataset"],
+        binding[STUDY_DATASET],
         data_dir=data_dir,
         device=device,
-        val_fraction=float(binding["val_fraction"]),
-        split_seed=int(binding["split_seed"]),
+        val_fraction=float(binding[STUDY_VAL_FRACTION]),
+        split_seed=int(binding[STUDY_SPLIT_SEED]),
     )
     return data, data_dir
 
@@ -52,7 +60,7 @@ def load_bound_dataset(
 def check_resumable(study: optuna.Study, attrs: dict[str, Any]) -> None:
     """Refuse to resume `study` with a binding other than the one it was created with."""
     stored = study.user_attrs
-    for key in BINDING_ATTRS:
+    for key in BINDING:
         if key in stored and stored[key] != attrs[key]:
             raise UserError(
                 f"study {study.study_name!r} was created with a different {key} "
@@ -63,7 +71,7 @@ def check_resumable(study: optuna.Study, attrs: dict[str, Any]) -> None:
 
 def study_binding(study: optuna.Study) -> dict[str, Any]:
     attrs = study.user_attrs
-    missing = [k for k in BINDING_ATTRS if k not in attrs]
+    missing = [k for k in BINDING if k not in attrs]
     if missing:
         raise UserError(
             f"study {study.study_name!r} lacks {', '.join(missing)} in its user attrs: "

@@ -1,42 +1,43 @@
-"""The Optuna objective: sample a config, train it with `fit`, turn epochs into reports and prunes.
+"""What a trial is, around its training: sampled and recorded before, reported and ended after.
 
-This is the only place where the trainer meets Optuna. The trainer returns metrics; the objective
-reports each epoch's validation accuracy, asks the pruner, and records on the trial what a person
-(or the dashboard) needs later: architecture, parameter count, seconds, epochs, device, reason.
+This is the only place where the trainer's results meet Optuna. `begin` samples the config
+(search.tuning.space), finds a saved state to resume from, and records on the trial what a person
+(or the dashboard) needs later: architecture, parameter count, seed, device. `end` turns the fit's
+result into the trial's value, or into TrialPruned with its reason, and keeps the best weights.
+The training in between is search.tuning.stacking's: a lone trial is a stack of one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 from search.data.datasets import Dataset
-from search.storage._batched import publish
-from search.training import checkpoint
+from search.schema import (
+    ATTR_ARCH,
+    ATTR_BASELINE,
+    ATTR_DEVICE,
+    ATTR_EPOCHS,
+    ATTR_FIRST_ATTEMPT,
+    ATTR_PARAMS,
+    ATTR_REASON,
+    ATTR_RESUMED,
+    ATTR_SECONDS,
+    ATTR_SEED,
+    ATTR_WORKER,
+    state_path,
+)  # fmt: skip
+from search.storage.running import publish
 from search.training.config import TrainConfig
+from search.training.fit import FitResult
 from search.training.model import architecture, param_count
-from search.training.resume import TrainState
-from search.training.trainer import EpochMetrics, FitResult, fit
-from search.tuning.resuming import StateKeeper, state_path
+from search.training.state import TrainState
+from search.tuning import best_weights
+from search.tuning.recovery import StateKeeper
 from search.tuning.space import sample_config, trial_seed
-from search.tuning.strategy import should_prune
 from search.tuning.study_file import StudySpec
-
-# User attrs every finished trial carries (the README explains them).
-ATTR_ARCH = "architecture"
-ATTR_PARAMS = "n_params"
-ATTR_SECONDS = "train_seconds"
-ATTR_EPOCHS = "epochs_run"
-ATTR_DEVICE = "device"
-ATTR_SEED = "seed"
-ATTR_REASON = "reason"  # why a trial was pruned or failed, in words
-ATTR_WORKER = "worker"  # host:pid:index of the worker that ran it
-ATTR_BASELINE = "baseline"  # True on the study file's baseline trial: trained to the end, never pruned
-ATTR_FIRST_ATTEMPT = "first_attempt"  # the number of the trial a retry repeats (its own, if none)
-ATTR_RESUMED = "resumed_from_epoch"  # a retry that carried on from its first attempt's saved state
 
 
 @dataclass
@@ -49,6 +50,10 @@ class Begun:
     keeper: StateKeeper | None  # where its training state is saved, if it is
     resume: TrainState | None  # the saved state it carries on from, if any
 
+    @property
+    def start_epoch(self) -> int:
+        return self.resume.epoch if self.resume is not None else 0
+
 
 @dataclass
 class Objective:
@@ -60,29 +65,9 @@ class Objective:
     resume_dir: Path | None = None  # keep each trial's training state here; None = don't
     resume_every: float = 30.0  # seconds between writes of a trial's state (0: every epoch)
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        begun = self.begin(trial)
-        keeper = begun.keeper
-        try:
-            result = fit(
-                begun.config, self.data, on_epoch=self.on_epoch(trial, begun), resume=begun.resume,
-                on_state=keeper.offer if keeper is not None else None,
-            )  # fmt: skip
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last epoch for the retry
-            if keeper is not None:
-                keeper.flush()
-            raise
-        except Exception:  # a failure is not retried: nothing will resume its state
-            if keeper is not None:
-                keeper.discard()
-            raise
-        if keeper is not None:
-            keeper.discard()
-        return self.end(trial, begun, result)
-
-    def begin(self, trial: optuna.Trial, *, resumable: bool = True) -> Begun:
-        """Everything before training: the seed, the config, a saved state to resume from (if
-        `resumable`), the attrs a person needs, and the params published to other workers."""
+    def begin(self, trial: optuna.Trial) -> Begun:
+        """Everything before training: the seed, the config, a saved state to resume from, the
+        attrs a person needs, and the params published to other workers."""
         if self.worker is not None:
             trial.set_user_attr(ATTR_WORKER, self.worker)
         # A retry (Optuna copies the failed attempt's user attrs) keeps its first attempt's seed.
@@ -96,7 +81,7 @@ class Objective:
         config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
         reported: dict[int, float] = {}
         keeper = None
-        if self.resume_dir is not None and resumable:
+        if self.resume_dir is not None:
             keeper = StateKeeper(state_path(self.resume_dir, first), self.resume_every)
         resume = keeper.load(config.to_dict()) if keeper is not None else None
         if resume is not None:  # the epochs the first attempt trained count for this trial
@@ -114,19 +99,6 @@ class Objective:
         prunable = not trial.user_attrs.get(ATTR_BASELINE, False)
         return Begun(config, reported, prunable, keeper, resume)
 
-    def on_epoch(self, trial: optuna.Trial, begun: Begun) -> Callable[[EpochMetrics], bool]:
-        """The trainer's per-epoch callback: report the value, and ask the pruner."""
-
-        def on_epoch(m: EpochMetrics) -> bool:
-            # Held by BatchedStorage and written with the trial's end (or every 2 s), in this
-            # thread: a background writer measured slower (GIL and cores shared; see README).
-            trial.report(m.val_acc, m.epoch)
-            begun.reported[m.epoch] = m.val_acc
-            # The values we hold, not the storage's.
-            return begun.prunable and should_prune(trial, begun.reported)
-
-        return on_epoch
-
     def end(self, trial: optuna.Trial, begun: Begun, result: FitResult) -> float:
         """The trial's value; raises TrialPruned for a stopped or diverged fit, with its reason."""
         trial.set_user_attr(ATTR_SECONDS, round(result.train_seconds, 4))
@@ -139,7 +111,7 @@ class Objective:
             trial.set_user_attr(ATTR_REASON, reason)
             raise optuna.TrialPruned(reason)
         if self.checkpoint_dir is not None:
-            checkpoint.save_if_best(
+            best_weights.save_if_best(
                 self.checkpoint_dir,
                 value=result.val_acc,
                 trial_number=trial.number,

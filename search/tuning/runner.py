@@ -23,23 +23,20 @@ import optuna
 from optuna.trial import TrialState
 
 from search.data.datasets import import_loaders, load_dataset, load_raw
-from search.errors import UserError, described
-from search.storage import _batched as batched_storage
-from search.storage.connect import open_storage
-from search.training import checkpoint
-from search.training.device import free_memory, resolve_device, split_cpu_threads, worker_device
-from search.training.trainer import import_lazy_parts
+from search.errors import UserError
+from search.schema import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, RESUME_DIR, study_dir
+from search.storage.connect import open_storage, open_worker_storage
+from search.training.device import resolve_device, split_cpu_threads, worker_device
+from search.training.fit import import_lazy_parts
 from search.tuning.binding import check_resumable, study_attrs
-from search.tuning.objective import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, Objective
+from search.tuning.objective import Objective
 from search.tuning.recovery import fail_orphans, retry_dead_local_workers, retry_trials
-from search.tuning.resuming import RESUME_DIR
 from search.tuning.stacking import run_stack
 from search.tuning.strategy import TrialsAtStart, make_pruner, make_sampler, snapshot_of
 from search.tuning.study_file import StudySpec
 from search.tuning.summary import RunSummary, WorkerReport, summarize
 
 MAX_CONSECUTIVE_FAILURES = 5
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class Terminated(KeyboardInterrupt):
@@ -85,11 +82,9 @@ class TrialEvent:
 
 def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Study:
     """The run's study, created if new. Without a given storage, a worker's own: its trial
-    writes batched (search.storage._batched) where this Optuna allows."""
+    writes batched where this Optuna allows (search.storage.connect.open_worker_storage)."""
     if storage is None:
-        storage = open_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
-        if batched_storage.available() and isinstance(storage, optuna.storages.RDBStorage):  # not grpc://
-            storage = batched_storage.BatchedStorage(storage)
+        storage = open_worker_storage(opts.storage_url, heartbeat_s=opts.heartbeat_s)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     n_before = 0
     snapshot = TrialsAtStart()  # one read of the trials per trial, for sampler and pruner
@@ -177,6 +172,7 @@ def run_worker(
     started = time.perf_counter()
     device = worker_device(resolve_device(opts.device), worker)
     study = None
+    interrupted_trials: list[int] = []
     try:
         data = load_dataset(
             opts.spec.dataset,
@@ -186,34 +182,17 @@ def run_worker(
             split_seed=opts.spec.split_seed,
         )
         study = open_study(opts, worker=worker)
-        ckpt = checkpoint.study_dir(opts.results_dir, opts.study_name) if opts.save_best else None
-        tag = _worker_tag(worker)
+        folder = study_dir(opts.results_dir, opts.study_name)
         snapshot = snapshot_of(study)
-        resume_dir = None
-        if opts.resume_every is not None:
-            resume_dir = checkpoint.study_dir(opts.results_dir, opts.study_name) / RESUME_DIR
         objective = Objective(
-            spec=opts.spec, data=data, seed=opts.seed, checkpoint_dir=ckpt, worker=tag,
-            resume_dir=resume_dir, resume_every=opts.resume_every or 0.0,
+            spec=opts.spec, data=data, seed=opts.seed, worker=_worker_tag(worker),
+            checkpoint_dir=folder if opts.save_best else None,
+            resume_dir=folder / RESUME_DIR if opts.resume_every is not None else None,
+            resume_every=opts.resume_every or 0.0,
         )  # fmt: skip
-        interrupted_trials: list[int] = []
         consecutive, last_reason = 0, None
 
-        def guarded(trial: optuna.Trial) -> float:
-            try:
-                return objective(trial)
-            except optuna.TrialPruned:
-                raise
-            except KeyboardInterrupt:
-                trial.set_user_attr(ATTR_REASON, "interrupted")
-                interrupted_trials.append(trial.number)
-                raise
-            except Exception as e:
-                trial.set_user_attr(ATTR_REASON, described(e))
-                free_memory(device)
-                raise
-
-        def after(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        def after(frozen: optuna.trial.FrozenTrial) -> None:
             nonlocal consecutive, last_reason
             report.train_seconds += float(frozen.user_attrs.get(ATTR_SECONDS, 0.0))
             reason = frozen.user_attrs.get(ATTR_REASON)
@@ -232,13 +211,10 @@ def run_worker(
                 break
             if snapshot is not None:
                 snapshot.prime(study)  # the one read of the trials this trial's sampling needs
-            if opts.spec.stack > 1:
-                report.stacks += run_stack(
-                    study, objective, opts.spec.stack, claim=lambda n: slots.claim(worker, n),
-                    on_told=lambda frozen: after(study, frozen), interrupted=interrupted_trials,
-                )  # fmt: skip
-            else:
-                study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after])
+            report.stacks += run_stack(
+                study, objective, opts.spec.stack, claim=lambda n: slots.claim(worker, n),
+                on_told=after, interrupted=interrupted_trials,
+            )  # fmt: skip
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
                 report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"
                 break

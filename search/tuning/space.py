@@ -302,7 +302,7 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
     return tuple(inert)
 
 
-# The params that shape a stacked model as a whole (search.training.stacked.stack_key): the
+# The params that shape a stacked model as a whole (search.training.fit.stack_key): the
 # members of one stack share them, every other param is per member.
 STACK_PARAMS = ("n_layers", "batch_size", "whiten", "zca_eps")
 

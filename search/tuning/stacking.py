@@ -1,30 +1,31 @@
-"""A worker's trials, K at a time: asked together, trained as one stacked model, told one by one.
+"""How a worker runs its trials, K at a time: asked together, trained as one model, told one by one.
 
-`run_stack` asks Optuna for a stack's trials (ask and tell; TPE's constant liar keeps trials
-that run together apart), trains them with `fit_stacked`, and reports, prunes and tells each on
-its own, so each trial in the storage looks like one trained alone, plus the attrs `stack_id`
-(the number of its stack's first trial), `stack_size` and `stack_padding`.
+`run_stack` asks Optuna for a stack's trials (ask and tell; TPE's constant liar keeps trials that
+run together apart), trains them with `fit_stacked`, and reports, prunes and tells each on its own,
+so each trial in the storage looks like one trained alone, plus the attrs `stack_id` (the number of
+its stack's first trial), `stack_size` and `stack_padding`. A lone trial is a stack of one: the
+search has one way to run a trial, and every trial saves its state and resumes after a crash.
 
-The members of a stack must share depth, batch size and input whitening (search.training.stacked).
-The first trial is sampled freely; the others are sampled with those params fixed to the first's
-(Optuna's `PartialFixedSampler`), so the sampler's choices never split a stack into singletons:
-TPE picks those few params once per stack and every other param per trial. On a CPU a stack's
-trials are then split by width into sub-stacks trained one after another, where the padding to
-the widest member would cost more than the extra steps (search.training.stack_plan); each
-sub-stack's trials are told before the next trains, so its pruner sees them as finished. A trial that arrives
-with its own params (a retry, the baseline) and does not fit trains in a stack of its own.
-Stacked trials save no resume state: a retried one starts over.
+The members of a stack must share depth, batch size, input whitening and the epoch they start
+from (search.training.plan.stack_key). The first trial is sampled freely; the others with depth,
+batch size and whitening fixed to the first's (Optuna's `PartialFixedSampler`), so the sampler's
+choices never split a stack into singletons: TPE picks those few params once per stack and every
+other param per trial. On a CPU a stack's trials are then split by width into sub-stacks trained
+one after another, where the padding to the widest member would cost more than the extra steps
+(search.training.plan); each sub-stack's trials are told before the next trains, so its pruner sees
+them as finished. A trial that arrives with its own params (a retry, the baseline) and does not
+fit trains in a stack of its own; the retries of a crashed stack resume together.
 
-The median pruner judges a stack's members against each other too: at each epoch its reference
-is the completed trials' values and those of the members that reported the same epoch, as if
-they had run one after another. Without that, a study's first stack could prune nothing (no
-trial is complete until it ends) and every stack would wait on the ones before it. The trials
-that completed in a sub-stack trained earlier join that reference too. Successive
-halving and Hyperband see the members' values through the storage, as they see any running trial.
+The median pruner judges a stack's members against each other too: at each epoch its reference is
+the completed trials' values and those of the members that reported the same epoch, as if they had
+run one after another. Without that, a study's first stack could prune nothing (no trial is complete
+until it ends). The trials that completed in a sub-stack trained earlier join that reference too.
+Successive halving and Hyperband see the members' values through the storage.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,18 +34,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import described
+from search.schema import ATTR_REASON, ATTR_STACK_ID, ATTR_STACK_PADDING, ATTR_STACK_SIZE
+from search.storage.running import fail_stale, heartbeats
 from search.training.device import free_memory
-from search.training.stack_plan import split_by_width
-from search.training.stacked import fit_stacked, stack_capacity, stack_key
-from search.training.trainer import EpochMetrics
-from search.tuning._running_trials import fail_stale, heartbeats
-from search.tuning.objective import ATTR_REASON, Begun, Objective
+from search.training.fit import EpochMetrics, fit_stacked
+from search.training.plan import split_by_width, stack_capacity, stack_key
+from search.tuning.objective import Begun, Objective
 from search.tuning.space import stack_params
 from search.tuning.strategy import should_prune
-
-ATTR_STACK_ID = "stack_id"  # the number of the first trial of the stack it trained in
-ATTR_STACK_SIZE = "stack_size"  # trials in that stack when it started
-ATTR_STACK_PADDING = "stack_padding"  # share of the stack's matmul work spent on padding
 
 
 @dataclass
@@ -65,7 +62,7 @@ def run_stack(
     """Ask up to `size` trials (the first slot is held; `claim(n)` grants up to n more), train
     them stacked, tell each; returns each stack's (size, padding share). A trial whose sampling
     fails is told FAIL; a failed stack fails its members. On Ctrl-C the members' numbers go to
-    `interrupted`, for the runner to retry."""
+    `interrupted`, for the runner to retry, with their latest states saved."""
     fail_stale(study)
     members: list[_Member] = []
     stacks: list[tuple[int, float]] = []
@@ -85,20 +82,21 @@ def run_stack(
         members.append(first)
         size = min(size, stack_capacity(first.begun.config, objective.data))
         more = claim(size - 1) if size > 1 else 0
-        base = study.sampler
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.sampler = optuna.samplers.PartialFixedSampler(stack_params(first.trial.params), base)
-        try:
-            for _ in range(more):
-                m = _ask(study, objective, tell_done)
-                if m is not None:
-                    members.append(m)
-        finally:
-            study.sampler = base
+        if more:
+            base = study.sampler
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.sampler = optuna.samplers.PartialFixedSampler(stack_params(first.trial.params), base)
+            try:
+                for _ in range(more):
+                    m = _ask(study, objective, tell_done)
+                    if m is not None:
+                        members.append(m)
+            finally:
+                study.sampler = base
         groups: dict[tuple, list[_Member]] = {}
         for m in members:
-            groups.setdefault(stack_key(m.begun.config), []).append(m)
+            groups.setdefault(stack_key(m.begun.config, m.begun.start_epoch), []).append(m)
         data = objective.data
         for group in groups.values():
             configs = [m.begun.config for m in group]
@@ -115,13 +113,40 @@ def run_stack(
     return stacks
 
 
+def run_trials(
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    stack: int = 1,
+    on_told: Callable[[FrozenTrial], None] = lambda frozen: None,
+) -> None:
+    """`study.optimize`'s loop for these trials: stacks of `stack` until `n_trials` have been
+    asked, or until `timeout` seconds have passed (a stack that started goes on to its end)."""
+    started, asked = time.perf_counter(), 0
+    while n_trials is None or asked < n_trials:
+        if timeout is not None and time.perf_counter() - started >= timeout:
+            break
+        left = None if n_trials is None else n_trials - asked - 1
+        granted = [1]
+
+        def claim(n: int, left=left, granted=granted) -> int:
+            more = n if left is None else max(0, min(n, left))
+            granted[0] += more
+            return more
+
+        run_stack(study, objective, stack, claim=claim, on_told=on_told, interrupted=[])
+        asked += granted[0]
+
+
 def _ask(study: optuna.Study, objective: Objective, on_told) -> _Member | None:
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for study.optimize; `heartbeats` starts them.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
     try:
-        return _Member(trial, objective.begin(trial, resumable=False))
+        return _Member(trial, objective.begin(trial))
     except Exception as e:
         trial.set_user_attr(ATTR_REASON, described(e))
         on_told(study.tell(trial, state=TrialState.FAIL))
@@ -155,15 +180,31 @@ def _train(
                 stop.append(i)
         return stop
 
+    def on_state(i, state) -> None:
+        if group[i].begun.keeper is not None:
+            group[i].begun.keeper.offer(state)
+
+    keepers = [m.begun.keeper for m in group if m.begun.keeper is not None]
     try:
         with heartbeats(study, [m.trial for m in group]):
-            results = fit_stacked(configs, objective.data, on_epoch=on_epoch)
+            results = fit_stacked(
+                configs, objective.data, on_epoch=on_epoch, on_state=on_state,
+                resume=[m.begun.resume for m in group],
+            )  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep each member's last epoch for its retry
+        for k in keepers:
+            k.flush()
+        raise
     except Exception as e:  # the stack failed (OOM splitting ran out, a bug): each member fails
         free_memory(objective.data.device)
+        for k in keepers:
+            k.discard()  # a failure is not retried: nothing will resume its state
         for m in group:
             m.trial.set_user_attr(ATTR_REASON, described(e))
             on_told(study.tell(m.trial, state=TrialState.FAIL))
         return 0.0
+    for k in keepers:
+        k.discard()  # every member ended: nothing left to resume
     for m, result in zip(group, results, strict=True):
         m.trial.set_user_attr(ATTR_STACK_PADDING, round(result.stack_padding, 4))
         try:

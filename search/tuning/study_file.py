@@ -74,7 +74,7 @@ class StudySpec:
     description: str = ""
     startup_trials: int = 10  # TPE's random start-up trials (the baseline counts as one)
     min_epochs: int = 0  # the pruner's first epoch to judge; 0 = its default
-    stack: int = 1  # trials trained at once as one stacked model (search.training.stacked)
+    stack: int = 1  # trials trained at once as one stacked model (search.training.fit)
     baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
 
     def baseline_params(self) -> dict[str, Any] | None:

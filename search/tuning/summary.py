@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from search.schema import ATTR_ARCH
 from search.storage.connect import dashboard_command
 from search.tuning.trials import baseline_gain, best_complete
 
@@ -50,9 +51,9 @@ class RunSummary:
     @property
     def stacking(self) -> tuple[float, float] | None:
         """(mean trials per stack, share of the stacks' matmul work spent on padding), if the
-        run trained stacks; the share weights each stack by its size."""
+        run trained stacks of more than one; the share weights each stack by its size."""
         stacks = [s for w in self.workers for s in w.stacks]
-        if not stacks:
+        if all(n == 1 for n, _ in stacks):
             return None
         trials = sum(n for n, _ in stacks)
         return trials / len(stacks), sum(n * p for n, p in stacks) / trials
@@ -96,7 +97,7 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
         lines.append(f"best: trial {s.best_number}, validation accuracy {s.best_value:.4f}")
         for k, v in sorted(s.best_params.items()):
             lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
-        arch = s.best_attrs.get("architecture")
+        arch = s.best_attrs.get(ATTR_ARCH)
         if arch:
             lines.append(f"  architecture: {arch}")
         if s.baseline_gain:

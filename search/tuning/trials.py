@@ -1,4 +1,5 @@
-"""Picking trials out of a study: the complete ones, the best, the top few, and the baseline.
+"""Picking trials out of a study: the complete ones, the best, the top few, the baseline, and how
+many of each state there are.
 
 A study whose file has a `[baseline]` table starts with that config as trial 0 (enqueued by the
 runner, never pruned), so every summary can say how far the search got beyond it:
@@ -12,9 +13,20 @@ from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.tuning.objective import ATTR_BASELINE
+from search.schema import ATTR_BASELINE
 
 TOP_FRACTION, TOP_MIN = 0.1, 5  # "the best trials": the top 10% of complete trials, at least 5
+
+
+def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """How many trials are in each state, by TrialState name (COMPLETE, PRUNED, ...), every
+    state present (0 where none)."""
+    return {s.name: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def counts_text(trials: Sequence[FrozenTrial]) -> str:
+    """`3 complete, 2 pruned, 1 fail`, the states with none left out; `no trials` for none."""
+    return ", ".join(f"{n} {k.lower()}" for k, n in state_counts(trials).items() if n) or "no trials"
 
 
 def complete_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

@@ -9,7 +9,7 @@ import torch
 from search.data import whiten
 from search.data.datasets import load_dataset
 from search.training.config import TrainConfig
-from search.training.trainer import evaluate, fit
+from search.training.fit import evaluate, fit
 
 
 @pytest.fixture(scope="module")

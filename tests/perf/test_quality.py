@@ -1,6 +1,10 @@
-"""--quality runs TPE with pruning and random without, for the same wall time, and scores them."""
+"""--quality runs TPE with pruning and random without, for the same wall time, and scores them.
+
+The curves and their means are checked on hand-made runs; a short real search of each arm checks
+what the runs record. No speed is asserted."""
 
 import math
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -8,7 +12,8 @@ import torch
 from optuna.trial import TrialState
 
 from search.data.datasets import load_dataset
-from search.perf.quality import best_at, plot_quality, run_quality, shortened
+from search.perf import quality
+from search.perf.quality import best_at, best_so_far, format_quality, plot_quality, run_quality, shortened
 from search.tuning.study_file import load_study
 
 BUDGET = 6.0
@@ -35,9 +40,7 @@ def test_each_arms_final_best_is_its_best_trial_that_ended_within_the_budget(res
                 t["value"] for t in run["trials"] if t["state"] == "COMPLETE" and t["end_s"] <= BUDGET
             ]
             assert run["final_best"] == max(complete)
-        finals = result[arm]["final_best"]
-        assert result[arm]["final_best_mean"] == pytest.approx(sum(finals) / len(finals))
-    assert result["tpe_ahead"] == (result["tpe"]["final_best_mean"] > result["random"]["final_best_mean"])
+            assert run["trials_in_budget"] == sum(t["end_s"] <= BUDGET for t in run["trials"])
 
 
 def test_random_arm_never_prunes_and_the_tpe_arm_uses_the_studys_pruner(result):
@@ -52,6 +55,71 @@ def test_best_so_far_curves_only_rise(result):
             assert values == sorted(values) and len(set(values)) == len(values)
         mean = [v for v in result[arm]["mean_best_so_far"] if v is not None]
         assert all(b >= a - 1e-12 for a, b in zip(mean, mean[1:], strict=False))
+
+
+def test_the_best_so_far_curve_steps_up_at_each_completed_improvement_within_the_budget():
+    ended = [
+        (1.0, "COMPLETE", 0.5),
+        (2.0, "PRUNED", None),
+        (2.5, "COMPLETE", 0.4),  # worse: no step
+        (3.0, "FAIL", None),
+        (4.0, "COMPLETE", 0.7),
+        (4.5, "COMPLETE", 0.7),  # only as good: no step
+        (6.5, "COMPLETE", 0.99),  # ended after the budget: does not count
+    ]
+    assert best_so_far(ended, 6.0) == [(1.0, 0.5), (4.0, 0.7)]
+    assert best_so_far(ended, 7.0) == [(1.0, 0.5), (4.0, 0.7), (6.5, 0.99)]
+    assert best_so_far(ended, 0.5) == [] and best_so_far([], 6.0) == []
+
+
+def _fake_run(seed, curve):
+    return {"seed": seed, "trials": [], "trials_in_budget": len(curve), "pruned_in_budget": 0,
+            "best_so_far": curve, "final_best": curve[-1][1] if curve else None}  # fmt: skip
+
+
+SPEC = SimpleNamespace(name="s", dataset="digits", epochs=4, pruner="median", min_epochs=1)
+DATA = SimpleNamespace(device=torch.device("cpu"), x_train=torch.zeros(30, 2), x_val=torch.zeros(10, 2))
+
+
+def test_the_arms_alternate_by_seed_and_their_mean_curves_wait_for_every_seed(monkeypatch):
+    curves = {
+        ("tpe", 0): [(1.0, 0.5), (4.0, 0.7)],
+        ("tpe", 1): [(2.0, 0.6)],
+        ("random", 0): [(3.0, 0.4)],
+        ("random", 1): [(0.5, 0.3), (8.0, 0.8)],
+    }
+    calls = []
+
+    def search_curve(arm, spec, data, *, seed, budget_s):
+        calls.append((arm, seed, budget_s))
+        return _fake_run(seed, curves[arm, seed])
+
+    monkeypatch.setattr(quality, "search_curve", search_curve)
+    r = run_quality(SPEC, DATA, budget_s=10.0, seeds=(0, 1))
+    assert calls == [("tpe", 0, 10.0), ("random", 0, 10.0), ("random", 1, 10.0), ("tpe", 1, 10.0)]
+    assert r["grid_s"][0] == 0 and r["grid_s"][-1] == 10.0 and len(r["grid_s"]) == 101
+    tpe, rnd = r["tpe"]["mean_best_so_far"], r["random"]["mean_best_so_far"]
+    at = {t: i for i, t in enumerate(r["grid_s"])}  # grid index of a time, 0.1 s apart
+    assert tpe[at[0.5]] is None and tpe[at[1.0]] is None  # seed 1 has nothing yet
+    assert tpe[at[2.0]] == pytest.approx(0.55) and tpe[at[4.0]] == pytest.approx(0.65)
+    assert tpe[at[10.0]] == pytest.approx(0.65)
+    assert rnd[at[0.5]] is None and rnd[at[3.0]] == pytest.approx(0.35) and rnd[at[8.0]] == pytest.approx(0.6)
+    assert r["tpe"]["final_best"] == [0.7, 0.6] and r["random"]["final_best"] == [0.4, 0.8]
+    assert r["tpe"]["final_best_mean"] == pytest.approx(0.65)
+    assert r["random"]["final_best_mean"] == pytest.approx(0.6)
+    assert r["tpe"]["trials_mean"] == 1.5 and r["tpe_ahead"] is True
+
+
+def test_an_arm_with_a_seed_that_found_nothing_has_no_mean_and_is_not_behind(monkeypatch):
+    curves = {("tpe", 0): [(1.0, 0.5)], ("random", 0): []}
+    monkeypatch.setattr(
+        quality, "search_curve", lambda arm, spec, data, *, seed, budget_s: _fake_run(seed, curves[arm, seed])
+    )
+    r = run_quality(SPEC, DATA, budget_s=10.0, seeds=(0,))
+    assert r["random"]["final_best"] == [None] and r["random"]["final_best_mean"] is None
+    assert all(v is None for v in r["random"]["mean_best_so_far"])
+    assert r["tpe"]["final_best_mean"] == 0.5 and r["tpe_ahead"] is False  # no figure to be ahead of
+    assert "random  final best mean -  (-)" in format_quality(r)
 
 
 def test_best_at_reads_a_step_curve():
@@ -87,5 +155,8 @@ def test_a_shorter_budget_keeps_the_first_rung_at_its_share_of_the_epochs():
     assert shortened(cifar, 6).epochs == 6
     assert shortened(cifar, 2).min_epochs == 1  # never before the first epoch
     assert shortened(cifar, 12).min_epochs == 4
+    assert shortened(cifar, 9).min_epochs == 3  # 4 * 9 / 12
+    assert shortened(cifar, 5).min_epochs == 2  # 4 * 5 / 12 = 1.67, rounded
+    assert shortened(cifar, 24).min_epochs == 8  # a longer budget moves the rung out as well
     digits = load_study("digits")
     assert shortened(digits, 4).min_epochs == digits.min_epochs  # 0: the pruner's own default

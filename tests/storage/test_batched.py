@@ -12,7 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from search.storage import _batched as batched_module
-from search.storage._batched import BatchedStorage, publish
+from search.storage._batched import BatchedStorage
+from search.storage.running import publish
 
 SPACE = {
     "lr": FloatDistribution(1e-4, 1e-1, log=True),

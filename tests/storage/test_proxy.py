@@ -16,9 +16,10 @@ from search.storage.connect import check_storage, dashboard_command, open_readon
 pytest.importorskip("grpc", reason="grpc:// needs the grpc extra: pip install -e '.[grpc]'")
 
 from search.perf.storage_load import free_port  # noqa: E402
-from search.storage._beats import ATTR_BEAT, OPTUNA_INTERNAL, BeatingProxy  # noqa: E402
-from search.storage.serving import start_proxy  # noqa: E402
-from search.tuning.recovery import SilentTrials  # noqa: E402
+from search.schema import ATTR_BEAT  # noqa: E402
+from search.storage._beats import OPTUNA_INTERNAL, BeatingProxy  # noqa: E402
+from search.storage.serve import start_proxy  # noqa: E402
+from search.storage.silent import SilentTrials  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from search.data.datasets import load_dataset
 from search.errors import UserError
 from search.training.augment import Augmenter, check_augmentable
 from search.training.config import TrainConfig
-from search.training.trainer import evaluate, fit
+from search.training.fit import evaluate, fit
 
 SHAPE = (3, 6, 5)
 
@@ -19,7 +19,8 @@ def _batch(n=64):
 
 def _take(config, x, idx=None):
     """Rows `idx` (all by default) of `x`, augmented as `fit` augments its training batches."""
-    return Augmenter(config, SHAPE, x).take(torch.arange(len(x)) if idx is None else idx)
+    idx = torch.arange(len(x)) if idx is None else idx
+    return Augmenter([config], SHAPE, x).take(idx.view(1, -1))
 
 
 def _shifted(img: torch.Tensor, dy: int, dx: int, t: int) -> torch.Tensor:
@@ -99,7 +100,9 @@ def test_fit_refuses_augmentation_on_data_without_images():
 def test_validation_is_never_augmented():
     data = load_dataset("digits", device="cpu", val_fraction=0.2, split_seed=0)
     result = fit(TrainConfig(hidden=(32,), hflip=True, translate=1, epochs=2), data)
-    assert result.history[-1].val_acc == evaluate(result.model, data.x_val, data.y_val)[1]
+    loss, acc = evaluate(result.model, data.x_val, data.y_val)  # the plain validation images
+    assert result.history[-1].val_loss == pytest.approx(loss, rel=1e-5)
+    assert abs(result.history[-1].val_acc - acc) <= 1 / len(data.y_val)
     plain = fit(TrainConfig(hidden=(32,), epochs=2), data)
     assert plain.history[-1].train_loss != result.history[-1].train_loss
 

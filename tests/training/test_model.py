@@ -1,10 +1,10 @@
-"""The MLP is built from plain values in the documented layer order; L1 touches weights only."""
+"""The portable MLP is built from plain values in the documented layer order."""
 
 import torch
 from torch import nn
 
 from search.training.config import TrainConfig
-from search.training.model import architecture, build_mlp, count_params, l1_penalty, l1_weights
+from search.training.model import architecture, build_mlp, count_params
 
 
 def test_notebook_model_has_the_notebook_shapes():
@@ -28,22 +28,6 @@ def test_batchnorm_uses_the_sampled_momentum_and_can_be_off():
     assert [m.momentum for m in with_bn if isinstance(m, nn.BatchNorm1d)] == [0.37, 0.37]
     without = build_mlp(TrainConfig(hidden=(8,), batchnorm=False), in_features=4, n_classes=2)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in without)
-
-
-def test_l1_penalty_skips_biases_and_batchnorm():
-    model = build_mlp(TrainConfig(hidden=(6,)), in_features=4, n_classes=3)
-    weights = l1_weights(model)
-    assert [tuple(w.shape) for w in weights] == [(6, 4), (3, 6)]
-    expected = sum(m.weight.abs().sum() for m in model if isinstance(m, nn.Linear))
-    assert torch.allclose(l1_penalty(weights), expected)
-    # Biases and BatchNorm's affine parameters get no L1 gradient.
-    for m in model:
-        for p in m.parameters():
-            p.grad = None
-    l1_penalty(weights).backward()
-    bn = next(m for m in model if isinstance(m, nn.BatchNorm1d))
-    assert bn.weight.grad is None and bn.bias.grad is None
-    assert all(m.bias.grad is None for m in model if isinstance(m, nn.Linear))
 
 
 def test_architecture_string_names_every_layer():

@@ -1,4 +1,4 @@
-"""The objective turns fit's epochs into reports and prunes, and records what a person needs."""
+"""A trial turns fit's epochs into reports and prunes, and records what a person needs."""
 
 import dataclasses
 
@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from search.data.datasets import load_dataset
 from search.tuning.objective import Objective
+from search.tuning.stacking import run_trials
 from search.tuning.study_file import load_study
 
 
@@ -32,7 +33,7 @@ def _spec(**space):
 
 def test_complete_trial_reports_every_epoch_and_stores_user_attrs(digits):
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    study.optimize(Objective(spec=_spec(), data=digits, worker="host:1:0"), n_trials=1)
+    run_trials(study, Objective(spec=_spec(), data=digits, worker="host:1:0"), n_trials=1)
     t = study.trials[0]
     assert t.state == TrialState.COMPLETE
     assert sorted(t.intermediate_values) == [1, 2, 3]
@@ -46,7 +47,7 @@ def test_complete_trial_reports_every_epoch_and_stores_user_attrs(digits):
 
 def test_pruning_fires_and_says_why(digits):
     study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
-    study.optimize(Objective(spec=_spec(), data=digits), n_trials=1)
+    run_trials(study, Objective(spec=_spec(), data=digits), n_trials=1)
     t = study.trials[0]
     assert t.state == TrialState.PRUNED
     assert sorted(t.intermediate_values) == [1]
@@ -58,16 +59,16 @@ def test_nan_loss_prunes_the_trial_and_the_search_goes_on(digits):
     poisoned[0] = float("nan")  # one bad sample makes every epoch's loss NaN
     data = dataclasses.replace(digits, x_train=poisoned)
     study = optuna.create_study(direction="maximize")
-    study.optimize(Objective(spec=_spec(), data=data), n_trials=2)
+    run_trials(study, Objective(spec=_spec(), data=data), n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all("loss became" in t.user_attrs["reason"] for t in study.trials)
 
 
 def test_best_weights_are_kept_only_when_a_trial_beats_the_best(digits, tmp_path):
-    from search.training import checkpoint
+    from search.tuning import best_weights as checkpoint
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    study.optimize(Objective(spec=_spec(), data=digits, checkpoint_dir=tmp_path), n_trials=4)
+    run_trials(study, Objective(spec=_spec(), data=digits, checkpoint_dir=tmp_path), n_trials=4)
     saved = checkpoint.load_best(tmp_path)
     assert saved["trial_number"] == study.best_trial.number
     assert saved["value"] == study.best_value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -11,12 +12,12 @@ import torch
 from optuna.trial import TrialState
 
 from search.data.datasets import load_dataset
+from search.schema import ATTR_STACK_ID, ATTR_STACK_PADDING, ATTR_STACK_SIZE
+from search.storage import running as _running_trials
 from search.storage.connect import open_storage
-from search.training.trainer import fit
-from search.tuning import _running_trials
+from search.training.fit import fit
 from search.tuning.runner import RunOptions, _Slots, run_search
 from search.tuning.space import STACK_PARAMS, replay_config
-from search.tuning.stacking import ATTR_STACK_ID, ATTR_STACK_PADDING, ATTR_STACK_SIZE
 from search.tuning.study_file import load_study
 from search.tuning.summary import format_summary
 
@@ -84,8 +85,29 @@ def test_a_stacked_trial_retrained_alone_reproduces_its_validation_accuracy(stac
     for t in done[:3]:
         config = replay_config(t.params, spec.space, epochs=spec.epochs, seed=t.user_attrs["seed"])
         alone = fit(config, data)
-        adaptive_bn = config.batchnorm and config.optimizer != "sgd"  # see tests/training/test_stacked.py
-        assert abs(alone.val_acc - t.value) <= (3 if adaptive_bn else 1) / len(data.y_val) + 1e-12
+        # In float32 the stack and the lone fit round differently (tests/training/test_stack.py
+        # shows them equal in float64), and training amplifies that: the bound is how far the lone
+        # fit moves when only its rounding changes (each batch's rows reversed), three times over,
+        # plus one sample flipped on a near-tie. Measured here, on this machine's kernels.
+        with rows_reversed(config.batch_size):
+            perturbed = fit(config, data)
+        noise = abs(perturbed.val_acc - alone.val_acc)
+        assert abs(alone.val_acc - t.value) <= 3 * noise + 1 / len(data.y_val) + 1e-12
+
+
+@contextlib.contextmanager
+def rows_reversed(batch_size: int):
+    """`fit` with each batch's rows in reverse order: the same batches, the same training, other
+    roundings in every sum over a batch (BatchNorm's statistics, the weight gradients)."""
+    real = torch.randperm
+
+    def randperm(n, **kw):
+        order = real(n, **kw)
+        return torch.cat([order[i : i + batch_size].flip(0) for i in range(0, n, batch_size)])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "randperm", randperm)
+        yield
 
 
 def test_slots_grant_a_stack_what_is_left():

@@ -1,0 +1,305 @@
+"""A study's best trial as files a user can take away: the library behind `python -m search.export`.
+
+Writes into results/<study>/ (or another folder): best.json (the config, data binding and
+provenance), model.pt (a plain state_dict), model.txt (the layers and their parameter counts), the
+test report pair, trials.csv and the prediction pictures. The best params are replayed through
+`search.tuning.space.replay_config`, the code that sampled them, and checked against what the
+trial recorded, so export and search cannot drift.
+
+The storage is opened read-only (SQLite in `mode=ro`; no table creation on any backend): exporting
+a study that workers are still writing to is safe and changes nothing in it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from optuna.trial import FrozenTrial
+from torch import nn
+
+from search.artifacts import provenance
+from search.artifacts.evaluation import (
+    Evaluation,
+    evaluate_test,
+    load_state,
+    save_model,
+    write_json,
+    write_reports,
+)
+from search.artifacts.pictures import write_prediction_figures
+from search.data.datasets import Dataset
+from search.errors import UserError, first_line
+from search.files import atomic_write
+from search.schema import (
+    ATTR_DEVICE,
+    BEST_JSON,
+    BEST_WEIGHTS,
+    MODEL_PT,
+    MODEL_TXT,
+    REPORT_JSON,
+    REPORT_TXT,
+    STUDY_DATASET,
+    STUDY_EPOCHS,
+    STUDY_SPACE,
+    STUDY_SPLIT_SEED,
+    STUDY_VAL_FRACTION,
+    TRIALS_CSV,
+    study_dir,
+)  # fmt: skip
+from search.storage.connect import redacted
+from search.training.config import TrainConfig
+from search.training.fit import EpochCallback, evaluate, fit
+from search.training.model import architecture, build_mlp, count_params
+from search.tuning import best_weights
+from search.tuning.finished import open_finished
+
+PROG = "python -m search.export"
+FORMAT = 1  # best.json's layout version; bump when a key changes meaning
+
+
+# ---------------------------------------------------------------------------- the weights
+
+
+@dataclass
+class Weights:
+    model: nn.Module
+    source: str  # "checkpoint" or "retrained"
+    val_accuracy: float  # of these weights, on the search's validation split, here
+    note: str  # one sentence for the user: where the weights came from and how they check out
+
+
+def checkpoint_weights(
+    directory: Path, trial: FrozenTrial, config: TrainConfig, data: Dataset
+) -> Weights | str:
+    """The search's saved weights if they are this trial's; otherwise why not (a sentence)."""
+    path = directory / BEST_WEIGHTS
+    try:
+        saved = best_weights.load_best(directory)
+    except Exception as e:  # a truncated or foreign file: retraining is the way out
+        raise UserError(f"{path}: unreadable checkpoint ({first_line(e)}); pass --retrain") from None
+    if saved is None:
+        return f"no checkpoint in {directory}"
+    if saved.get("trial_number") != trial.number:
+        return f"the checkpoint in {directory} holds trial {saved.get('trial_number')}"
+    model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes)
+    load_state(model, saved.get("state_dict"), source=str(path))
+    model.to(data.device)
+    _, val = evaluate(model, data.x_val, data.y_val)
+    # The same weights on the same data: equal on the same kind of device, up to a few images
+    # flipped by other float kernels (another CPU, another GPU); a whole point off on another kind
+    # (bf16 on a GPU search, fp32 on a CPU export). Beyond that, they are some other model's.
+    same_kind = torch.device(str(trial.user_attrs.get(ATTR_DEVICE, "cpu"))).type == data.device.type
+    tolerance = 2.5 / len(data.y_val) if same_kind else 0.01
+    if abs(val - trial.value) > tolerance:
+        raise UserError(
+            f"{path} scores validation accuracy {val:.4f} but trial {trial.number} "
+            f"reported {trial.value:.4f}: these are not its weights; pass --retrain"
+        )
+    check = "the trial's, exactly" if val == trial.value else f"the trial had {trial.value:.4f}"
+    return Weights(
+        model,
+        "checkpoint",
+        val,
+        f"weights from the search's checkpoint {path}: validation accuracy {val:.4f}, {check}",
+    )
+
+
+def retrain_weights(
+    trial: FrozenTrial, config: TrainConfig, data: Dataset, *, why: str, on_epoch: EpochCallback | None = None
+) -> Weights:
+    result = fit(config, data, on_epoch=on_epoch)
+    if result.diverged:
+        raise UserError(f"retraining trial {trial.number} diverged: {result.diverged}")
+    val = result.val_acc
+    trained_on = trial.user_attrs.get(ATTR_DEVICE, "?")
+    check = "the trial's, exactly"
+    if val != trial.value:  # another device, or different CPU kernels: worth saying
+        check = f"the trial had {trial.value:.4f} on {trained_on}"
+    note = (
+        f"retrained trial {trial.number}'s config with seed {config.seed} on {data.device} "
+        f"({why}): validation accuracy {val:.4f}, {check}"
+    )
+    return Weights(result.model, "retrained", val, note)
+
+
+# ---------------------------------------------------------------------------- the files
+
+
+def layer_table(model: nn.Module) -> str:
+    """One row per layer of the Sequential: its type, parameter shapes and count."""
+    rows = [("layer", "type", "parameters", "shapes")]
+    for name, module in model.named_children():
+        params = list(module.named_parameters())
+        shapes = ", ".join(f"{n} {list(p.shape)}" for n, p in params)
+        rows.append((name, type(module).__name__, f"{sum(p.numel() for _, p in params):,}", shapes))
+    rows.append(
+        ("total", "", f"{count_params(model):,}", "parameters (BatchNorm's running stats are buffers)")
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows
+    )
+
+
+def write_trials_csv(path: Path, trials: Sequence[FrozenTrial]) -> None:
+    params = sorted({k for t in trials for k in t.params})
+    attrs = sorted({k for t in trials for k in t.user_attrs})
+    head = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(head + [f"params_{k}" for k in params] + [f"user_attrs_{k}" for k in attrs])
+    for t in trials:
+        duration = t.duration.total_seconds() if t.duration is not None else ""
+        row = [
+            t.number,
+            t.state.name,
+            "" if t.value is None else t.value,
+            _iso(t.datetime_start),
+            _iso(t.datetime_complete),
+            duration,
+        ]
+        row += [_cell(t.params.get(k)) for k in params]
+        row += [_cell(t.user_attrs.get(k)) for k in attrs]
+        out.writerow(row)
+    atomic_write(path, text.getvalue())
+
+
+@dataclass
+class Exported:
+    study: str
+    trial: FrozenTrial
+    config: TrainConfig
+    weights: Weights
+    evaluation: Evaluation
+    out_dir: Path
+    files: list[str]
+
+
+def export_study(
+    *,
+    storage_url: str,
+    study_name: str | None,
+    out_dir: str | Path | None,
+    results_dir: str | Path,
+    device: torch.device,
+    data_dir: str | None = None,
+    retrain: bool = False,
+    argv: Sequence[str] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> Exported:
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
+    study = open_finished(storage_url, study_name)
+    name, trial, attrs = study.name, study.best(), study.binding
+    data, data_dir = study.load_data(device=device, data_dir=data_dir)
+    ckpt_dir = study_dir(results_dir, name)
+    # The checkpoint's metadata holds the config the objective trained; number and value together
+    # tell that it is this trial's and not a same-named study's from another storage.
+    meta = best_weights.read_meta(ckpt_dir) or {}
+    ours = (meta.get("trial_number"), meta.get("value")) == (trial.number, trial.value)
+    config = study.replay(trial, data, trained=meta.get("config") if ours else None)
+    found = "--retrain was given" if retrain else checkpoint_weights(ckpt_dir, trial, config, data)
+    if not isinstance(found, Weights):  # no usable checkpoint: the config and seed retrain it
+        found = retrain_weights(trial, config, data, why=found, on_epoch=on_epoch)
+    weights = found
+    evaluation = evaluate_test(weights.model, data)  # the one touch of the test split
+
+    out = Path(out_dir) if out_dir is not None else study_dir(results_dir, name)
+    out.mkdir(parents=True, exist_ok=True)
+    model = weights.model
+    arch = architecture(config, in_features=data.in_features, n_classes=data.n_classes)
+    best = {
+        "format": FORMAT,
+        "study": name,
+        "storage": redacted(study.storage_url),
+        "trial_number": trial.number,
+        "value": trial.value,
+        "metric": "validation accuracy",
+        "params": dict(trial.params),
+        "config": config.to_dict(),
+        "architecture": arch,
+        "n_params": count_params(model),
+        **data_fields(attrs, data_dir, data),
+        "weights": weights.source,
+        "weights_note": weights.note,
+        "val_accuracy": weights.val_accuracy,
+        "test_accuracy": evaluation.accuracy,
+        "trial_user_attrs": dict(trial.user_attrs),
+        **study_fields(attrs),
+        "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
+    }
+    write_json(out / BEST_JSON, best)
+    save_model(out / MODEL_PT, model)
+    atomic_write(out / MODEL_TXT, f"{arch}\n\n{model}\n\n{layer_table(model)}\n")
+    header = [
+        f"study {name}, trial {trial.number} ({arch}), {weights.source} weights",
+        f"validation accuracy {trial.value:.4f} in the search, {weights.val_accuracy:.4f} here",
+    ]
+    write_reports(
+        out,
+        evaluation,
+        header=header,
+        meta={
+            "study": name,
+            "trial_number": trial.number,
+            "weights": weights.source,
+            "config": config.to_dict(),
+            "provenance": best["provenance"],
+        },
+    )
+    write_trials_csv(out / TRIALS_CSV, study.trials)
+    figures = write_prediction_figures(
+        images=data.denormalize(data.x_test),
+        true=evaluation.targets,
+        pred=evaluation.predictions,
+        confidence=evaluation.confidences,
+        classes=data.classes,
+        out_dir=out,
+    )
+    files = [BEST_JSON, MODEL_PT, MODEL_TXT, REPORT_TXT, REPORT_JSON, TRIALS_CSV]
+    files += [p.name for p in figures.values()]
+    return Exported(name, trial, config, weights, evaluation, out, files)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def data_fields(attrs: dict[str, Any], data_dir: str | None, data: Dataset) -> dict[str, Any]:
+    """best.json's record of the data a config trained on: dataset, folder, split, budget, classes."""
+    keys = (STUDY_DATASET, STUDY_VAL_FRACTION, STUDY_SPLIT_SEED, STUDY_EPOCHS)
+    return {**{k: attrs[k] for k in keys}, "data_dir": data_dir, "classes": list(data.classes)}
+
+
+def study_fields(attrs: dict[str, Any]) -> dict[str, Any]:
+    """best.json's copy of the study's binding: its user attrs and its space."""
+    return {
+        "study_user_attrs": {k: v for k, v in attrs.items() if k != STUDY_SPACE},
+        "space": attrs[STUDY_SPACE],
+    }
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that is a file, or lies under one, before anything is read or written."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"lies under {p}, which is a file"
+                raise UserError(f"--out {out}: {what}, not a folder")
+            return
+
+
+def _iso(dt) -> str:
+    return dt.isoformat() if dt is not None else ""
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value

@@ -1,0 +1,40 @@
+"""Writing a file so that a crash never leaves half of one.
+
+Every file the project writes for later (checkpoints, a trial's saved state, exports, pages,
+pictures, the decoded-image cache) goes through `atomic_write`: the bytes go to a temporary file
+in the same folder, are flushed to the disk, and the file is renamed over the old one, so a
+reader (or a process killed mid-write) sees the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes | str) -> Path:
+    """Write `path` atomically: `write` is the bytes or text, or a function given the open
+    binary file. The folder is created if missing. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(write, str):
+                fh.write(write.encode())
+            elif isinstance(write, bytes):
+                fh.write(write)
+            else:
+                write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,1 +1,0 @@
-"""What a finished study produces: evaluation, exports, retraining, reports, pictures, provenance."""

@@ -1,0 +1,191 @@
+"""Retraining an exported config from scratch, then testing it: the library behind `python -m search.retrain`.
+
+By default it trains on the search's own train split, so on the CPU the trial's seed reproduces the
+trial's validation accuracy bit for bit: the proof that best.json holds what the search scored.
+`full` trains on train + validation for the final model (no validation figure then). `seeds=K`
+trains K times (seeds config.seed, +1, ...) for the test accuracy as mean ± std, a figure worth
+quoting; model.pt and the detailed report are the first seed's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.artifacts import provenance
+from search.artifacts.evaluation import (
+    Evaluation,
+    best_config,
+    evaluate_test,
+    mean_std,
+    read_best,
+    save_model,
+    write_reports,
+)  # fmt: skip
+from search.errors import UserError
+from search.schema import MODEL_PT, REPORT_JSON, REPORT_TXT, RETRAIN_DIR
+from search.training.config import TrainConfig
+from search.training.fit import EpochMetrics, fit
+from search.tuning.binding import load_bound_dataset
+
+PROG = "python -m search.retrain"
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    val_accuracy: float | None  # None with --full: the validation split was trained on
+    evaluation: Evaluation
+    model: nn.Module | None  # the first seed's only (it becomes model.pt)
+    train_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.evaluation.accuracy,
+            "train_seconds": round(self.train_seconds, 4),
+        }
+
+
+@dataclass
+class Retrained:
+    best: dict[str, Any]
+    config: TrainConfig  # the first seed's
+    full: bool
+    out_dir: Path
+    runs: list[SeedRun] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def test_mean_std(self) -> tuple[float, float]:
+        return mean_std([r.evaluation.accuracy for r in self.runs])
+
+    @property
+    def reproduced(self) -> bool | None:
+        """Whether the first seed met the trial's validation value exactly; None if not comparable
+        (--full, or --epochs or the seed changed)."""
+        first = self.runs[0]
+        trained = self.best.get("config", {})
+        comparable = (
+            not self.full
+            and self.config.epochs == trained.get("epochs")
+            and self.config.seed == trained.get("seed")
+        )
+        return first.val_accuracy == self.best["value"] if comparable else None
+
+
+def default_out_dir(config_path: str | Path) -> Path:
+    return Path(config_path).parent / RETRAIN_DIR
+
+
+def retrain(
+    config_path: str | Path,
+    *,
+    device: torch.device,
+    epochs: int | None = None,
+    seeds: int = 1,
+    full: bool = False,
+    out_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    argv: Sequence[str] | None = None,
+    on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+) -> Retrained:
+    """Train best.json's config `seeds` times, score each on the test split, write the files."""
+    best = read_best(config_path)
+    config = best_config(best, where=config_path)
+    if epochs is not None:
+        config = config.replace(epochs=epochs)
+    data, data_dir = load_bound_dataset(best, data_dir=data_dir, device=device)
+    searched_classes = best.get("classes")
+    if isinstance(searched_classes, list) and len(searched_classes) != len(data.classes):
+        raise UserError(
+            f"{config_path}: the config was searched on {len(searched_classes)} classes, but "
+            f"{best['dataset']} has {len(data.classes)} here; pass the search's --data-dir"
+        )
+    done = Retrained(
+        best=best,
+        config=config,
+        full=full,
+        out_dir=Path(out_dir) if out_dir is not None else default_out_dir(config_path),
+    )
+    for k in range(seeds):
+        cfg = config.replace(seed=config.seed + k)
+
+        def report(m: EpochMetrics, seed: int = cfg.seed) -> None:
+            if on_epoch is not None:
+                on_epoch(seed, m)
+
+        result = fit(cfg, data, on_epoch=report, include_val=full)
+        if result.diverged:
+            raise UserError(f"seed {cfg.seed} diverged: {result.diverged}; this config is unstable")
+        done.runs.append(
+            SeedRun(
+                seed=cfg.seed,
+                val_accuracy=None if full else result.val_acc,
+                evaluation=evaluate_test(result.model, data),  # each model touches the test split once
+                model=result.model if k == 0 else None,  # only the first is saved; free the rest
+                train_seconds=result.train_seconds,
+            )
+        )
+    _write(done, data_sizes=(len(data.y_train), len(data.y_val)), argv=argv, device=device)
+    return done
+
+
+def _write(done: Retrained, *, data_sizes: tuple[int, int], argv, device) -> None:
+    out = done.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    first = done.runs[0]
+    assert first.model is not None
+    save_model(out / MODEL_PT, first.model)
+    best, cfg = done.best, done.config
+    n_train = sum(data_sizes) if done.full else data_sizes[0]
+    split = "train + validation splits" if done.full else "train split"
+    mean, std = done.test_mean_std
+    header = [
+        f"retrained study {best['study']}, trial {best['trial_number']}'s config "
+        f"({best.get('architecture', 'architecture not recorded')})",
+        f"trained on the {split} ({n_train} images), {cfg.epochs} epochs, "
+        f"seeds {', '.join(str(r.seed) for r in done.runs)}",
+    ]
+    header += [seed_line(r) for r in done.runs]
+    header.append(mean_line(mean, std, len(done.runs)))
+    if len(done.runs) > 1:
+        header.append(f"the report below and model.pt are seed {first.seed}'s")
+    meta = {
+        "study": best["study"],
+        "trial_number": best["trial_number"],
+        "trial_value": best["value"],
+        "full": done.full,
+        "n_train": n_train,
+        "config": cfg.to_dict(),
+        "seed": first.seed,
+        "val_accuracy": first.val_accuracy,
+        "reproduced_trial_value": done.reproduced,
+        "runs": [r.as_dict() for r in done.runs],
+        "test_accuracy_mean": mean,
+        "test_accuracy_std": std,
+        "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
+    }
+    write_reports(out, first.evaluation, header=header, meta=meta)
+    done.files = [MODEL_PT, REPORT_TXT, REPORT_JSON]
+
+
+def seed_line(run: SeedRun) -> str:
+    val = (
+        "validation split trained on"
+        if run.val_accuracy is None
+        else (f"validation accuracy {run.val_accuracy:.4f}")
+    )
+    return f"seed {run.seed}: {val}, test accuracy {run.evaluation.accuracy:.4f}"
+
+
+def mean_line(mean: float, std: float, n: int) -> str:
+    if n == 1:
+        return f"test accuracy {mean:.4f} (one seed; --seeds K gives mean ± std)"
+    return f"test accuracy {mean:.4f} ± {std:.4f} (mean ± sample std over {n} seeds)"

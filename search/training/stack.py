@@ -1,0 +1,340 @@
+"""K MLPs held as one: every member's parameters are a row of one [K, P] tensor, each layer a view.
+
+This is the engine's model, for a lone trial (K = 1) and a stack alike. A layer is one batched
+matmul for all K members (`baddbmm` over [K, B, in] and [K, in, out]: weights are kept
+transposed from nn.Linear's [out, in], so the weight gradient comes out in their own layout, which
+measured 1.7x faster per step on the CPU than accumulating a transposed gradient). Members may differ in
+everything that shapes no tensor of the stack: widths are padded to the widest member's, with
+zero weights that a mask keeps at zero (they get no gradient, so weight decay, L1 and the
+optimizers leave them at zero), and BatchNorm applies to the members that have it. Depth and
+batch size are shared. Each layer's weight view is given a gradient view of one [K, P] gradient
+tensor, which autograd accumulates into in place, so the optimizer (search.training.optim) steps
+each member's whole model as one contiguous row.
+
+Activations are applied per run of neighbouring members that share one (the engine orders them
+so); dropout draws each member's mask from its own generator, so a member's draws do not depend
+on its neighbours. A Linear bias right before BatchNorm has a true gradient of exactly zero
+(BatchNorm subtracts the batch mean); its computed gradient is rounding noise, which Adam and
+RMSprop would normalize into lr-sized steps, so it is set to zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.training.config import TrainConfig
+from search.training.model import dims
+
+BN_EPS = 1e-5  # nn.BatchNorm1d's default
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "elu": F.elu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "hardsigmoid": F.hardsigmoid,
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each of a member's tensors lies in its row of the stack's [K, P] tensor."""
+
+    in_features: int
+    n_classes: int
+    widths: tuple[int, ...]  # each hidden layer's padded width
+    batchnorm: bool  # any member has BatchNorm: BN weights and running stats exist
+
+    def entries(self) -> list[tuple[str, tuple[int, ...]]]:
+        out, width = [], self.in_features
+        for i, w in enumerate(self.widths):
+            out += [(f"w{i}", (width, w)), (f"b{i}", (w,))]
+            if self.batchnorm:
+                out += [(f"g{i}", (w,)), (f"be{i}", (w,))]
+            width = w
+        return out + [("wh", (width, self.n_classes)), ("bh", (self.n_classes,))]
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.entries())
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each entry as a view of `flat` ([K, size]): [K, *shape]."""
+        out, at = {}, 0
+        for name, shape in self.entries():
+            n = math.prod(shape)
+            out[name] = flat[:, at : at + n].view(len(flat), *shape)
+            at += n
+        return out
+
+    def flops(self) -> int:
+        """Multiply-adds of one sample's forward pass through one member's padded layers."""
+        d = (self.in_features, *self.widths, self.n_classes)
+        return sum(a * b for a, b in zip(d, d[1:], strict=False))
+
+
+def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> Layout:
+    depth = len(configs[0].hidden)
+    widths = tuple(max(c.hidden[i] for c in configs) for i in range(depth))
+    return Layout(in_features, n_classes, widths, any(c.batchnorm for c in configs))
+
+
+def member_slices(config: TrainConfig, layout: Layout) -> dict[str, tuple[slice, ...]]:
+    """Where a member's own (unpadded) tensors lie inside each padded entry, BN statistics
+    (`rm`, `rv`) included; BN entries only for a member with BatchNorm."""
+    d = dims(config, layout.in_features, layout.n_classes)
+    out: dict[str, tuple[slice, ...]] = {}
+    for i in range(len(config.hidden)):
+        out[f"w{i}"] = (slice(0, d[i]), slice(0, d[i + 1]))
+        names = ("b", "g", "be", "rm", "rv") if config.batchnorm else ("b",)
+        out.update({f"{n}{i}": (slice(0, d[i + 1]),) for n in names})
+    out["wh"] = (slice(0, d[-2]), slice(None))
+    out["bh"] = (slice(None),)
+    return out
+
+
+def transfer(src: torch.Tensor, src_layout: Layout, dst: torch.Tensor, dst_layout: Layout) -> None:
+    """Copy [n, P] tensors from one layout into another, entry by entry: each entry's region
+    the two share (a wider layout's padding stays as it was in `dst`)."""
+    a, b = src_layout.views(src), dst_layout.views(dst)
+    for name, view in b.items():
+        if name in a:
+            shared = tuple(
+                slice(0, min(x, y)) for x, y in zip(a[name].shape[1:], view.shape[1:], strict=True)
+            )
+            view[(slice(None), *shared)].copy_(a[name][(slice(None), *shared)])
+
+
+def _modules(model: nn.Module, kind: type) -> list:
+    return [m for m in model if isinstance(m, kind)]
+
+
+def portable_tensors(model: nn.Module, batchnorm: bool) -> dict[str, torch.Tensor]:
+    """A model built by `build_mlp`, its tensors named as the stack's layout names them (the
+    weights as transposed views: the stack keeps them [in, out])."""
+    linears, norms = _modules(model, nn.Linear), _modules(model, nn.BatchNorm1d)
+    out = {}
+    for i, lin in enumerate(linears[:-1]):
+        out[f"w{i}"], out[f"b{i}"] = lin.weight.T, lin.bias
+        if batchnorm:
+            bn = norms[i]
+            out[f"g{i}"], out[f"be{i}"] = bn.weight, bn.bias
+            out[f"rm{i}"], out[f"rv{i}"] = bn.running_mean, bn.running_var
+    out["wh"], out["bh"] = linears[-1].weight.T, linears[-1].bias
+    return out
+
+
+class StackedMLP:
+    """The members' weights as rows of `param` [K, P], their gradients as rows of `grad`."""
+
+    def __init__(self, configs: list[TrainConfig], models: list[nn.Module], layout: Layout, device, dtype):
+        self.configs, self.layout = list(configs), layout
+        k = len(configs)
+        self.param = torch.zeros(k, layout.size, device=device, dtype=dtype)
+        self.grad = torch.zeros_like(self.param)
+        self.running = {}  # BatchNorm running statistics, [K, width] per layer
+        if layout.batchnorm:
+            for i, w in enumerate(layout.widths):
+                self.running[f"rm{i}"] = torch.zeros(k, w, device=device, dtype=dtype)
+                self.running[f"rv{i}"] = torch.ones(k, w, device=device, dtype=dtype)
+        self._prepare()
+        with torch.no_grad():
+            for row, model in enumerate(models):
+                for name, tensor in self.member_tensors(row).items():
+                    tensor.copy_(portable_tensors(model, self.configs[row].batchnorm)[name])
+
+    def _prepare(self) -> None:
+        """The per-member columns and views the steps use, for the current members and layout."""
+        configs, device, layout = self.configs, self.param.device, self.layout
+        k, dtype = len(configs), self.param.dtype
+        self.views = self.layout.views(self.param)
+        self.grads = self.layout.views(self.grad)
+        for name, v in self.views.items():
+            v.requires_grad_(True)
+            v.grad = self.grads[name]  # autograd adds each step's gradient into this view, in place
+
+        def column(values, *, dims: int = 3) -> torch.Tensor:
+            return torch.tensor(values, device=device, dtype=dtype).view(k, *([1] * (dims - 1)))
+
+        self.has_bn = column([c.batchnorm for c in configs]).bool()
+        self.all_bn = all(c.batchnorm for c in configs)
+        self.no_bn = column([not c.batchnorm for c in configs], dims=2)  # zeroes pre-BN bias grads
+        self.bn_momentum = column([c.bn_momentum for c in configs], dims=2)
+        self.keep_p = column([1.0 - c.dropout for c in configs])
+        self.dropout = any(c.dropout > 0 for c in configs)
+        self.l1 = column([c.l1 for c in configs], dims=1)
+        # Plain bools, decided once: a test of a device tensor in the step would sync every batch.
+        self.any_l1 = any(c.l1 > 0 for c in configs)
+        self.any_smoothing = any(c.label_smoothing > 0 for c in configs)
+        self.smoothing = column([c.label_smoothing for c in configs], dims=2)
+        self.activation_runs = []
+        for c in configs:
+            if self.activation_runs and self.activation_runs[-1][2] == c.activation:
+                self.activation_runs[-1][1] += 1
+            else:
+                a = self.activation_runs[-1][1] if self.activation_runs else 0
+                self.activation_runs.append([a, a + 1, c.activation])
+        # Real (unpadded) units of each member per layer, as 0/1 masks [K, 1, width].
+        self.unit_masks = []
+        for i, w in enumerate(layout.widths):
+            mask = torch.zeros(k, 1, w, device=device, dtype=dtype)
+            for row, c in enumerate(configs):
+                mask[row, :, : c.hidden[i]] = 1.0
+            padded = any(c.hidden[i] < w for c in configs)
+            self.unit_masks.append(mask if padded else None)
+
+    # ------------------------------------------------------------------ a step
+
+    def forward(
+        self, x: torch.Tensor, *, train: bool, drop_gens: list[torch.Generator] | None = None, first=None
+    ) -> torch.Tensor:
+        """x [K, B, in] (each member's batch), or [B, in] (one batch for all: scoring, with
+        `first` the first layer's weights as one [in, K*width] matrix) -> logits [K, B, n_classes];
+        in training, BatchNorm's running stats move."""
+        v, h = self.views, x
+        k = len(self.configs)
+        for i in range(len(self.layout.widths)):
+            w, b = v[f"w{i}"], v[f"b{i}"]
+            if h.dim() == 2:  # one input for all members: one matmul against all their weights
+                z = torch.addmm(b.reshape(-1), h, first).view(len(h), k, -1).transpose(0, 1)
+            else:
+                z = torch.baddbmm(b.unsqueeze(1), h, w)
+            if self.layout.batchnorm:
+                z = self._batchnorm(z, i, train=train)
+            z = self._activate(z)
+            mask = self._dropout_mask(z, i, drop_gens) if train and self.dropout else self.unit_masks[i]
+            h = z if mask is None else z * mask
+        if h.dim() == 2:  # a linear model scoring one input
+            h = h.expand(k, *h.shape)
+        return torch.baddbmm(v["bh"].unsqueeze(1), h, v["wh"])
+
+    def _batchnorm(self, z: torch.Tensor, i: int, *, train: bool) -> torch.Tensor:
+        """PyTorch's own batch_norm kernel over K*width channels (one kernel for all members, and
+        the arithmetic `nn.BatchNorm1d` does); the running statistics move with each member's
+        own momentum."""
+        k, b, w = z.shape
+        rm, rv = self.running[f"rm{i}"], self.running[f"rv{i}"]
+        dtype = rm.dtype
+        channels = z.to(dtype).transpose(0, 1).reshape(b, k * w)
+        gamma, beta = self.views[f"g{i}"].reshape(k * w), self.views[f"be{i}"].reshape(k * w)
+        if train:
+            normed, mean, invstd = torch.native_batch_norm(
+                channels, gamma, beta, None, None, True, 0.0, BN_EPS
+            )
+            with torch.no_grad():
+                m = self.bn_momentum
+                var = (invstd.view(k, w).double().pow(-2) - BN_EPS).to(dtype) * (b / max(1, b - 1))
+                rm.mul_(1 - m).add_(m * mean.view(k, w))
+                rv.mul_(1 - m).add_(m * var)
+        else:
+            normed = F.batch_norm(channels, rm.reshape(-1), rv.reshape(-1), gamma, beta, eps=BN_EPS)
+        normed = normed.view(b, k, w).transpose(0, 1)
+        return normed if self.all_bn else torch.where(self.has_bn, normed, z)
+
+    def _activate(self, z: torch.Tensor) -> torch.Tensor:
+        if len(self.activation_runs) == 1:
+            return ACTIVATIONS[self.activation_runs[0][2]](z)
+        return torch.cat([ACTIVATIONS[name](z[a:b]) for a, b, name in self.activation_runs])
+
+    def _dropout_mask(self, z: torch.Tensor, i: int, gens: list[torch.Generator]) -> torch.Tensor:
+        """0 for dropped and padded units, 1/(1-p) for kept ones; each member's [B, width] draw
+        comes from its own stream."""
+        mask = torch.ones_like(z) if self.unit_masks[i] is None else self.unit_masks[i].expand_as(z).clone()
+        for row, c in enumerate(self.configs):
+            if c.dropout > 0:
+                mask[row, :, : c.hidden[i]].bernoulli_(1.0 - c.dropout, generator=gens[row])
+        return mask.div_(self.keep_p)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each member's training loss [K]: cross-entropy with its label smoothing, plus its L1
+        (weight matrices only, never biases or BatchNorm)."""
+        logp = F.log_softmax(logits.to(self.param.dtype), dim=2)
+        nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)  # [K, B]
+        if self.any_smoothing:
+            nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(2)
+        loss = nll.mean(1)
+        if self.any_l1:
+            weights = [self.views[f"w{i}"] for i in range(len(self.layout.widths))] + [self.views["wh"]]
+            loss = loss + self.l1 * torch.stack([w.abs().sum((1, 2)) for w in weights]).sum(0)
+        return loss
+
+    def drop_bn_bias_grads(self) -> None:
+        """The gradient of a bias right before BatchNorm is zero: make it so, not rounding noise."""
+        if not self.layout.batchnorm:
+            return
+        for i in range(len(self.layout.widths)):
+            g = self.grads[f"b{i}"]
+            g.zero_() if self.all_bn else g.mul_(self.no_bn)
+
+    @torch.no_grad()
+    def evaluate(
+        self, x: torch.Tensor, y: torch.Tensor, rows_per_pass: int
+    ) -> tuple[list[float], list[float]]:
+        """Each member's (mean cross-entropy, accuracy) on (x, y) in eval mode; one host sync."""
+        k = len(self.configs)
+        loss_sum = torch.zeros(k, device=x.device, dtype=torch.float64)
+        correct = torch.zeros(k, device=x.device, dtype=torch.float64)
+        first = None
+        if self.layout.widths:  # one copy per scoring: every pass is then one matmul for all members
+            w0 = self.views["w0"]
+            first = w0.transpose(0, 1).reshape(w0.shape[1], -1)
+        for at in range(0, len(x), rows_per_pass):
+            xb, yb = x[at : at + rows_per_pass], y[at : at + rows_per_pass]
+            logits = self.forward(xb, train=False, first=first).to(self.param.dtype)
+            target = yb.expand(k, len(yb))
+            loss_sum += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+            correct += (logits.argmax(2) == target).sum(1)
+        stats = torch.stack([loss_sum, correct]).tolist()
+        return [s / len(x) for s in stats[0]], [c / len(x) for c in stats[1]]
+
+    # ------------------------------------------------------------------ members in and out
+
+    def member_tensors(self, row: int) -> dict[str, torch.Tensor]:
+        """Member `row`'s own tensors (weights and BN statistics), unpadded views."""
+        out = {}
+        for name, where in member_slices(self.configs[row], self.layout).items():
+            src = self.running if name[:2] in ("rm", "rv") else self.views
+            out[name] = src[name][row][where]
+        return out
+
+    def write_member(self, row: int, model: nn.Module, steps: int) -> None:
+        """Copy member `row`'s weights and running statistics into its portable `model`."""
+        with torch.no_grad():
+            mine = self.member_tensors(row)
+            for name, tensor in portable_tensors(model, self.configs[row].batchnorm).items():
+                tensor.copy_(mine[name])
+            for bn in _modules(model, nn.BatchNorm1d):
+                bn.num_batches_tracked.fill_(steps)
+
+    def keep(self, rows: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Drop the other members, and the padding only they needed; returns the function that
+        carries any [n, P] tensor of the old layout (optimizer state) over to the new one."""
+        old, configs = self.layout, [self.configs[r] for r in rows]
+        new = layout_of(configs, old.in_features, old.n_classes)
+        index = torch.tensor(rows, device=self.param.device)
+
+        def move(flat: torch.Tensor) -> torch.Tensor:
+            out = flat.new_zeros(len(flat), new.size)
+            transfer(flat.detach(), old, out, new)
+            return out
+
+        with torch.no_grad():
+            self.param = move(self.param.index_select(0, index))
+            self.grad = torch.zeros_like(self.param)
+            self.running = {
+                name: t.index_select(0, index)[:, : new.widths[int(name[2:])]].contiguous()
+                for name, t in self.running.items()
+                if new.batchnorm
+            }
+        self.configs, self.layout = configs, new
+        self._prepare()
+        return move

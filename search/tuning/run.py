@@ -1,0 +1,75 @@
+"""From what a user asked for to a running search: every check before any storage is touched.
+
+`prepare_run` is what `python -m search.run` and `search.optimize` both call first: the study file
+and its overrides, the device, the study name, the storage URL and the data are all checked (and
+the data loaded) before a database is opened, so bad input never changes one. `bar_events` turns
+the runner's trial events into a progress bar's updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from search.schema import study_dir
+from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage
+from search.training.device import resolve_device, split_cpu_threads
+from search.tuning.runner import RunOptions, TrialEvent, preload_data
+from search.tuning.study_file import load_study
+
+
+def prepare_run(
+    *,
+    study: str = "cifar10",
+    study_name: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    results_dir: str | Path = "results",
+    data_dir: str | None = None,
+    trials: int = 100,
+    timeout: float | None = None,
+    jobs: int = 1,
+    device: str = "auto",
+    seed: int = 0,
+    dataset: str | None = None,
+    epochs: int | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    stack: int | None = None,
+    heartbeat: int | None = DEFAULT_HEARTBEAT_S,
+    resume_every: float | None = 30.0,
+) -> RunOptions:
+    """The run's options, everything checked and the data loaded; raises UserError otherwise."""
+    spec = load_study(study).with_overrides(
+        dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack
+    )
+    where = resolve_device(device)
+    name = study_name or spec.name
+    study_dir(results_dir, name)  # a name that cannot be a results folder fails now
+    storage_url = check_storage(storage)
+    if jobs == 1:
+        split_cpu_threads(1)
+    preload_data(spec, data_dir=data_dir, device=where, jobs=jobs)  # a bad data directory fails now
+    return RunOptions(
+        spec=spec, storage_url=storage_url, study_name=name, trials=trials, timeout=timeout,
+        data_dir=data_dir, device=str(where) if jobs == 1 else device, seed=seed, jobs=jobs,
+        heartbeat_s=heartbeat, results_dir=Path(results_dir), resume_every=resume_every,
+    )  # fmt: skip
+
+
+def bar_events(bar, *, on_failure: Callable[[str], None] | None = None) -> Callable[[TrialEvent], None]:
+    """An `on_event` for `run_search` that moves `bar` one step per finished trial and shows the
+    best value so far; a failed trial's reason goes to `on_failure`."""
+    best: list[float] = []
+
+    def on_event(e: TrialEvent) -> None:
+        if e.state == "FAIL":
+            if on_failure is not None:
+                on_failure(f"trial {e.number} failed: {e.reason}")
+            return
+        if e.state == "COMPLETE" and e.value is not None and (not best or e.value > best[0]):
+            best[:] = [e.value]
+        if best:
+            bar.set_postfix(best=f"{best[0]:.4f}", refresh=False)
+        bar.update(1)
+
+    return on_event

@@ -1,0 +1,242 @@
+"""fit() trains as PyTorch's own modules and optimizers would, reports every epoch, stops on request,
+and survives divergence.
+
+The engine (search.training.stack, optim, fit) is checked against an independent training loop
+written here with `nn.Sequential`, `torch.optim`'s optimizer classes, `LambdaLR` and
+`F.cross_entropy`. Both run in float64, where rounding is 1e-16: the two compute the same sums in
+other orders, and training amplifies that over these few epochs to 1e-15 (1e-11 for Adam and
+RMSprop, which divide by each gradient's running size; measured: the largest relative gap across
+the knobs below). `RTOL` = 1e-9 sits two to six orders above that and far
+below what any knob does to the loss (a dropped label smoothing of 0.1, a wrong momentum: 1e-3 and
+more), so the bound holds on any CPU and a broken knob fails it.
+"""
+
+import dataclasses
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.data.datasets import load_dataset
+from search.training import stack
+from search.training.augment import Augmenter
+from search.training.config import TrainConfig
+from search.training.fit import DROPOUT_SEED, evaluate, fit
+from search.training.model import build_mlp
+from search.training.schedule import lr_factor
+
+RTOL = 1e-9
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", device="cpu", val_fraction=0.2, split_seed=0)
+
+
+@pytest.fixture(scope="module")
+def digits64(digits):
+    return as_float64(digits)
+
+
+def as_float64(data):
+    return dataclasses.replace(
+        data, x_train=data.x_train.double(), x_val=data.x_val.double(), x_test=data.x_test.double()
+    )
+
+
+class _Dropout(nn.Module):
+    """nn.Dropout drawing its mask from a given generator (the engine's per-member stream)."""
+
+    def __init__(self, p: float, gen: torch.Generator):
+        super().__init__()
+        self.p, self.gen = p, gen
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        mask = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.gen)
+        return x * mask / (1 - self.p)
+
+
+def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]:
+    """(train loss, val loss, val accuracy) per epoch, from PyTorch's modules and optimizers."""
+    torch.manual_seed(config.seed)
+    model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes).double()
+    drops = torch.Generator().manual_seed(config.seed + DROPOUT_SEED)
+    for i, m in enumerate(model):
+        if isinstance(m, nn.Dropout):
+            model[i] = _Dropout(m.p, drops)
+    params = dict(lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = {
+        "sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **params),
+        "rmsprop": lambda: torch.optim.RMSprop(model.parameters(), momentum=config.momentum, **params),
+        "adam": lambda: torch.optim.Adam(model.parameters(), **params),
+        "adamw": lambda: torch.optim.AdamW(model.parameters(), **params),
+    }[config.optimizer]()
+    x, y, n, bs = data.x_train, data.y_train, len(data.x_train), config.batch_size
+    n_batches = n // bs + (1 if n % bs > 1 else 0)
+    total = config.epochs * n_batches
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(config.schedule, config.warmup, s, total)
+    )
+    augment = Augmenter([config], data.image_shape, x) if config.augments else None
+    batches = torch.Generator().manual_seed(config.seed)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    out = []
+    for _ in range(config.epochs):
+        model.train()
+        order = torch.randperm(n, generator=batches)
+        losses = []
+        for b in range(n_batches):
+            idx = order[b * bs : (b + 1) * bs]
+            xb = augment.take(idx.view(1, -1)) if augment is not None else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=config.label_smoothing)
+            loss = loss + config.l1 * sum(m.weight.abs().sum() for m in linears)
+            optimizer.zero_grad()
+            loss.backward()
+            for i, m in enumerate(model[:-1]):  # a bias right before BatchNorm: its true gradient
+                if isinstance(m, nn.Linear) and isinstance(model[i + 1], nn.BatchNorm1d):  # is zero
+                    m.bias.grad.zero_()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.no_grad():
+            logits = model(data.x_val)
+            val_loss = F.cross_entropy(logits, data.y_val).item()
+            val_acc = (logits.argmax(1) == data.y_val).double().mean().item()
+        out.append((sum(losses) / n_batches, val_loss, val_acc))
+    return out
+
+
+BASE = TrainConfig(hidden=(32, 24), epochs=3, batch_size=64, lr=0.05, seed=1)
+KNOBS = {
+    "plain sgd": dict(batchnorm=False),
+    "momentum, weight decay": dict(momentum=0.5, weight_decay=1e-2),
+    "batchnorm momentum": dict(bn_momentum=0.37),
+    "dropout": dict(dropout=0.3),
+    "l1": dict(l1=1e-3),
+    "label smoothing": dict(label_smoothing=0.2),
+    "adam": dict(optimizer="adam", lr=3e-3),
+    "adamw": dict(optimizer="adamw", lr=3e-3, weight_decay=1e-2),
+    "rmsprop": dict(optimizer="rmsprop", lr=1e-3, momentum=0.5),
+    "cosine with warm-up": dict(schedule="cosine", warmup=0.2),
+    "one-cycle": dict(schedule="onecycle", warmup=0.3),
+    "gelu": dict(activation="gelu"),
+    "sigmoid, no batchnorm": dict(activation="sigmoid", batchnorm=False),
+    "flips and shifts": dict(hflip=True, translate=2),
+    "odd last batch": dict(batch_size=100),  # 1,149 rows: a last batch of 49
+    "linear model": dict(hidden=()),
+}
+
+
+@pytest.mark.parametrize("knob", sorted(KNOBS))
+def test_each_knob_trains_as_pytorchs_own_modules_and_optimizers_do(digits64, knob):
+    config = BASE.replace(**KNOBS[knob])
+    ours = fit(config, digits64)
+    theirs = reference_fit(config, digits64)
+    assert len(ours.history) == len(theirs) == config.epochs
+    for m, (train_loss, val_loss, val_acc) in zip(ours.history, theirs, strict=True):
+        assert math.isclose(m.train_loss, train_loss, rel_tol=RTOL), (m, train_loss)
+        assert math.isclose(m.val_loss, val_loss, rel_tol=RTOL), (m, val_loss)
+        assert m.val_acc == pytest.approx(val_acc, abs=1e-12)
+
+
+def test_the_returned_model_scores_as_the_engine_scored_it(digits):
+    result = fit(TrainConfig(hidden=(64, 32), dropout=0.2, optimizer="adam", lr=3e-3, epochs=6), digits)
+    assert result.epochs_run == 6 and not result.stopped and result.diverged is None
+    assert result.val_acc > 0.9
+    loss, acc = evaluate(result.model, digits.x_val, digits.y_val)
+    # The portable nn.Sequential against the stacked engine's own scoring: other kernels, so an
+    # argmax may flip on a near-tie; one validation sample at most.
+    assert abs(acc - result.val_acc) <= 1 / len(digits.y_val) + 1e-12
+    assert loss == pytest.approx(result.history[-1].val_loss, rel=1e-4)
+
+
+def test_a_bias_right_before_batchnorm_keeps_its_initial_value(digits):
+    """Its true gradient is zero (BatchNorm subtracts the batch mean); Adam must not turn
+    rounding noise into steps. Without BatchNorm the same bias trains."""
+    config = TrainConfig(hidden=(16,), optimizer="adam", lr=1e-2, epochs=2, seed=5)
+    torch.manual_seed(config.seed)
+    initial = build_mlp(config, in_features=digits.in_features, n_classes=digits.n_classes)[0].bias
+    assert torch.equal(fit(config, digits).model[0].bias, initial)
+    trained = fit(config.replace(batchnorm=False), digits).model[0].bias
+    assert not torch.allclose(trained, initial)
+
+
+def test_same_seed_trains_the_same_model_on_cpu(digits):
+    config = TrainConfig(hidden=(32,), dropout=0.2, epochs=2, seed=3, hflip=True, translate=1)
+    a, b = fit(config, digits), fit(config, digits)
+    assert [m.val_acc for m in a.history] == [m.val_acc for m in b.history]
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_on_epoch_sees_every_epoch_and_can_stop_training(digits):
+    seen = []
+
+    def on_epoch(m):
+        seen.append(m.epoch)
+        return m.epoch == 2
+
+    result = fit(TrainConfig(hidden=(16,), epochs=5), digits, on_epoch=on_epoch)
+    assert seen == [1, 2] and result.stopped and result.epochs_run == 2
+
+
+def test_nan_loss_ends_training_with_a_reason_instead_of_raising(digits):
+    poisoned = digits.x_train.clone()
+    poisoned[5] = float("inf")
+    result = fit(TrainConfig(hidden=(32,), epochs=4), dataclasses.replace(digits, x_train=poisoned))
+    assert result.epochs_run == 0
+    assert result.diverged is not None and "became" in result.diverged
+    assert not math.isfinite(float(result.diverged.split("became ")[1].split()[0]))
+
+
+def test_train_seconds_exclude_time_spent_in_the_callback(digits):
+    started = time.perf_counter()
+    result = fit(TrainConfig(hidden=(16,), epochs=2), digits, on_epoch=lambda m: time.sleep(0.3))
+    wall = time.perf_counter() - started
+    assert result.train_seconds <= wall - 0.6 + 0.05
+
+
+def test_epoch_seconds_leave_validation_out(digits, monkeypatch):
+    real_evaluate = stack.StackedMLP.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.25)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(stack.StackedMLP, "evaluate", slow_evaluate)
+    started = time.perf_counter()
+    result = fit(TrainConfig(hidden=(16,), epochs=3), digits)
+    wall = time.perf_counter() - started
+    assert all(m.seconds > 0 for m in result.history)
+    assert result.train_seconds <= wall - 3 * 0.25  # the 0.75 s spent validating is not training
+
+
+def test_full_training_uses_train_and_validation(digits, monkeypatch):
+    seen_sizes = []
+    orig = torch.randperm
+
+    def spy(n, *args, **kwargs):
+        seen_sizes.append(n)
+        return orig(n, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", spy)
+    fit(TrainConfig(hidden=(8,), epochs=1), digits, include_val=True)
+    assert seen_sizes == [len(digits.x_train) + len(digits.x_val)]
+
+
+def test_a_stopped_fit_is_a_truncated_run_of_the_full_budgets_schedule(digits):
+    config = TrainConfig(hidden=(32,), optimizer="sgd", lr=0.05, schedule="onecycle", warmup=0.3, epochs=6)
+    full = fit(config, digits)
+    stopped = fit(config, digits, on_epoch=lambda m: m.epoch == 2)
+    short = fit(config.replace(epochs=2), digits)  # a schedule sized for 2 epochs is another curve
+    assert stopped.stopped and stopped.epochs_run == 2
+    assert [m.train_loss for m in stopped.history] == [m.train_loss for m in full.history[:2]]
+    assert [m.train_loss for m in short.history] != [m.train_loss for m in full.history[:2]]
