@@ -25,11 +25,11 @@ from search.artifacts import export as exporting
 from search.artifacts.evaluation import evaluate_test
 from search.artifacts.pictures import predictions_grid, sample_grid
 from search.data.datasets import Dataset
+from search.device import resolve_device
 from search.pages import report as reporting
-from search.schema import study_dir
+from search.schema import RESULTS_DIR, study_dir
 from search.storage.connect import DEFAULT_STORAGE, check_storage, open_storage
 from search.training.config import TrainConfig
-from search.training.device import resolve_device
 from search.tuning.finished import open_finished
 from search.tuning.run import bar_events, prepare_run
 from search.tuning.runner import run_search
@@ -47,7 +47,7 @@ def optimize(
     device: str = "auto",
     jobs: int = 1,
     seed: int = 0,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS_DIR,
     stack: int | None = None,
     progress: bool = True,
 ) -> optuna.Study:
@@ -76,7 +76,7 @@ def export_best(
     *,
     study_name: str | None = None,
     storage: str = DEFAULT_STORAGE,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS_DIR,
     out: str | Path | None = None,
     device: str = "auto",
     data_dir: str | None = None,
@@ -97,7 +97,7 @@ def write_report(
     *,
     study_name: str | None = None,
     storage: str = DEFAULT_STORAGE,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS_DIR,
     out: str | Path | None = None,
 ) -> list[Path]:
     """`python -m search.report`: the study's self-contained HTML page."""
@@ -136,7 +136,7 @@ def load_best(
     *,
     study_name: str | None = None,
     storage: str = DEFAULT_STORAGE,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS_DIR,
     device: str = "cpu",
     data_dir: str | None = None,
 ) -> BestModel:

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from search.artifacts.provenance import collect
 from search.cli import ArgumentParser, run_main
+from search.device import resolve_device
 from search.perf.bench import add_arguments, measure, request_from_args, write_json
-from search.training.device import resolve_device
 
 PROG = "python -m search.bench"
 

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from search import cli
+from search.device import resolve_device, split_cpu_threads
 from search.posthoc.certify import PROG, certify_study, table_lines
-from search.training.device import resolve_device, split_cpu_threads
 
 DESCRIPTION = (
     "Retrain a study's top configs with fresh seeds, rank them by mean validation "

@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 import optuna
 from tqdm import tqdm
 
+from search.device import resolve_device, split_cpu_threads
 from search.errors import UserError
+from search.schema import RESULTS_DIR
 from search.storage.connect import DEFAULT_STORAGE, check_storage
-from search.training.device import resolve_device, split_cpu_threads
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143  # a UserError exits with 2
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -90,7 +91,7 @@ def add_study_flags(p: argparse.ArgumentParser, *, results: str) -> None:
     p.add_argument(
         "--storage", metavar="URL", default=DEFAULT_STORAGE, help="the Optuna storage URL of the search"
     )
-    p.add_argument("--results-dir", metavar="DIR", default="results", help=results)
+    p.add_argument("--results-dir", metavar="DIR", default=RESULTS_DIR, help=results)
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:

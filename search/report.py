@@ -14,6 +14,7 @@ import optuna
 from search.cli import ArgumentParser, run_main
 from search.pages.report import write_report
 from search.schema import REPORT_HTML as REPORT
+from search.schema import RESULTS_DIR
 from search.storage.connect import DEFAULT_STORAGE
 
 
@@ -24,7 +25,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--study-name", default=None, help="the Optuna study (default: the only one)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="any Optuna storage URL")
-    p.add_argument("--results-dir", default="results", help="the page goes to RESULTS_DIR/<study>/")
+    p.add_argument("--results-dir", default=RESULTS_DIR, help="the page goes to RESULTS_DIR/<study>/")
     p.add_argument("--out", default=None, help=f"write here instead of RESULTS_DIR/<study>/{REPORT}")
     return p
 

@@ -21,6 +21,7 @@ from search.cli import (
     run_main,
 )
 from search.data.datasets import DATASETS
+from search.schema import RESULTS_DIR
 from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
 from search.tuning.run import bar_events, prepare_run
 from search.tuning.runner import install_signal_handlers, run_search
@@ -58,7 +59,7 @@ def build_parser() -> ArgumentParser:
     add("--jobs", type=positive_int, metavar="N", default=1, help="worker processes on this machine")
     add("--heartbeat", type=positive_int, metavar="SECONDS", default=DEFAULT_HEARTBEAT_S,
         help="seconds between heartbeats; a dead worker's trial is retried after 2 of them")  # fmt: skip
-    add("--results-dir", default="results", metavar="DIR", help="where best weights and exports go")
+    add("--results-dir", default=RESULTS_DIR, metavar="DIR", help="where best weights and exports go")
     add("--resume-every", type=non_negative_float, metavar="SECONDS", default=30.0,
         help="save a trial's training state after an epoch once SECONDS have passed since the last "
         "save (0: every epoch), and on Ctrl-C/SIGTERM; a retried trial carries on from it")  # fmt: skip

@@ -16,6 +16,7 @@ from search.artifacts.show import DEFAULT_STUDY, MAX_N, SAMPLES, write_samples
 from search.cli import ArgumentParser, non_negative_int, positive_int, run_main
 from search.data.datasets import DATASETS
 from search.errors import UserError
+from search.schema import RESULTS_DIR
 
 PROG = "python -m search.show"
 
@@ -43,7 +44,7 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--data-dir", default=None, metavar="DIR", help="dataset directory (default: data/)")
     d.add_argument("--n", type=positive_int, default=16, help=f"images to show (at most {MAX_N})")
     d.add_argument("--seed", type=non_negative_int, default=0, help="which images are drawn")
-    d.add_argument("--results-dir", default="results", metavar="DIR", help="where <study>/ folders go")
+    d.add_argument("--results-dir", default=RESULTS_DIR, metavar="DIR", help="where <study>/ folders go")
     d.add_argument(
         "--out", default=None, metavar="PATH", help=f"write here instead of RESULTS_DIR/<study>/{SAMPLES}"
     )

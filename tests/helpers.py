@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,11 @@ def postgres_or_skip() -> str:
     except Exception as e:  # no driver, no server
         pytest.skip(f"no PostgreSQL answers at 127.0.0.1:5432/test: {type(e).__name__}")
     return url
+
+
+def as_float64(data):
+    """A Dataset with float64 inputs: the engine trains it in float64, where two computations of
+    one model agree to 1e-15 and a test can hold them to a tolerance no CPU's rounding reaches."""
+    return dataclasses.replace(
+        data, x_train=data.x_train.double(), x_val=data.x_val.double(), x_test=data.x_test.double()
+    )

@@ -273,4 +273,4 @@ def test_a_stack_killed_mid_training_resumes_its_trials_from_their_saved_epoch(t
     for t in retried:
         twin = calm[t.system_attrs["failed_trial"]]
         assert t.params == twin.params
-        assert t.intermediate_values == pytest.approx(twin.intermediate_values, abs=1.5 / 360)
+        assert t.intermediate_values == twin.intermediate_values  # the same stack, bit for bit

@@ -9,11 +9,10 @@ import pytest
 import torch
 from helpers import one_torch_thread
 
-from search.artifacts.evaluation import load_model, mean_std, read_best
+from search.artifacts.evaluation import evaluate, load_model, mean_std, read_best
 from search.data.datasets import load_dataset
 from search.export import export_study
 from search.retrain import main
-from search.training.fit import evaluate
 
 
 @pytest.fixture(scope="module", autouse=True)

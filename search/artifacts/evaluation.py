@@ -23,14 +23,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from search.data.datasets import Dataset
+from search.device import autocast
 from search.errors import UserError
 from search.files import atomic_write
 from search.schema import BEST_JSON, REPORT_JSON, REPORT_TXT
 from search.training.config import TrainConfig
-from search.training.fit import predict_logits
 from search.training.model import build_mlp
 
 # What a consumer of best.json needs: the config, and the data it was scored on, and whence.
@@ -44,6 +45,35 @@ BEST_KEYS: dict[str, tuple[type, ...]] = {
     "val_fraction": (int, float),
     "split_seed": (int,),
 }
+
+
+EVAL_BATCH = 8192  # samples per forward pass when scoring a model; memory-bound, not a hyperparameter
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A model's logits for every row of x, in eval mode: float32, or float64 for float64 inputs."""
+    model.eval()
+    device = x.device
+    outs = []
+    for i in range(0, len(x), EVAL_BATCH):
+        with autocast(device):
+            outs.append(model(x[i : i + EVAL_BATCH]).to(torch.promote_types(x.dtype, torch.float32)))
+    if len(outs) == 1:
+        return outs[0]
+    return torch.cat(outs) if outs else torch.empty(0, device=device)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of a portable `model` (search.training.model) on (x, y)."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    logits = predict_logits(model, x)
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    correct = (logits.argmax(1) == y).sum()
+    stats = torch.stack([loss, correct.float()]).tolist()  # one host sync
+    return stats[0] / len(x), stats[1] / len(x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +98,7 @@ class Evaluation:
 
     @property
     def accuracy(self) -> float:
-        # int / int, like search.training.fit.evaluate's count / len: the same float, bit for bit.
+        # int / int, like `evaluate`'s count / len: the same float, bit for bit.
         return self.n_correct / self.n if self.n else float("nan")
 
 
@@ -79,7 +109,7 @@ def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: 
 
     logits = predict_logits(model, x)
     # argmax of the logits, not of the probabilities: softmax can round two logits to one
-    # probability, and the accuracy must agree with search.training.fit.evaluate's.
+    # probability, and the accuracy must agree with `evaluate`'s.
     predictions = logits.argmax(dim=1)
     confidences = torch.softmax(logits, dim=1).gather(1, predictions[:, None]).squeeze(1)
     targets = y.detach().cpu().numpy().astype(np.int64)

@@ -27,6 +27,7 @@ from torch import nn
 from search.artifacts import provenance
 from search.artifacts.evaluation import (
     Evaluation,
+    evaluate,
     evaluate_test,
     load_state,
     save_model,
@@ -55,7 +56,7 @@ from search.schema import (
 )  # fmt: skip
 from search.storage.connect import redacted
 from search.training.config import TrainConfig
-from search.training.fit import EpochCallback, evaluate, fit
+from search.training.fit import EpochCallback, fit
 from search.training.model import architecture, build_mlp, count_params
 from search.tuning import best_weights
 from search.tuning.finished import open_finished

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import search
-from search.training.device import describe
+from search.device import describe
 
 UNKNOWN = "unknown"
 # Distribution names (as pip knows them) of the packages whose versions change results.

@@ -23,7 +23,7 @@ from plotly.offline import get_plotlyjs
 from search.errors import UserError
 from search.files import atomic_write
 from search.pages.sections import extra_sections, short_params
-from search.schema import ATTR_SECONDS, REPORT_HTML, STUDY_EPOCHS, study_dir
+from search.schema import ATTR_SECONDS, REPORT_HTML, RESULTS_DIR, STUDY_EPOCHS, study_dir
 from search.storage.connect import redacted
 from search.tuning.finished import open_finished
 from search.tuning.space_edges import EdgeWarning, edge_warnings, study_space
@@ -154,7 +154,7 @@ def write_report(
     *,
     storage_url: str,
     study_name: str | None = None,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS_DIR,
     out: str | Path | None = None,
 ) -> Report:
     finished = open_finished(storage_url, study_name)  # read-only: a report never changes a file

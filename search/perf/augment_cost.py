@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from search.data.datasets import Dataset
+from search.device import describe
 from search.training.config import TrainConfig
-from search.training.device import describe
 from search.training.fit import fit
 
 AUGMENTED = dict(hflip=True, translate=4, schedule="onecycle", warmup=0.2, label_smoothing=0.1)

@@ -20,7 +20,9 @@ import optuna
 import torch
 
 from search.cli import non_negative_int, positive_float, positive_int
+from search.device import resolve_device
 from search.errors import UserError
+from search.files import atomic_write
 from search.perf.augment_cost import format_augment, run_augment_bench
 from search.perf.images import ARCHIVE, load_bench_data, prepare_images
 from search.perf.notebook import SUITE_BUDGET_S, BenchOptions, format_bench, run_bench
@@ -28,7 +30,6 @@ from search.perf.overhead import format_overhead, run_overhead
 from search.perf.quality import format_quality, plot_quality, random_subset, run_quality, shortened
 from search.perf.stack_speed import STACKS, format_stack_bench, run_stack_bench
 from search.training.config import OPTIMIZERS
-from search.training.device import resolve_device
 from search.tuning.study_file import load_study
 
 KINDS = ("bench", "suite", "augment", "quality", "overhead", "stack", "storage-load")
@@ -294,8 +295,7 @@ def _stack_bench(request: MeasureRequest, images, progress) -> dict[str, Any]:
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write(path, json.dumps(result, indent=2) + "\n")
     except OSError as e:
         raise UserError(f"--json {path}: cannot write: {e.strerror or e}") from None
     return path

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from search.data.datasets import Dataset, split_indices
+from search.device import describe, resolve_device
 from search.errors import UserError
 from search.perf.flops import matmul_floor
 from search.perf.images import Images, Progress, load_bench_data
 from search.training.config import TrainConfig
-from search.training.device import describe, resolve_device
 from search.training.fit import fit
 from search.training.model import architecture, build_mlp
 

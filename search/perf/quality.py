@@ -23,10 +23,10 @@ import torch
 from optuna.trial import TrialState
 
 from search.data.datasets import Dataset
+from search.device import describe
 from search.schema import ATTR_BASELINE
-from search.training.device import describe
 from search.tuning.objective import Objective
-from search.tuning.stacking import run_trials
+from search.tuning.runner import run_trials
 from search.tuning.strategy import make_pruner, make_sampler
 from search.tuning.study_file import StudySpec
 

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from search.errors import UserError
 from search.storage.connect import check_storage, open_worker_storage, redacted
+from search.tuning.trials import state_counts
 
 STEPS = 10  # intermediate values per trial
 START_TIMEOUT_S = 120.0
@@ -188,9 +189,7 @@ def free_port() -> int:
 
 def _what_the_study_holds(storage, name: str) -> dict[str, Any]:
     trials = optuna.load_study(study_name=name, storage=storage).trials
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+    states = {state: n for state, n in state_counts(trials).items() if n}
     return {
         "states": states,
         "numbers": sorted(t.number for t in trials),

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from search.device import describe, resolve_device
 from search.perf.images import Images, Progress
 from search.perf.notebook import SUITE_BATCH_SIZES, SUITE_BUDGET_S, BenchOptions, run_bench
 from search.schema import ATTR_SECONDS
-from search.training.device import describe, resolve_device
 
 
 def run_suite(

@@ -47,6 +47,7 @@ from search.schema import (
     CERTIFIED_JSON,
     CERTIFIED_MODEL,
     CERTIFIED_TXT,
+    RESULTS_DIR,
     STUDY_DATASET,
     STUDY_EPOCHS,
     STUDY_SPLIT_SEED,
@@ -175,7 +176,7 @@ def certify_study(
     jobs: int = 1,
     threads: int | None = None,  # torch threads in each worker process (None: torch's default)
     data_dir: str | None = None,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS_DIR,
     on_progress: Progress | None = None,
     argv: Sequence[str] | None = None,
 ) -> Certified:

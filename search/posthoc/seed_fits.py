@@ -15,8 +15,8 @@ import torch
 
 from search.artifacts.evaluation import load_state
 from search.data.datasets import Dataset
+from search.device import worker_device
 from search.training.config import TrainConfig
-from search.training.device import worker_device
 from search.training.fit import fit
 from search.training.model import build_mlp
 from search.tuning.binding import load_bound_dataset

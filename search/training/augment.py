@@ -1,20 +1,13 @@
 """Training-batch augmentation on the device, vectorized over the batch (airbench's approach).
 
-Batches are rows of the normalized (or whitened) image tensor, [B, C*H*W]. A flip mirrors a
-random half of them left-right; a shift moves each image by its own (dx, dy) in
-[-translate, translate], filling the uncovered border with zeros, which is the mean pixel after
-normalization. No Python loop over images, and only training batches are augmented: validation
-and test never are.
-
-A batch is one `index_select`, augmented or not: the training tensor is kept once per process as
-zero-padded images (padded for the largest shift a trial has asked for), with a mirrored copy after them when
-flips are on, and a shifted image's every row is a contiguous window of that padded copy. So a
-batch reads B*C*H windows of W pixels through one index_select of the overlapping windows
-(`unfold`): the rows, the flip and the shift are only where each window starts.
-
-On whitened data the same operations are applied to the whitened image. ZCA of natural images is
-close to a convolution (its statistics barely depend on position), so flipping or shifting a
-whitened image is close to whitening the flipped or shifted one, at 1/50th of the cost.
+A flip mirrors a random half of a batch's images left-right; a shift moves each image by its own
+(dx, dy) in [-translate, translate], filling the border with zeros (the mean pixel after
+normalization). Only training batches are augmented. A batch is one `index_select`, augmented or
+not: the training tensor is kept once per process as zero-padded images (and their mirror images),
+and each row of a shifted image is a contiguous window of that copy, so the rows, the flip and the
+shift are only where each window starts (`unfold`). On whitened data the same operations act on
+the whitened image: ZCA of natural images is close to a convolution, so this is close to whitening
+the shifted image, at 1/50th of the cost.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ model the search scored.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,14 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "onecycle")  # the lr's shape after warm-up (search.training.schedule)
 WHITENINGS = ("none", "zca")
 MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
+
+
+_CHOICES = {"activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "whiten": WHITENINGS}
+# name: (low, high, whether high itself is allowed)
+_RANGES = {
+    "dropout": (0.0, 1.0, False), "bn_momentum": (0.0, 1.0, True), "warmup": (0.0, 1.0, False),
+    "label_smoothing": (0.0, 1.0, False), "translate": (0, MAX_TRANSLATE, True),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,39 +59,29 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Normalise JSON's lists back to tuples so configs compare and hash reliably.
         object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
-        problems = []
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        problems = [
+            f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+            for name, allowed in _CHOICES.items()
+            if getattr(self, name) not in allowed
+        ]
+        problems += [
+            f"{name} must be in [{low}, {high}{']' if closed else ')'}, got {getattr(self, name)}"
+            for name, (low, high, closed) in _RANGES.items()
+            if isinstance(v := getattr(self, name), (int, float))
+            and not (low <= v < high or closed and v == high)
+        ]
         if any(w < 1 for w in self.hidden):
             problems.append(f"hidden widths must be >= 1, got {list(self.hidden)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.bn_momentum <= 1.0:
-            problems.append(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or not self.zca_eps > 0:
+            problems.append(f"lr and zca_eps must be > 0, got {self.lr} and {self.zca_eps}")
         if self.weight_decay < 0 or self.l1 < 0 or self.momentum < 0:
             problems.append("weight_decay, l1 and momentum must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:
             problems.append("batch_size and epochs must be >= 1")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if not 0.0 <= self.warmup < 1.0:
-            problems.append(f"warmup must be in [0, 1), got {self.warmup}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not isinstance(self.hflip, bool):
             problems.append(f"hflip must be true or false, got {self.hflip!r}")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int):
             problems.append(f"translate must be a whole number of pixels, got {self.translate!r}")
-        elif not 0 <= self.translate <= MAX_TRANSLATE:
-            problems.append(f"translate must be in [0, {MAX_TRANSLATE}] pixels, got {self.translate}")
-        if self.whiten not in WHITENINGS:
-            problems.append(f"whiten {self.whiten!r} is not one of {', '.join(WHITENINGS)}")
-        if not self.zca_eps > 0:
-            problems.append(f"zca_eps must be > 0, got {self.zca_eps}")
         if problems:
             raise UserError("invalid config: " + "; ".join(problems))
 
@@ -106,16 +103,6 @@ class TrainConfig:
             return cls(**known, extra={**d.get("extra", {}), **extra})
         except (TypeError, ValueError) as e:
             raise UserError(f"invalid config: {e}") from None
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise UserError(f"invalid config JSON: {e}") from None
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -1,31 +1,22 @@
 """The training engine: `fit_stacked` trains K configs as one stacked model; `fit` is its K = 1 case.
 
 One engine, because every knob written twice drifts: a lone trial, a stack, retraining, export,
-certify and audit all train through `fit_stacked`, so the model's forward pass, the loss (label
-smoothing, L1), the optimizers and their schedules, seeding, batching, augmentation, the
-whitening fold and the saved state exist once. The stacked form is the general one: a trial of a
-small MLP is bound by per-operation overhead (kernel launches and Python on a GPU, the dispatcher
-on a CPU), not arithmetic, and a stack runs every layer, the loss and the backward pass for all K
-members in the operations one trial needs (HFTA, MLSys 2021). At K = 1 it is a plain training
-loop over one contiguous parameter row, at the matmul floor on a CPU (`python -m search.bench`).
-
-Each member is built, seeded, batched, augmented and dropped out from its own streams, so its
-training does not depend on its neighbours beyond float rounding: a stacked member equals its lone
-fit to the precision the arithmetic has (tests/training/test_fit.py states how close). The same
-seed on the CPU trains bit for bit the same model, which is how `search.retrain` reproduces a
-trial. Knows nothing of Optuna: the data already lives on the training device (a batch is an
-index_select of it) and the epoch callbacks return what to stop.
+certify and audit all train here, so the forward pass, the loss, the optimizers and schedules,
+seeding, batching, augmentation, the whitening fold and the saved state exist once. The stacked
+form is the general one: a small MLP's step is bound by per-operation overhead, and a stack runs
+each operation once for K members (HFTA, MLSys 2021); at K = 1 it is a plain loop over one
+contiguous parameter row, as fast as `nn.Sequential` (`python -m search.bench`). Each member draws
+its batches, dropout and augmentation from its own streams, so it trains as it would alone, to
+float rounding (tests/training/test_stack.py); the same seed on the CPU retrains bit for bit.
 
 A member that is stopped (`on_epoch` said so), diverges or ends its budget leaves the stack after
-that epoch, and the padding only it needed goes with it. A CUDA out-of-memory error splits the
-stack in two and trains each half again from where it started; epochs a member already reported
-are not reported twice. `on_state` receives each member's state after every epoch but its last;
-`resume` starts members from such states (all from the same epoch).
+that epoch, with the padding only it needed. A CUDA out-of-memory error splits the stack in two
+and trains each half again; no epoch is reported twice. `on_state` receives each member's state
+after every epoch but its last; `resume` starts members from such states (all at one epoch).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -33,22 +24,20 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.sgd import sgd
 
 from search.data.datasets import Dataset
 from search.data.whiten import fold_into_first_linear, whitened, zca_matrix
+from search.device import autocast, free_memory
 from search.training.augment import Augmenter, check_augmentable
 from search.training.config import TrainConfig
-from search.training.device import autocast, free_memory
 from search.training.model import build_mlp, member_flops
 from search.training.optim import MemberOptimizers
 from search.training.plan import stack_key
 from search.training.stack import StackedMLP, layout_of
 from search.training.state import TrainState, padded, unpadded
 
-EVAL_BATCH = 8192  # samples per forward pass when scoring a portable model; memory-bound
 EVAL_ELEMENTS = 1 << 24  # activations per scoring pass of a whole stack: bounds its memory
 DROPOUT_SEED = 0xD209  # added to a config's seed: the dropout stream's own seed
 
@@ -78,7 +67,6 @@ class FitResult:
     stopped: bool = False  # on_epoch asked to stop before the epoch budget ran out
     diverged: str | None = None  # why training ended early with a non-finite loss
     train_seconds: float = 0.0  # its share of building and training passes: not validation, not on_epoch
-    val_seconds: float = 0.0  # its share of scoring the validation split after each epoch
     stack_padding: float = 0.0  # share of its stack's matmul work that was padding
 
     @property
@@ -195,7 +183,6 @@ class _StackRun:
             batches = torch.Generator(device=device).manual_seed(c.seed)
             dropout = torch.Generator(device=device).manual_seed(c.seed + DROPOUT_SEED)
             if state is not None:
-                model.load_state_dict(state.model)
                 batches.set_state(state.rngs["batches"])
                 dropout.set_state(state.rngs["dropout"])
             members.append(_Member(i, c, model, batches, dropout, state))
@@ -225,6 +212,9 @@ class _StackRun:
         augment = Augmenter(configs, data.image_shape, x) if any(c.augments for c in configs) else None
         for row, m in enumerate(members):
             if m.state is not None:
+                with torch.no_grad():
+                    for name, tensor in stack.member_tensors(row).items():
+                        tensor.copy_(m.state.weights[name])
                 optimizer.set_buffers(row, {
                     name: padded(named, m.config, stack.layout, stack.param[row])
                     for name, named in m.state.optimizer.items()
@@ -232,14 +222,14 @@ class _StackRun:
                 if augment is not None and "augment" in m.state.rngs:
                     augment.gens[row].set_state(m.state.rngs["augment"])
         loss_sum = torch.zeros(len(members), device=device, dtype=x.dtype)
-        self._charge(members, time.perf_counter() - started, train=True)
+        self._charge(members, time.perf_counter() - started)
         padded_work = real_work = 0  # multiply-adds per sample, summed over the epochs
 
         for epoch in range(first + 1, epochs + 1):
             epoch_started = time.perf_counter()
             k = len(members)
             padded_work += stack.layout.flops() * k
-            real_work += sum(_flops(m.config, data) for m in members)
+            real_work += sum(member_flops(m.config, data.in_features, data.n_classes) for m in members)
             orders = torch.stack([torch.randperm(n, device=device, generator=m.batches) for m in members])
             loss_sum.zero_()
             drop_gens = [m.dropout for m in members]
@@ -261,12 +251,10 @@ class _StackRun:
                 loss_sum += loss.detach()
             train_losses = (loss_sum / n_batches).tolist()  # the epoch's one host sync for training
             epoch_seconds = time.perf_counter() - epoch_started
-            self._charge(members, epoch_seconds, train=True)
+            self._charge(members, epoch_seconds)
 
-            val_started = time.perf_counter()
             rows = max(1, EVAL_ELEMENTS // (k * max((*stack.layout.widths, data.in_features))))
             val_losses, val_accs = stack.evaluate(self.source.x_val, self.source.y_val, rows)
-            self._charge(members, time.perf_counter() - val_started, train=False)
 
             fresh: dict[int, EpochMetrics] = {}  # epochs not reported before an out-of-memory retry
             for row, m in enumerate(members):
@@ -304,7 +292,6 @@ class _StackRun:
 
     def _capture(self, m: _Member, row: int, stack: StackedMLP, optimizer, augment, epoch: int) -> TrainState:
         """Member `row`'s state after `epoch`: copies, in its own unpadded shapes."""
-        stack.write_member(row, m.model, optimizer.steps)
         rngs = {"batches": m.batches.get_state(), "dropout": m.dropout.get_state()}
         if augment is not None:
             rngs["augment"] = augment.gens[row].get_state()
@@ -312,23 +299,19 @@ class _StackRun:
         return TrainState(
             epoch=epoch,
             config=m.config.to_dict(),
-            model={k: v.detach().to("cpu", copy=True) for k, v in m.model.state_dict().items()},
+            weights={k: v.detach().to("cpu", copy=True) for k, v in stack.member_tensors(row).items()},
             optimizer={
                 name: unpadded(buf, m.config, stack.layout) for name, buf in optimizer.buffers(row).items()
             },
             rngs=rngs,
-            history=[dataclasses.asdict(h) for h in result.history],
+            history=[vars(h).copy() for h in result.history],
             train_seconds=result.train_seconds,
         )
 
-    def _charge(self, members: list[_Member], seconds: float, *, train: bool) -> None:
-        """Each member's share of the stack's time: a search's overhead figures stay per trial."""
+    def _charge(self, members: list[_Member], seconds: float) -> None:
+        """Each member's share of the stack's training time: overhead figures stay per trial."""
         for m in members:
-            r = self.results[m.index]
-            if train:
-                r.train_seconds += seconds / len(members)
-            else:
-                r.val_seconds += seconds / len(members)
+            self.results[m.index].train_seconds += seconds / len(members)
 
     def _leave(self, stack: StackedMLP, row: int, member: _Member, steps: int) -> None:
         stack.write_member(row, member.model, steps)
@@ -336,33 +319,3 @@ class _StackRun:
             fold_into_first_linear(member.model, *zca_matrix(self.data, member.config.zca_eps))
         self.results[member.index].model = member.model
         self.done[member.index] = True
-
-
-def _flops(config: TrainConfig, data: Dataset) -> int:
-    return member_flops(config, data.in_features, data.n_classes)
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A portable model's logits in float32 for every row of x, in eval mode."""
-    model.eval()
-    device = x.device
-    outs = []
-    for i in range(0, len(x), EVAL_BATCH):
-        with autocast(device):
-            outs.append(model(x[i : i + EVAL_BATCH]).float())
-    if len(outs) == 1:
-        return outs[0]
-    return torch.cat(outs) if outs else torch.empty(0, device=device)
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of a portable `model` on (x, y)."""
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    logits = predict_logits(model, x)
-    loss = F.cross_entropy(logits, y, reduction="sum")
-    correct = (logits.argmax(1) == y).sum()
-    stats = torch.stack([loss, correct.float()]).tolist()  # one host sync
-    return stats[0] / len(x), stats[1] / len(x)

@@ -1,9 +1,6 @@
-"""The MLP as a portable PyTorch module, and the arithmetic of its shape.
-
-Training runs on the stacked engine (search.training.stack); what it hands back, what export
-saves as `model.pt` and what `search.load_best` returns is this plain `nn.Sequential`, the
-notebook's own layer order, so a user loads the state_dict with nothing but PyTorch.
-"""
+"""The MLP as a portable `nn.Sequential` in the notebook's layer order, and its shape's arithmetic:
+what training (search.training.stack) hands back, export saves and `search.load_best` returns,
+so a user loads the state_dict with nothing but PyTorch."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """Each member of a stack keeps its own optimizer and lr schedule, over its row of the stack.
 
-A stack's weights are one [K, P] tensor (search.training.stack); row k is member k's whole
-model, contiguous. Each step calls PyTorch's functional optimizer (`torch.optim.sgd.sgd`,
-`adam.adam`, `adamw.adamw`, `rmsprop.rmsprop`: the code `torch.optim`'s classes run) on each
-member's row, with the member's scheduled lr and the fastest kernels the device has (fused where
-`optimizer_flags` says so). One hand-written update vectorized over all K measured slower on the
-CPU: it makes a dozen unfused passes over [K, P] where a fused kernel makes one.
+Row k of a stack's [K, P] weights is member k's whole model. Each step calls PyTorch's functional
+optimizer (`torch.optim.sgd.sgd`, `adam.adam`, ...: the code `torch.optim`'s classes run) on each
+row, with the member's scheduled lr and the device's fastest kernels (fused where `optimizer_flags`
+says so). One update vectorized over all K by hand measured slower on the CPU: a dozen unfused
+passes over [K, P] where a fused kernel makes one.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from torch.optim.adamw import adamw
 from torch.optim.rmsprop import rmsprop
 from torch.optim.sgd import sgd
 
+from search.device import optimizer_flags
 from search.training.config import TrainConfig
-from search.training.device import optimizer_flags
 from search.training.schedule import lr_factor
 
 # torch.optim's defaults

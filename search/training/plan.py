@@ -4,19 +4,14 @@ A stack's members share `stack_key` (depth, batch size, input whitening, epochs)
 bounds how many fit in the device's memory; on a CPU, `split_by_width` splits a stack where
 padding costs more than launches.
 
-A stack pads every layer to its widest member (search.training.stack). On a GPU that
-padding is nearly free, since a step costs its kernel launches; on a CPU the padded multiply-adds
-are real work: a stack of 16 digits trials with widths drawn log-uniformly from 16 to 256 spends
-about half of its matmuls on zeros. Splitting it into narrower and wider sub-stacks trades that
-waste for a few more steps' fixed cost. `split_by_width` picks the split that a per-step cost
-model says is cheapest, by dynamic programming over the members sorted by size.
-
-The CPU model, per training step: `STEP_S` fixed + `MEMBER_S` per member + `MAC_S` per padded
-forward multiply-add per sample (the backward and the elementwise work scale with it). Fitted to
-`fit_stacked` on this project's 2-core CPU, digits, batch 64, two hidden layers of 16 to 256 units,
-members of mixed activations, optimizers, dropout and BatchNorm, 2 to 16 in a stack (the fit's
-largest error: 9%). A faster CPU moves all three together, which moves the best split less than
-it moves the times.
+A stack pads every layer to its widest member. On a GPU padding is nearly free (a step costs its
+launches); on a CPU padded multiply-adds are real work: 16 digits trials with widths drawn from 16
+to 256 spend about half their matmuls on zeros. `split_by_width` trades that waste for a few more
+steps' fixed cost, picking the cheapest split by dynamic programming over the members sorted by
+size, under a per-step CPU model: `STEP_S` + `MEMBER_S` per member + `MAC_S` per padded forward
+multiply-add per sample, fitted to `fit_stacked` on this project's 2-core CPU (digits, batch 64,
+two layers of 16 to 256 units, mixed knobs, 2 to 16 members; largest error 9%). A faster CPU moves
+all three together, which moves the best split less than it moves the times.
 """
 
 from __future__ import annotations
@@ -24,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from search.data.datasets import Dataset
+from search.device import free_bytes
 from search.training.config import TrainConfig
-from search.training.device import free_bytes
 from search.training.model import member_flops, param_count
 from search.training.stack import Layout, layout_of
 
@@ -59,14 +54,6 @@ def member_bytes(config: TrainConfig, data: Dataset) -> int:
 def stack_capacity(config: TrainConfig, data: Dataset) -> int:
     """How many members like `config` fit in the training device's free memory (at least 1)."""
     return max(1, int(free_bytes(data.device) * MEMORY_SHARE) // member_bytes(config, data))
-
-
-def padding_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> float:
-    """The share of a stack's matmul work (multiply-adds) spent on padding: 0 when all members
-    have the same widths."""
-    padded = layout_of(configs, in_features, n_classes).flops() * len(configs)
-    real = sum(member_flops(c, in_features, n_classes) for c in configs)
-    return 1.0 - real / padded if padded else 0.0
 
 
 def step_seconds(configs: list[TrainConfig], in_features: int, n_classes: int) -> float:

@@ -1,21 +1,15 @@
 """K MLPs held as one: every member's parameters are a row of one [K, P] tensor, each layer a view.
 
-This is the engine's model, for a lone trial (K = 1) and a stack alike. A layer is one batched
-matmul for all K members (`baddbmm` over [K, B, in] and [K, in, out]: weights are kept
-transposed from nn.Linear's [out, in], so the weight gradient comes out in their own layout, which
-measured 1.7x faster per step on the CPU than accumulating a transposed gradient). Members may differ in
-everything that shapes no tensor of the stack: widths are padded to the widest member's, with
-zero weights that a mask keeps at zero (they get no gradient, so weight decay, L1 and the
-optimizers leave them at zero), and BatchNorm applies to the members that have it. Depth and
-batch size are shared. Each layer's weight view is given a gradient view of one [K, P] gradient
-tensor, which autograd accumulates into in place, so the optimizer (search.training.optim) steps
-each member's whole model as one contiguous row.
-
-Activations are applied per run of neighbouring members that share one (the engine orders them
-so); dropout draws each member's mask from its own generator, so a member's draws do not depend
-on its neighbours. A Linear bias right before BatchNorm has a true gradient of exactly zero
-(BatchNorm subtracts the batch mean); its computed gradient is rounding noise, which Adam and
-RMSprop would normalize into lr-sized steps, so it is set to zero.
+The engine's model, for a lone trial (K = 1) and a stack alike. A layer is one batched matmul for
+all K members (`baddbmm` of [K, B, in] by [K, in, out]: weights are kept transposed from
+nn.Linear's [out, in], so their gradient comes out in their own layout, 1.7x faster per step on
+the CPU than accumulating a transposed one). Widths are padded to the widest member's with zero
+weights that a mask keeps at zero; BatchNorm applies to the members that have it; depth and batch
+size are shared. Each weight view's gradient is a view of one [K, P] tensor that autograd adds into,
+so the optimizer (search.training.optim) steps each member's model as one contiguous row. Dropout
+draws each member's mask from its own generator. A bias right before BatchNorm has a true gradient
+of exactly zero (BatchNorm subtracts the batch mean); its computed one is rounding noise, which Adam
+and RMSprop would normalize into lr-sized steps, so it is set to zero.
 """
 
 from __future__ import annotations
@@ -149,8 +143,9 @@ class StackedMLP:
         self._prepare()
         with torch.no_grad():
             for row, model in enumerate(models):
+                theirs = portable_tensors(model, self.configs[row].batchnorm)
                 for name, tensor in self.member_tensors(row).items():
-                    tensor.copy_(portable_tensors(model, self.configs[row].batchnorm)[name])
+                    tensor.copy_(theirs[name])
 
     def _prepare(self) -> None:
         """The per-member columns and views the steps use, for the current members and layout."""

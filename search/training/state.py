@@ -1,13 +1,10 @@
 """A member's training state at the end of an epoch, so a fit killed later can carry on from there.
 
-Everything the next epoch depends on is kept, per member, in the member's own unpadded shapes
-(so it resumes alone or in any stack, whatever the neighbours' widths): the portable model's
-state_dict (weights and BatchNorm's running statistics), the optimizer's buffers (momentum,
-Adam's moments) named as the stack's layout names its tensors, the three random streams (batch
-order, dropout, augmentation) and the epochs already run. The step count, which places the
-member on its lr schedule and drives Adam's bias correction, follows from the epoch. On the CPU
-a fit resumed from epoch k trains exactly the epochs an uninterrupted fit trains
-(tests/training/test_state.py), alone or stacked.
+Kept per member, in its own unpadded shapes (it resumes alone or in any stack) and named as the
+stack's layout names them: the weights and BatchNorm's statistics, the optimizer's buffers, the
+three random streams (batches, dropout, augmentation) and the epochs run; the step count, which
+places it on its lr schedule, follows from the epoch. On the CPU a fit resumed from epoch k trains
+exactly the epochs an uninterrupted one trains (tests/training/test_state.py), alone or stacked.
 """
 
 from __future__ import annotations
@@ -23,14 +20,14 @@ from search.files import atomic_write
 from search.training.config import TrainConfig
 from search.training.stack import Layout, member_slices
 
-FORMAT = 2  # bump when a field changes meaning
+FORMAT = 3  # bump when a field changes meaning
 
 
 @dataclass
 class TrainState:
     epoch: int  # epochs completed; the resumed fit starts with epoch + 1
     config: dict[str, Any]  # the TrainConfig it belongs to, as a dict: a state fits only its config
-    model: dict[str, torch.Tensor]  # the portable model's state_dict
+    weights: dict[str, torch.Tensor]  # w0, b0, g0, be0, rm0, rv0, ..., wh, bh: its own shapes
     optimizer: dict[str, dict[str, torch.Tensor]]  # buffer -> tensor name -> its unpadded values
     rngs: dict[str, torch.Tensor]  # generator states: "batches", "dropout", "augment"
     history: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics as dicts

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from search.schema import study_dir
+from search.device import resolve_device, split_cpu_threads
+from search.schema import RESULTS_DIR, study_dir
 from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage
-from search.training.device import resolve_device, split_cpu_threads
 from search.tuning.runner import RunOptions, TrialEvent, preload_data
 from search.tuning.study_file import load_study
 
@@ -23,7 +23,7 @@ def prepare_run(
     study: str = "cifar10",
     study_name: str | None = None,
     storage: str = DEFAULT_STORAGE,
-    results_dir: str | Path = "results",
+    results_dir: str | Path = RESULTS_DIR,
     data_dir: str | None = None,
     trials: int = 100,
     timeout: float | None = None,

@@ -23,10 +23,10 @@ import optuna
 from optuna.trial import TrialState
 
 from search.data.datasets import import_loaders, load_dataset, load_raw
+from search.device import resolve_device, split_cpu_threads, worker_device
 from search.errors import UserError
-from search.schema import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, RESUME_DIR, study_dir
+from search.schema import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, RESULTS_DIR, RESUME_DIR, study_dir
 from search.storage.connect import open_storage, open_worker_storage
-from search.training.device import resolve_device, split_cpu_threads, worker_device
 from search.training.fit import import_lazy_parts
 from search.tuning.binding import check_resumable, study_attrs
 from search.tuning.objective import Objective
@@ -66,7 +66,7 @@ class RunOptions:
     seed: int = 0
     jobs: int = 1  # worker processes on this machine
     heartbeat_s: int | None = 30
-    results_dir: Path = Path("results")
+    results_dir: Path = Path(RESULTS_DIR)
     save_best: bool = True  # keep the best trial's weights in results/<study>/
     resume_every: float | None = 30.0  # seconds between saves of a trial's state; None = no resuming
 
@@ -155,6 +155,33 @@ class _Slots:
 
 def _worker_tag(worker: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{worker}"
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    stack: int = 1,
+    on_told: Callable[[optuna.trial.FrozenTrial], None] = lambda frozen: None,
+) -> None:
+    """`study.optimize`'s loop for these trials: stacks of `stack` until `n_trials` have been
+    asked, or until `timeout` seconds have passed (a stack that started goes on to its end)."""
+    started, asked = time.perf_counter(), 0
+    while n_trials is None or asked < n_trials:
+        if timeout is not None and time.perf_counter() - started >= timeout:
+            break
+        left = None if n_trials is None else n_trials - asked - 1
+        granted = [1]
+
+        def claim(n: int, left=left, granted=granted) -> int:
+            more = n if left is None else max(0, min(n, left))
+            granted[0] += more
+            return more
+
+        run_stack(study, objective, stack, claim=claim, on_told=on_told, interrupted=[])
+        asked += granted[0]
 
 
 def run_worker(

@@ -1,31 +1,23 @@
 """How a worker runs its trials, K at a time: asked together, trained as one model, told one by one.
 
-`run_stack` asks Optuna for a stack's trials (ask and tell; TPE's constant liar keeps trials that
-run together apart), trains them with `fit_stacked`, and reports, prunes and tells each on its own,
-so each trial in the storage looks like one trained alone, plus the attrs `stack_id` (the number of
-its stack's first trial), `stack_size` and `stack_padding`. A lone trial is a stack of one: the
-search has one way to run a trial, and every trial saves its state and resumes after a crash.
+A lone trial is a stack of one: the search has one way to run a trial, and every trial saves its
+state and resumes after a crash. `run_stack` asks Optuna for a stack's trials (TPE's constant liar
+keeps trials that run together apart), trains them with `fit_stacked`, and reports, prunes and tells
+each on its own, so each looks in the storage like a trial trained alone, plus `stack_id`,
+`stack_size` and `stack_padding`. The first trial is sampled freely, the others with the params
+that shape the stack (depth, batch size, whitening) fixed to the first's (`PartialFixedSampler`),
+so TPE never splits a stack into singletons. On a CPU a stack may then train as sub-stacks split by
+width (search.training.plan), each told before the next trains. Retries of a crashed stack resume
+together; a retry or the baseline that fits no stack trains alone.
 
-The members of a stack must share depth, batch size, input whitening and the epoch they start
-from (search.training.plan.stack_key). The first trial is sampled freely; the others with depth,
-batch size and whitening fixed to the first's (Optuna's `PartialFixedSampler`), so the sampler's
-choices never split a stack into singletons: TPE picks those few params once per stack and every
-other param per trial. On a CPU a stack's trials are then split by width into sub-stacks trained
-one after another, where the padding to the widest member would cost more than the extra steps
-(search.training.plan); each sub-stack's trials are told before the next trains, so its pruner sees
-them as finished. A trial that arrives with its own params (a retry, the baseline) and does not
-fit trains in a stack of its own; the retries of a crashed stack resume together.
-
-The median pruner judges a stack's members against each other too: at each epoch its reference is
-the completed trials' values and those of the members that reported the same epoch, as if they had
-run one after another. Without that, a study's first stack could prune nothing (no trial is complete
-until it ends). The trials that completed in a sub-stack trained earlier join that reference too.
-Successive halving and Hyperband see the members' values through the storage.
+The median pruner judges a stack's members against each other too, as if they had run one after
+another: at each epoch its reference is the completed trials' values, the members' that reported
+the same epoch and those that completed in an earlier sub-stack. Without that, a study's first
+stack could prune nothing. Successive halving and Hyperband read the members through the storage.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,10 +25,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.device import free_memory
 from search.errors import described
 from search.schema import ATTR_REASON, ATTR_STACK_ID, ATTR_STACK_PADDING, ATTR_STACK_SIZE
 from search.storage.running import fail_stale, heartbeats
-from search.training.device import free_memory
 from search.training.fit import EpochMetrics, fit_stacked
 from search.training.plan import split_by_width, stack_capacity, stack_key
 from search.tuning.objective import Begun, Objective
@@ -111,33 +103,6 @@ def run_stack(
             interrupted.append(m.trial.number)
         raise
     return stacks
-
-
-def run_trials(
-    study: optuna.Study,
-    objective: Objective,
-    *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    stack: int = 1,
-    on_told: Callable[[FrozenTrial], None] = lambda frozen: None,
-) -> None:
-    """`study.optimize`'s loop for these trials: stacks of `stack` until `n_trials` have been
-    asked, or until `timeout` seconds have passed (a stack that started goes on to its end)."""
-    started, asked = time.perf_counter(), 0
-    while n_trials is None or asked < n_trials:
-        if timeout is not None and time.perf_counter() - started >= timeout:
-            break
-        left = None if n_trials is None else n_trials - asked - 1
-        granted = [1]
-
-        def claim(n: int, left=left, granted=granted) -> int:
-            more = n if left is None else max(0, min(n, left))
-            granted[0] += more
-            return more
-
-        run_stack(study, objective, stack, claim=claim, on_told=on_told, interrupted=[])
-        asked += granted[0]
 
 
 def _ask(study: optuna.Study, objective: Objective, on_told) -> _Member | None:

@@ -9,7 +9,7 @@ import optuna
 
 from search.schema import ATTR_ARCH
 from search.storage.connect import dashboard_command
-from search.tuning.trials import baseline_gain, best_complete
+from search.tuning.trials import baseline_gain, best_complete, state_counts
 
 
 @dataclass
@@ -73,8 +73,7 @@ def summarize(
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     summary = RunSummary(study_name, storage_url, wall, workers=reports)
-    for t in trials:
-        summary.states[t.state.name] = summary.states.get(t.state.name, 0) + 1
+    summary.states = {state: n for state, n in state_counts(trials).items() if n}
     best = best_complete(trials)
     if best is not None:
         summary.best_value, summary.best_params = best.value, dict(best.params)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from search.artifacts.evaluation import (
+    evaluate,
     evaluate_split,
     format_confusion,
     load_model,
@@ -22,7 +23,6 @@ from search.artifacts.evaluation import (
 )
 from search.errors import UserError
 from search.training.config import TrainConfig
-from search.training.fit import evaluate
 from search.training.model import build_mlp
 
 CLASSES = ("cat", "dog", "bird")

@@ -17,12 +17,11 @@ import torch
 from helpers import one_torch_thread
 from optuna.trial import TrialState
 
-from search.artifacts.evaluation import load_model, read_best
+from search.artifacts.evaluation import evaluate, load_model, read_best
 from search.data.datasets import load_dataset
 from search.export import main
 from search.schema import BEST_WEIGHTS, study_dir
 from search.training.config import TrainConfig
-from search.training.fit import evaluate
 from search.training.model import build_mlp, count_params
 from search.tuning import best_weights as checkpoint
 

@@ -12,7 +12,7 @@ import scipy.stats
 import torch
 from optuna.trial import TrialState
 
-from search.artifacts.evaluation import best_config, load_model, read_best
+from search.artifacts.evaluation import best_config, evaluate, load_model, read_best
 from search.data.datasets import load_dataset
 from search.posthoc import certify, seed_fits
 from search.posthoc.certify import (
@@ -29,7 +29,7 @@ from search.posthoc.certify import (
 )
 from search.posthoc.retrain import retrain
 from search.training.config import TrainConfig
-from search.training.fit import EpochMetrics, FitResult, evaluate, fit
+from search.training.fit import EpochMetrics, FitResult, fit
 from search.tuning.space import parse_space, replay_config
 
 TOP, SEEDS = 3, 2

@@ -15,15 +15,15 @@ import math
 
 import pytest
 import torch
+from helpers import as_float64
 from torch import nn
-from training.test_fit import as_float64
 
 from search.data.datasets import load_dataset
 from search.training import plan, stack
 from search.training.config import TrainConfig
 from search.training.fit import fit, fit_stacked
 from search.training.model import build_mlp
-from search.training.plan import padding_of, stack_capacity
+from search.training.plan import stack_capacity
 from search.training.stack import StackedMLP, layout_of
 
 RTOL = 1e-9
@@ -171,14 +171,15 @@ def test_l1_is_the_sum_of_the_weight_matrices_magnitudes_never_biases_or_batchno
     assert gap == pytest.approx(expected, rel=1e-5)
 
 
-def test_padding_share_counts_the_padded_multiply_adds():
-    a, b = BASE.replace(hidden=(32, 24)), BASE.replace(hidden=(8, 40))
+def test_padding_share_counts_the_padded_multiply_adds(digits):
+    a, b = BASE.replace(hidden=(32, 24), epochs=1), BASE.replace(hidden=(8, 40), epochs=1)
     # Padded layers: 64-32-40-10 for both; real ones 64-32-24-10 and 64-8-40-10.
     padded = 2 * (64 * 32 + 32 * 40 + 40 * 10)
     real = (64 * 32 + 32 * 24 + 24 * 10) + (64 * 8 + 8 * 40 + 40 * 10)
     assert layout_of([a, b], 64, 10).widths == (32, 40)
-    assert math.isclose(padding_of([a, b], 64, 10), 1 - real / padded)
-    assert padding_of([a, a], 64, 10) == 0.0
+    results = fit_stacked([a, b], digits)
+    assert all(math.isclose(r.stack_padding, 1 - real / padded) for r in results)
+    assert fit_stacked([a, a.replace(seed=9)], digits)[0].stack_padding == 0.0
 
 
 def test_stack_capacity_follows_the_devices_free_memory(digits, monkeypatch):

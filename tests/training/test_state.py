@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from training.test_fit import as_float64
+from helpers import as_float64
 
 from search.data.datasets import load_dataset
 from search.training.config import TrainConfig

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from search.data.datasets import load_dataset
 from search.tuning.objective import Objective
-from search.tuning.stacking import run_trials
+from search.tuning.runner import run_trials
 from search.tuning.study_file import load_study
 
 

@@ -1,4 +1,8 @@
-"""Everything that depends on which device trains: picked here and nowhere else."""
+"""Everything that depends on which device trains: picked here and nowhere else.
+
+Not a command: a foundation, like search.errors and search.schema, that the data (where tensors
+live), training (precision, optimizer kernels, free memory), the workers and the provenance share.
+"""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from search import device as dev
 from search.errors import UserError
-from search.training import device as dev
 
 
 def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
