@@ -37,7 +37,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         def on_epoch(m) -> None:
             bar.update(1)
-            bar.set_postfix(val_acc=f"{m.val_acc:.4f}", refresh=False)
+            bar.set_postfix(val_score=f"{m.val_score:.4f}", refresh=False)
 
         done = export_study(
             storage_url=storage_url, study_name=args.study_name, out_dir=args.out,

@@ -118,7 +118,7 @@ def retrain_weights(
     result = fit(config, data, on_epoch=on_epoch)
     if result.diverged:
         raise UserError(f"retraining trial {trial.number} diverged: {result.diverged}")
-    val = result.val_acc
+    val = result.val_score
     trained_on = trial.user_attrs.get(ATTR_DEVICE, "?")
     check = "the trial's, exactly"
     if val != trial.value:  # another device, or different CPU kernels: worth saying

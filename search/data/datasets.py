@@ -1,13 +1,15 @@
 """Datasets: decoded once, normalized with train-split statistics, and moved to the device once.
 
 A search runs many trials in one process, so `load_dataset` is memoized; reading image files
-(and their decode cache on disk) is `search.data.image_files`' job.
+(and their decode cache on disk) is `search.data.image_files`' job, reading and encoding tables
+`search.data.tables`'.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +22,11 @@ from search.data.image_files import (
     load_tree,
     read_cifar_pickles,
 )
+from search.data.targets import TargetScale
 from search.errors import first_line
 
-DATASETS = ("cifar10", "digits", "imagefolder")
+DATASETS = ("cifar10", "digits", "imagefolder", "table")
+IMAGE_DATASETS = DATASETS[:3]
 CIFAR_DIR = "cifar-10-batches-py"
 
 
@@ -31,27 +35,40 @@ class Dataset:
     """What the trainer consumes; every tensor already lives on the training device."""
 
     name: str
-    classes: tuple[str, ...]
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    mean: tuple[float, ...]  # per channel, [0, 1] pixel units, from the train split only
+    classes: tuple[str, ...]  # class names; () for regression
+    image_shape: tuple[int, int, int] | None  # (C, H, W); None for a table
+    mean: tuple[float, ...]  # per channel, [0, 1] pixel units, from the train split only (images)
     std: tuple[float, ...]
-    x_train: torch.Tensor = field(repr=False)  # float32 [N, C*H*W], normalized, C,H,W order
-    y_train: torch.Tensor = field(repr=False)  # int64 [N]
+    x_train: torch.Tensor = field(repr=False)  # float32 [N, features], normalized (C,H,W order)
+    y_train: torch.Tensor = field(repr=False)  # int64 [N] class indices, or float32 standardized target
     x_val: torch.Tensor = field(repr=False)
     y_val: torch.Tensor = field(repr=False)
     x_test: torch.Tensor = field(repr=False)
     y_test: torch.Tensor = field(repr=False)
     split_seed: int
     val_fraction: float
+    task: str = "classification"  # or "regression" (search.data.targets)
+    metric: str = "accuracy"  # what a trial's value scores (search.data.targets.METRICS)
+    target: TargetScale | None = None  # regression: how y_* were standardized from the target
+    table: Any = field(default=None, repr=False)  # search.data.tables.Table: rows and preprocessing
+    numeric: str = "standard"  # a table's numeric transform that x_* were encoded with
 
     @property
     def in_features(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w
+        return int(self.x_train.shape[1])
 
     @property
     def n_classes(self) -> int:
-        return len(self.classes)
+        """The model's outputs: one per class, or one value for regression."""
+        return 1 if self.task == "regression" else len(self.classes)
+
+    def variant(self, numeric: str) -> Dataset:
+        """This table encoded with another numeric transform (memoized); images are their own."""
+        if self.table is None or numeric == self.numeric:
+            return self
+        from search.data.tables import encoded
+
+        return encoded(self, numeric)
 
     @property
     def device(self) -> torch.device:
@@ -103,16 +120,27 @@ def load_dataset(
     split_seed: int = 0,
     download: bool = True,
     progress: bool = False,
+    table: Any = None,
 ) -> Dataset:
-    """The named dataset split into train/val/test, normalized, on `device`.
+    """The named dataset split into train/val/test, normalized, on `device`; for "table", the
+    table `table` (a search.data.tables.TableSpec) describes.
 
-    Memoized per process on (name, data_dir, device, val_fraction, split_seed): a search's many
-    trials share one copy. `download` and `progress` only change how a first load happens.
+    Memoized per process on (name, data_dir, device, val_fraction, split_seed, table): a search's
+    many trials share one copy. `download` and `progress` only change how a first load happens.
     """
     _check_name(name)
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     device = torch.device(device)
+    if name == "table":
+        if table is None:
+            raise DataError('dataset "table" needs a table: train = PATH and target = COLUMN')
+        key = (name, table, str(device), float(val_fraction), int(split_seed))
+        if key not in _MEMO:
+            from search.data.tables import load_table
+
+            _MEMO[key] = load_table(table, device=device, val_fraction=val_fraction, split_seed=split_seed)
+        return _MEMO[key]
     # digits ignores data_dir; an absolute path keeps the key valid if the cwd changes
     where = None if name == "digits" else str(resolve_data_dir(data_dir).resolve())
     key = (name, where, str(device), float(val_fraction), int(split_seed))

@@ -219,10 +219,10 @@ def audit_study(
             user_attrs[ATTR_REASON] = result.diverged
         record = optuna.trial.create_trial(
             state=TrialState.FAIL if result.diverged else TrialState.COMPLETE,
-            value=None if result.diverged else result.val_acc,
+            value=None if result.diverged else result.val_score,
             params=dict(trial.params),
             distributions=dict(trial.distributions),
-            intermediate_values={m.epoch: m.val_acc for m in result.history},
+            intermediate_values={m.epoch: m.val_score for m in result.history},
             user_attrs=user_attrs,
         )
         audit.add_trial(record)  # one write, after training: a crash leaves no RUNNING trial

@@ -127,7 +127,7 @@ def retrain(
         done.runs.append(
             SeedRun(
                 seed=cfg.seed,
-                val_accuracy=None if full else result.val_acc,
+                val_accuracy=None if full else result.val_score,
                 evaluation=evaluate_test(result.model, data),  # each model touches the test split once
                 model=result.model if k == 0 else None,  # only the first is saved; free the rest
                 train_seconds=result.train_seconds,

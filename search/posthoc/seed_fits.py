@@ -42,7 +42,7 @@ def _fit_one(config: TrainConfig, data: Dataset) -> SeedFit:
     torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, buffer)
     return SeedFit(
         seed=config.seed,
-        val_accuracy=None if result.diverged else result.val_acc,
+        val_accuracy=None if result.diverged else result.val_score,
         diverged=result.diverged,
         epochs_run=result.epochs_run,
         train_seconds=result.train_seconds,

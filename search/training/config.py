@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from search.data.numeric import NUMERICS
 from search.errors import UserError
 
 # Names the study files may use; the model and trainer map each to a torch class.
@@ -21,7 +22,10 @@ WHITENINGS = ("none", "zca")
 MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
 
 
-_CHOICES = {"activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "whiten": WHITENINGS}
+_CHOICES = {
+    "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "whiten": WHITENINGS,
+    "numeric": NUMERICS,
+}  # fmt: skip
 # name: (low, high, whether high itself is allowed)
 _RANGES = {
     "dropout": (0.0, 1.0, False), "bn_momentum": (0.0, 1.0, True), "warmup": (0.0, 1.0, False),
@@ -52,6 +56,7 @@ class TrainConfig:
     translate: int = 0  # pixels: shift each training image by up to this in x and y, zero-padded
     whiten: str = "none"  # one of WHITENINGS: "zca" decorrelates pixels, fitted on the train split
     zca_eps: float = 1.0  # added to the covariance's eigenvalues (normalized-pixel variance units)
+    numeric: str = "standard"  # tables: one of NUMERICS, how numeric columns are scaled
     epochs: int = 10  # passes over the training split
     seed: int = 0  # weight init and batch order; the same seed on the CPU retrains bit for bit
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, kept for provenance

@@ -28,6 +28,7 @@ from torch import nn
 from torch.optim.sgd import sgd
 
 from search.data.datasets import Dataset
+from search.data.targets import losses_and_scores
 from search.data.whiten import fold_into_first_linear, whitened, zca_matrix
 from search.device import autocast, free_memory
 from search.training.augment import Augmenter, check_augmentable
@@ -46,8 +47,8 @@ DROPOUT_SEED = 0xD209  # added to a config's seed: the dropout stream's own seed
 class EpochMetrics:
     epoch: int  # 1-based
     train_loss: float  # mean per-batch loss over the epoch: label smoothing and L1 term included
-    val_loss: float  # mean cross-entropy on the validation split
-    val_acc: float  # fraction correct on the validation split
+    val_loss: float  # the training loss's validation mean: cross-entropy, or the scaled target's MSE
+    val_score: float  # the study's metric on the validation split, higher better: accuracy, R², ...
     seconds: float = 0.0  # this epoch's training pass (its steps and one host sync), not validation
 
 
@@ -74,9 +75,9 @@ class FitResult:
         return len(self.history)
 
     @property
-    def val_acc(self) -> float:
+    def val_score(self) -> float:
         """Accuracy of the final weights, the ones a checkpoint saves."""
-        return self.history[-1].val_acc if self.history else float("nan")
+        return self.history[-1].val_score if self.history else float("nan")
 
 
 def import_lazy_parts() -> None:
@@ -153,7 +154,8 @@ class _StackRun:
         self.reported = [s.epoch if s is not None else 0 for s in resume]  # epochs reported so far
         self.done = [False] * len(configs)
         c = configs[0]
-        self.source = whitened(data, c.zca_eps) if c.whiten == "zca" else data
+        self.source = data.variant(c.numeric)
+        self.source = whitened(self.source, c.zca_eps) if c.whiten == "zca" else self.source
         self.x, self.y = self.source.x_train, self.source.y_train
         if include_val:
             self.x = torch.cat([self.x, self.source.x_val])
@@ -206,7 +208,7 @@ class _StackRun:
         first = members[0].state.epoch if members[0].state is not None else 0
         stack = StackedMLP(
             configs, [m.model for m in members], layout_of(configs, data.in_features, data.n_classes),
-            device, x.dtype,
+            device, x.dtype, regression=data.task == "regression",
         )  # fmt: skip
         optimizer = MemberOptimizers(configs, stack.param, stack.grad, epochs * n_batches, first * n_batches)
         augment = Augmenter(configs, data.image_shape, x) if any(c.augments for c in configs) else None
@@ -254,7 +256,10 @@ class _StackRun:
             self._charge(members, epoch_seconds)
 
             rows = max(1, EVAL_ELEMENTS // (k * max((*stack.layout.widths, data.in_features))))
-            val_losses, val_accs = stack.evaluate(self.source.x_val, self.source.y_val, rows)
+            val_losses, val_scores = losses_and_scores(
+                stack.predict(self.source.x_val, rows), self.source.y_val, task=data.task,
+                metric=data.metric, target=data.target,
+            )  # fmt: skip
 
             fresh: dict[int, EpochMetrics] = {}  # epochs not reported before an out-of-memory retry
             for row, m in enumerate(members):
@@ -262,7 +267,9 @@ class _StackRun:
                 if not math.isfinite(loss):
                     result.diverged = f"training loss became {loss} in epoch {epoch}"
                     continue
-                metrics = EpochMetrics(epoch, loss, val_losses[row], val_accs[row], seconds=epoch_seconds / k)
+                metrics = EpochMetrics(
+                    epoch, loss, val_losses[row], val_scores[row], seconds=epoch_seconds / k
+                )
                 result.history.append(metrics)
                 if epoch > self.reported[m.index]:
                     self.reported[m.index] = epoch

@@ -36,10 +36,11 @@ MEMORY_SHARE = 0.5  # of the device's free memory, what a stack may plan to use
 
 
 def stack_key(config: TrainConfig, start_epoch: int = 0) -> tuple:
-    """What members of one stack share: depth, batch size, input transform, epochs, and the
+    """What members of one stack share: depth, batch size, input transforms, epochs, and the
     epoch they start from (a resumed member stacks with those resumed from the same epoch)."""
     zca = config.zca_eps if config.whiten == "zca" else None
-    return (len(config.hidden), config.batch_size, config.whiten, zca, config.epochs, start_epoch)
+    inputs = (config.whiten, zca, config.numeric)
+    return (len(config.hidden), config.batch_size, *inputs, config.epochs, start_epoch)
 
 
 def member_bytes(config: TrainConfig, data: Dataset) -> int:

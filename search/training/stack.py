@@ -130,8 +130,11 @@ def portable_tensors(model: nn.Module, batchnorm: bool) -> dict[str, torch.Tenso
 class StackedMLP:
     """The members' weights as rows of `param` [K, P], their gradients as rows of `grad`."""
 
-    def __init__(self, configs: list[TrainConfig], models: list[nn.Module], layout: Layout, device, dtype):
-        self.configs, self.layout = list(configs), layout
+    def __init__(
+        self, configs: list[TrainConfig], models: list[nn.Module], layout: Layout, device, dtype, *,
+        regression: bool = False,
+    ):  # fmt: skip
+        self.configs, self.layout, self.regression = list(configs), layout, regression
         k = len(configs)
         self.param = torch.zeros(k, layout.size, device=device, dtype=dtype)
         self.grad = torch.zeros_like(self.param)
@@ -250,13 +253,17 @@ class StackedMLP:
         return mask.div_(self.keep_p)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Each member's training loss [K]: cross-entropy with its label smoothing, plus its L1
-        (weight matrices only, never biases or BatchNorm)."""
-        logp = F.log_softmax(logits.to(self.param.dtype), dim=2)
-        nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)  # [K, B]
-        if self.any_smoothing:
-            nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(2)
-        loss = nll.mean(1)
+        """Each member's training loss [K]: cross-entropy with its label smoothing (or, for
+        regression, the standardized target's squared error), plus its L1 (weight matrices only,
+        never biases or BatchNorm)."""
+        if self.regression:
+            loss = (logits[..., 0].to(self.param.dtype) - y.to(self.param.dtype)).pow(2).mean(1)
+        else:
+            logp = F.log_softmax(logits.to(self.param.dtype), dim=2)
+            nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)  # [K, B]
+            if self.any_smoothing:
+                nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(2)
+            loss = nll.mean(1)
         if self.any_l1:
             weights = [self.views[f"w{i}"] for i in range(len(self.layout.widths))] + [self.views["wh"]]
             loss = loss + self.l1 * torch.stack([w.abs().sum((1, 2)) for w in weights]).sum(0)
@@ -271,25 +278,17 @@ class StackedMLP:
             g.zero_() if self.all_bn else g.mul_(self.no_bn)
 
     @torch.no_grad()
-    def evaluate(
-        self, x: torch.Tensor, y: torch.Tensor, rows_per_pass: int
-    ) -> tuple[list[float], list[float]]:
-        """Each member's (mean cross-entropy, accuracy) on (x, y) in eval mode; one host sync."""
-        k = len(self.configs)
-        loss_sum = torch.zeros(k, device=x.device, dtype=torch.float64)
-        correct = torch.zeros(k, device=x.device, dtype=torch.float64)
+    def predict(self, x: torch.Tensor, rows_per_pass: int) -> torch.Tensor:
+        """Every member's outputs for one input x [N, in], in eval mode: [K, N, outputs]."""
         first = None
         if self.layout.widths:  # one copy per scoring: every pass is then one matmul for all members
             w0 = self.views["w0"]
             first = w0.transpose(0, 1).reshape(w0.shape[1], -1)
-        for at in range(0, len(x), rows_per_pass):
-            xb, yb = x[at : at + rows_per_pass], y[at : at + rows_per_pass]
-            logits = self.forward(xb, train=False, first=first).to(self.param.dtype)
-            target = yb.expand(k, len(yb))
-            loss_sum += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
-            correct += (logits.argmax(2) == target).sum(1)
-        stats = torch.stack([loss_sum, correct]).tolist()
-        return [s / len(x) for s in stats[0]], [c / len(x) for c in stats[1]]
+        passes = [
+            self.forward(x[at : at + rows_per_pass], train=False, first=first).to(self.param.dtype)
+            for at in range(0, len(x), rows_per_pass)
+        ]
+        return torch.cat(passes, dim=1)
 
     # ------------------------------------------------------------------ members in and out
 

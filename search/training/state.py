@@ -20,7 +20,7 @@ from search.files import atomic_write
 from search.training.config import TrainConfig
 from search.training.stack import Layout, member_slices
 
-FORMAT = 3  # bump when a field changes meaning
+FORMAT = 4  # bump when a field changes meaning
 
 
 @dataclass

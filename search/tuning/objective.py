@@ -86,8 +86,8 @@ class Objective:
         resume = keeper.load(config.to_dict()) if keeper is not None else None
         if resume is not None:  # the epochs the first attempt trained count for this trial
             for m in resume.history:
-                trial.report(m["val_acc"], m["epoch"])
-                reported[m["epoch"]] = m["val_acc"]
+                trial.report(m["val_score"], m["epoch"])
+                reported[m["epoch"]] = m["val_score"]
             trial.set_user_attr(ATTR_RESUMED, resume.epoch)
         shape = dict(in_features=self.data.in_features, n_classes=self.data.n_classes)
         trial.set_user_attr(ATTR_SEED, seed)
@@ -107,15 +107,15 @@ class Objective:
             trial.set_user_attr(ATTR_REASON, result.diverged)
             raise optuna.TrialPruned(result.diverged)
         if result.stopped:
-            reason = f"pruned after epoch {result.epochs_run} at val_acc {result.val_acc:.4f}"
+            reason = f"pruned after epoch {result.epochs_run} at val_score {result.val_score:.4f}"
             trial.set_user_attr(ATTR_REASON, reason)
             raise optuna.TrialPruned(reason)
         if self.checkpoint_dir is not None:
             best_weights.save_if_best(
                 self.checkpoint_dir,
-                value=result.val_acc,
+                value=result.val_score,
                 trial_number=trial.number,
                 model=result.model,
                 meta={"config": begun.config.to_dict(), "study": trial.study.study_name},
             )
-        return result.val_acc
+        return result.val_score

@@ -135,8 +135,8 @@ def _train(
 
     def on_epoch(metrics: dict[int, EpochMetrics]) -> list[int]:
         for i, m in metrics.items():  # every member reports before any is judged
-            group[i].trial.report(m.val_acc, m.epoch)
-            group[i].begun.reported[m.epoch] = m.val_acc
+            group[i].trial.report(m.val_score, m.epoch)
+            group[i].begun.reported[m.epoch] = m.val_score
         stop = []
         for i in metrics:
             member = group[i]

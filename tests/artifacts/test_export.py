@@ -128,8 +128,8 @@ def test_exported_model_reproduces_the_reported_test_accuracy_exactly(exported):
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))  # a plain state_dict
     _, test_acc = evaluate(model, data.x_test, data.y_test)
     assert test_acc == report["test_accuracy"] == best["test_accuracy"]
-    _, val_acc = evaluate(model, data.x_val, data.y_val)
-    assert val_acc == best["value"]  # on the CPU, the checkpoint scores what the trial reported
+    _, val_score = evaluate(model, data.x_val, data.y_val)
+    assert val_score == best["value"]  # on the CPU, the checkpoint scores what the trial reported
     again = load_model(best, out / "model.pt", in_features=data.in_features, n_classes=data.n_classes)
     assert evaluate(again, data.x_test, data.y_test)[1] == report["test_accuracy"]
 

@@ -57,8 +57,8 @@ def test_whitened_data_is_made_once_per_process(digits):
 def test_a_zca_fit_returns_a_model_for_the_plain_normalized_inputs(digits):
     data = as_float64(digits)  # float64: the folded model and the trained one agree to 1e-13
     result = fit(TrainConfig(hidden=(32,), whiten="zca", zca_eps=0.1, epochs=3), data)
-    val_loss, val_acc = evaluate(result.model, data.x_val, data.y_val)
-    assert val_acc == result.history[-1].val_acc
+    val_loss, val_score = evaluate(result.model, data.x_val, data.y_val)
+    assert val_score == result.history[-1].val_score
     assert val_loss == pytest.approx(result.history[-1].val_loss, rel=1e-9)
     plain = fit(TrainConfig(hidden=(32,), epochs=3), data)
     assert plain.history[-1].val_loss != result.history[-1].val_loss

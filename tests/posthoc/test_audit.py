@@ -155,8 +155,8 @@ def test_audited_values_equal_a_direct_fit_with_the_trials_own_params_and_seed(a
         assert row["seed"] == t.user_attrs["seed"]
         config = replay_config(t.params, space, epochs=payload["epochs"], seed=t.user_attrs["seed"])
         history = fit(config, data).history
-        assert row["curve"] == [m.val_acc for m in history]
-        assert row["audited_value"] == history[-1].val_acc
+        assert row["curve"] == [m.val_score for m in history]
+        assert row["audited_value"] == history[-1].val_score
         # on the CPU, its first epochs are the search's own
         at = row["pruned_at_epoch"]
         assert row["curve"][:at] == [t.intermediate_values[e] for e in range(1, at + 1)]

@@ -105,7 +105,7 @@ def test_validation_is_never_augmented():
     result = fit(TrainConfig(hidden=(32,), hflip=True, translate=1, epochs=2), data)
     loss, acc = evaluate(result.model, data.x_val, data.y_val)  # the plain validation images
     assert result.history[-1].val_loss == pytest.approx(loss, rel=1e-9)
-    assert result.history[-1].val_acc == acc
+    assert result.history[-1].val_score == acc
     plain = fit(TrainConfig(hidden=(32,), epochs=2), data)
     assert plain.history[-1].train_loss != result.history[-1].train_loss
 

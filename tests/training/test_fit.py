@@ -105,8 +105,8 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
         with torch.no_grad():
             logits = model(data.x_val)
             val_loss = F.cross_entropy(logits, data.y_val).item()
-            val_acc = (logits.argmax(1) == data.y_val).double().mean().item()
-        out.append((sum(losses) / n_batches, val_loss, val_acc))
+            val_score = (logits.argmax(1) == data.y_val).double().mean().item()
+        out.append((sum(losses) / n_batches, val_loss, val_score))
     return out
 
 
@@ -137,20 +137,20 @@ def test_each_knob_trains_as_pytorchs_own_modules_and_optimizers_do(digits64, kn
     ours = fit(config, digits64)
     theirs = reference_fit(config, digits64)
     assert len(ours.history) == len(theirs) == config.epochs
-    for m, (train_loss, val_loss, val_acc) in zip(ours.history, theirs, strict=True):
+    for m, (train_loss, val_loss, val_score) in zip(ours.history, theirs, strict=True):
         assert math.isclose(m.train_loss, train_loss, rel_tol=RTOL), (m, train_loss)
         assert math.isclose(m.val_loss, val_loss, rel_tol=RTOL), (m, val_loss)
-        assert m.val_acc == pytest.approx(val_acc, abs=1e-12)
+        assert m.val_score == pytest.approx(val_score, abs=1e-12)
 
 
 def test_the_returned_model_scores_as_the_engine_scored_it(digits64):
     config = TrainConfig(hidden=(64, 32), dropout=0.2, optimizer="adam", lr=3e-3, epochs=6)
     result = fit(config, digits64)
     assert result.epochs_run == 6 and not result.stopped and result.diverged is None
-    assert result.val_acc > 0.9
+    assert result.val_score > 0.9
     # The portable nn.Sequential against the engine's own scoring, in float64: the same model.
     loss, acc = evaluate(result.model, digits64.x_val, digits64.y_val)
-    assert acc == result.val_acc
+    assert acc == result.val_score
     assert loss == pytest.approx(result.history[-1].val_loss, rel=RTOL)
 
 
@@ -168,7 +168,7 @@ def test_a_bias_right_before_batchnorm_keeps_its_initial_value(digits):
 def test_same_seed_trains_the_same_model_on_cpu(digits):
     config = TrainConfig(hidden=(32,), dropout=0.2, epochs=2, seed=3, hflip=True, translate=1)
     a, b = fit(config, digits), fit(config, digits)
-    assert [m.val_acc for m in a.history] == [m.val_acc for m in b.history]
+    assert [m.val_score for m in a.history] == [m.val_score for m in b.history]
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
 
@@ -201,13 +201,13 @@ def test_train_seconds_exclude_time_spent_in_the_callback(digits):
 
 
 def test_epoch_seconds_leave_validation_out(digits, monkeypatch):
-    real_evaluate = stack.StackedMLP.evaluate
+    real_predict = stack.StackedMLP.predict
 
-    def slow_evaluate(*args, **kwargs):
+    def slow_predict(*args, **kwargs):
         time.sleep(0.25)
-        return real_evaluate(*args, **kwargs)
+        return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(stack.StackedMLP, "evaluate", slow_evaluate)
+    monkeypatch.setattr(stack.StackedMLP, "predict", slow_predict)
     started = time.perf_counter()
     result = fit(TrainConfig(hidden=(16,), epochs=3), digits)
     wall = time.perf_counter() - started

@@ -72,7 +72,7 @@ def assert_same_training(alone, together, n_val: int):
         assert a.epoch == s.epoch
         assert math.isclose(a.train_loss, s.train_loss, rel_tol=RTOL), (a, s)
         assert math.isclose(a.val_loss, s.val_loss, rel_tol=RTOL), (a, s)
-        assert abs(a.val_acc - s.val_acc) <= 1.0 / n_val + 1e-12, (a, s)
+        assert abs(a.val_score - s.val_score) <= 1.0 / n_val + 1e-12, (a, s)
     assert alone.stopped == together.stopped and alone.diverged == together.diverged
 
 

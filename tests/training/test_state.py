@@ -64,7 +64,7 @@ def test_a_resumed_fit_equals_the_uninterrupted_one(digits, name, tmp_path):
     path = save_state(tmp_path / "state.pt", states[1])  # through the file, as a crash would
     resumed = fit(config, digits, resume=load_state(path))
     assert [m.train_loss for m in resumed.history] == [m.train_loss for m in whole.history]
-    assert [m.val_acc for m in resumed.history] == [m.val_acc for m in whole.history]
+    assert [m.val_score for m in resumed.history] == [m.val_score for m in whole.history]
     assert_same_model(whole.model, resumed.model)
 
 

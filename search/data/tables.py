@@ -1,0 +1,293 @@
+"""Tables as datasets: CSV, Parquet, a pandas DataFrame or NumPy arrays, for classification or
+regression, preprocessed with scikit-learn and held as tensors on the training device.
+
+The preprocessing is a `ColumnTransformer` fitted on the training split alone: numeric columns
+get median imputation, a missing-value indicator (where the training split has gaps) and one of
+NUMERICS (a searchable knob: `standard` scaling, `quantile` to a normal distribution, or `robust`
+scaling with RealMLP's smooth clipping x / sqrt(1 + (x/3)^2)); categorical columns (text,
+categories, booleans, or those named `categorical`) are one-hot, with categories rarer than
+MIN_CATEGORY_ROWS rows (or beyond MAX_CATEGORIES) grouped, and unseen ones at prediction time put
+in that group. Each numeric transform is a variant of the dataset, built on first use. The fitted
+transformer travels with an exported model, so prediction takes raw rows.
+
+Without a test table, one is carved with `train_test_split(test_size=0.2, random_state=0)`,
+stratified for classification: the split the reference figures in ../shared/data/tables use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from search.data.datasets import Dataset
+from search.data.image_files import HOLDOUT_SEED, DataError
+from search.data.numeric import NUMERICS
+from search.data.targets import DEFAULT_METRIC, METRICS, TASKS, TargetScale, infer_task, wants_log
+from search.errors import first_line
+
+TEST_FRACTION = 0.2
+MIN_CATEGORY_ROWS = 5  # a category seen in fewer training rows joins the "infrequent" group
+MAX_CATEGORIES = 64  # one-hot columns per categorical column, the infrequent group included
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What a study says about its table: files, target, and how to read the columns."""
+
+    train: str  # a CSV or Parquet file
+    target: str  # the column to predict
+    test: str | None = None  # another file; otherwise 20% of `train`, carved with a fixed seed
+    task: str | None = None  # classification | regression; otherwise inferred (targets.infer_task)
+    drop: tuple[str, ...] = ()  # columns to leave out (ids, leaks)
+    categorical: tuple[str, ...] = ()  # columns to one-hot although numeric (codes)
+    metric: str | None = None  # a scikit-learn scorer name (targets.METRICS); the task's default
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TableSpec:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(eq=False)
+class Table:
+    """A table's split rows and its fitted preprocessing, one per numeric transform."""
+
+    frames: dict[str, Any]  # "train", "val", "test" -> pandas DataFrame of the input columns
+    numeric: list[str]
+    categorical: list[str]
+    target_name: str
+    transformers: dict[str, Any] = field(default_factory=dict)  # numeric transform -> fitted
+
+    def transformer(self, numeric: str):
+        if numeric not in self.transformers:
+            self.transformers[numeric] = make_transformer(numeric, self.numeric, self.categorical).fit(
+                self.frames["train"]
+            )
+        return self.transformers[numeric]
+
+    def encode(self, numeric: str, frame) -> np.ndarray:
+        return np.asarray(self.transformer(numeric).transform(frame), dtype=np.float32)
+
+
+def read_table(source: Any, *, what: str = "--data") -> Any:
+    """A pandas DataFrame from a CSV or Parquet path, a DataFrame, or a 2-D NumPy array."""
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        return source.reset_index(drop=True)
+    if isinstance(source, np.ndarray):
+        if source.ndim != 2:
+            raise DataError(f"{what}: expected a 2-D array of rows, got {source.ndim} dimension(s)")
+        return pd.DataFrame(source, columns=[f"x{i}" for i in range(source.shape[1])])
+    path = Path(str(source)).expanduser()
+    if not path.is_file():
+        raise DataError(f"{what} {path}: no such file")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep=None if path.suffix.lower() != ".csv" else ",", engine="python")
+    except Exception as e:  # pandas' parsers raise many kinds: one line names the file
+        raise DataError(f"{what} {path}: not a table pandas can read ({first_line(e)})") from None
+    if frame.shape[0] == 0 or frame.shape[1] < 2:
+        raise DataError(f"{what} {path}: {frame.shape[0]} rows and {frame.shape[1]} column(s): not a table")
+    return frame
+
+
+def smooth_clip(x: np.ndarray) -> np.ndarray:
+    """RealMLP's soft bound of robust-scaled values: about x near 0, about +-3 far out."""
+    return x / np.sqrt(1.0 + (x / 3.0) ** 2)
+
+
+def _as_text(x):
+    return x.astype(str)
+
+
+def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str]):
+    """The unfitted ColumnTransformer for a numeric transform (one of NUMERICS)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import MissingIndicator, SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import (
+        FunctionTransformer,
+        OneHotEncoder,
+        QuantileTransformer,
+        RobustScaler,
+        StandardScaler,
+    )  # fmt: skip
+
+    scale = {
+        "standard": lambda: StandardScaler(),
+        "quantile": lambda: QuantileTransformer(output_distribution="normal", random_state=0),
+        "robust": lambda: make_pipeline(RobustScaler(), FunctionTransformer(smooth_clip)),
+    }[numeric]()
+    parts = []
+    if num_cols:
+        parts.append(("numeric", make_pipeline(SimpleImputer(strategy="median"), scale), num_cols))
+        parts.append(("missing", MissingIndicator(features="missing-only", error_on_new=False), num_cols))
+    if cat_cols:
+        onehot = OneHotEncoder(
+            handle_unknown="infrequent_if_exist", min_frequency=MIN_CATEGORY_ROWS,
+            max_categories=MAX_CATEGORIES, sparse_output=False,
+        )  # fmt: skip
+        text = FunctionTransformer(_as_text, feature_names_out="one-to-one")
+        missing = SimpleImputer(strategy="constant", fill_value="(missing)")
+        parts.append(("categorical", make_pipeline(text, missing, onehot), cat_cols))
+    return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
+
+
+def split_table(frame, spec: TableSpec, *, test_frame=None, val_fraction: float, split_seed: int):
+    """Checked columns and target, and the rows split: (frames, y per split, task, classes, columns).
+    Every bad input is one line naming the column or file and what to do."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if spec.target not in columns:
+        raise DataError(f"target column {spec.target!r} is not in the table; its columns: {_names(columns)}")
+    for name in (*spec.drop, *spec.categorical):
+        if name not in columns:
+            raise DataError(f"column {name!r} (drop or categorical) is not in the table: {_names(columns)}")
+    frame = frame[frame[spec.target].notna()].reset_index(drop=True)
+    y_raw = frame[spec.target]
+    inputs = [c for c in columns if c != spec.target and c not in spec.drop]
+    if not inputs:
+        raise DataError("no input column is left once the target and `drop` are taken out")
+    empty = [c for c in inputs if frame[c].isna().all()]
+    if empty:
+        raise DataError(f"column {empty[0]!r} is empty in every row: add it to `drop`")
+    numeric_target = pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)
+    values = y_raw.to_numpy(dtype=float) if numeric_target else None
+    task = spec.task or infer_task(values, is_numeric=numeric_target)
+    if task not in TASKS:
+        raise DataError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    metric = spec.metric or DEFAULT_METRIC[task]
+    if metric not in METRICS[task]:
+        raise DataError(f"metric {metric!r} does not score {task}; use one of {', '.join(METRICS[task])}")
+    if task == "regression" and not numeric_target:
+        raise DataError(
+            f'target {spec.target!r} is not numeric, so it cannot be regressed: set task = "classification"'
+        )
+    classes: tuple[str, ...] = ()
+    if task == "classification":
+        labels = y_raw.astype(str)
+        counts = labels.value_counts()
+        if (counts < 2).any():
+            raise DataError(
+                f"class {counts.idxmin()!r} of {spec.target!r} has {counts.min()} row: every class needs at "
+                "least 2 (one to train on, one to score); drop its rows or merge it"
+            )
+        classes = tuple(sorted(counts.index))
+        y_all = labels.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    else:
+        y_all = values
+    x_all = frame[inputs]
+    stratify = y_all if task == "classification" else None
+    if test_frame is None:
+        idx = np.arange(len(frame))
+        rest, test_idx = train_test_split(
+            idx, test_size=TEST_FRACTION, random_state=HOLDOUT_SEED, stratify=stratify
+        )
+        x_test, y_test = x_all.iloc[test_idx], y_all[test_idx]
+    else:
+        rest = np.arange(len(frame))
+        x_test, y_test = _test_rows(test_frame, spec, inputs, task, classes)
+    strat_rest = y_all[rest] if task == "classification" else None
+    train_idx, val_idx = train_test_split(
+        rest, test_size=val_fraction, random_state=split_seed, stratify=strat_rest
+    )
+    frames = {"train": x_all.iloc[train_idx], "val": x_all.iloc[val_idx], "test": x_test}
+    ys = {"train": y_all[train_idx], "val": y_all[val_idx], "test": y_test}
+    cat = [c for c in inputs if c in spec.categorical or not _is_number(frame[c])]
+    num = [c for c in inputs if c not in cat]
+    return frames, ys, task, metric, classes, num, cat
+
+
+def _is_number(column) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _test_rows(test_frame, spec: TableSpec, inputs: list[str], task: str, classes: tuple[str, ...]):
+    test_frame.columns = [str(c) for c in test_frame.columns]
+    missing = [c for c in (*inputs, spec.target) if c not in test_frame.columns]
+    if missing:
+        raise DataError(f"the test table lacks column(s) {_names(missing)} that the training table has")
+    test_frame = test_frame[test_frame[spec.target].notna()]
+    if task == "classification":
+        labels = test_frame[spec.target].astype(str)
+        unknown = sorted(set(labels) - set(classes))
+        if unknown:
+            raise DataError(
+                f"the test table's target has class(es) the training table lacks: {_names(unknown)}"
+            )
+        y = labels.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    else:
+        y = test_frame[spec.target].to_numpy(dtype=float)
+    return test_frame[inputs], y
+
+
+def _names(names) -> str:
+    names = list(names)
+    return ", ".join(map(str, names[:12])) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+
+
+def y_tensor(y: np.ndarray, task: str, target: TargetScale | None, device) -> torch.Tensor:
+    if task == "classification":
+        return torch.as_tensor(y, dtype=torch.int64, device=device)
+    return torch.as_tensor(target.forward(y.astype(np.float64)), dtype=torch.float32, device=device)
+
+
+def load_table(
+    spec: TableSpec, *, device, val_fraction: float, split_seed: int, frame=None, test_frame=None
+) -> Dataset:
+    """The table `spec` names (or `frame`, a DataFrame standing for spec.train) as a Dataset on
+    `device`, its inputs encoded with the `standard` numeric transform; `Dataset.variant` gives
+    the others."""
+    frame = read_table(spec.train, what="train") if frame is None else read_table(frame)
+    if test_frame is None and spec.test is not None:
+        test_frame = read_table(spec.test, what="test")
+    frames, ys, task, metric, classes, num, cat = split_table(
+        frame, spec, test_frame=test_frame, val_fraction=val_fraction, split_seed=split_seed
+    )
+    target = None
+    if task == "regression":
+        every = np.concatenate([ys["train"], ys["val"], ys["test"]])
+        target = TargetScale.fit(ys["train"], log=wants_log(every))
+    table = Table(frames, num, cat, spec.target)
+    name = Path(spec.train).stem if isinstance(spec.train, str) else "table"
+    y = {k: y_tensor(v, task, target, device) for k, v in ys.items()}
+    empty = torch.empty(0, device=device)
+    data = Dataset(
+        name=name, classes=classes, image_shape=None, mean=(), std=(),
+        x_train=empty, y_train=y["train"], x_val=empty, y_val=y["val"], x_test=empty, y_test=y["test"],
+        split_seed=int(split_seed), val_fraction=float(val_fraction), task=task, metric=metric,
+        target=target, table=table, numeric="",
+    )  # fmt: skip
+    return encoded(data, "standard")
+
+
+def encoded(data: Dataset, numeric: str) -> Dataset:
+    """`data` with its inputs encoded by the `numeric` transform, fitted on its training rows."""
+    table: Table = data.table
+    if numeric not in NUMERICS:
+        raise DataError(f"numeric transform {numeric!r} is not one of {', '.join(NUMERICS)}")
+    cache = table.__dict__.setdefault("datasets", {})
+    if numeric not in cache:
+        x = {
+            k: torch.as_tensor(table.encode(numeric, f), device=data.device) for k, f in table.frames.items()
+        }
+        cache[numeric] = dataclasses.replace(
+            data, x_train=x["train"], x_val=x["val"], x_test=x["test"], numeric=numeric
+        )
+    return cache[numeric]
