@@ -23,7 +23,7 @@ are read (a stack's K running trials are not fetched at each ask), and a trial i
 not fetched again (it was cached exactly as written, and a finished trial cannot change). A read
 of the study's trials within `REREAD_S` of the last one shares it (Optuna's ask reads again right
 after the sampler's read), and the search for dead workers' trials runs every few seconds rather
-than before every trial. `tests/test_batched_storage.py` holds this to what Optuna's storage
+than before every trial. `tests/storage/test_batched.py` holds this to what Optuna's storage
 records and reads, for one worker and for two.
 """
 

@@ -10,7 +10,7 @@ Choices, and why:
   RUNNING trial that the next worker marks FAIL and re-queues with the same params.
 - Every check of a URL happens before anything is written, so bad input never touches a database.
 - Search workers wrap this storage in `search.storage._batched.BatchedStorage`: a trial's writes go
-  out in three transactions instead of about thirty (the README's Speed section has the figures).
+  out in three transactions instead of about thirty (docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def served_storage(url: str) -> optuna.storages.BaseStorage:
     Optuna's proxy documentation asks for its trial cache behind the proxy; `BatchedStorage` is
     that cache, holding back the writes to running trials until the next read of the study, as it
     does in a worker (every trial through the proxy is created by this process). Measured with 16
-    storage-only workers (the README's many-machines section): 38.7 trials/s against 21.6 with
+    storage-only workers (docs/benchmarks.md, the storage load): 38.7 trials/s against 21.6 with
     Optuna's cache alone, since the server's Python, not the database, is what limits the proxy.
     """
     backend = open_storage(url, heartbeat_s=None)

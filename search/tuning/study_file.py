@@ -8,7 +8,7 @@
     sampler = "tpe"         # tpe | random
     pruner = "median"       # median | halving | hyperband | none
     startup_trials = 10     # TPE's random trials before it models the results
-    min_epochs = 1          # median: no pruning before this epoch; halving/hyperband: first rung
+    min_epochs = 0          # median: first epoch it judges (0: a fifth); halving, hyperband: first rung
     stack = 1               # trials a worker trains at once as one stacked model (search.run --stack)
 
     [space]

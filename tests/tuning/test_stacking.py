@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from search.data.datasets import load_dataset
 from search.schema import ATTR_STACK_ID, ATTR_STACK_PADDING, ATTR_STACK_SIZE
-from search.storage import running as _running_trials
+from search.storage import running
 from search.storage.connect import open_storage
 from search.training.fit import fit
 from search.tuning.runner import RunOptions, _Slots, run_search
@@ -123,15 +123,15 @@ def test_stacked_trials_beat_their_heartbeat_while_they_train(tmp_path):
     study = optuna.create_study(storage=storage, direction="maximize")
     beating, silent = study.ask(), study.ask()
     try:
-        with _running_trials.heartbeats(study, [beating, silent]):
+        with running.heartbeats(study, [beating, silent]):
             time.sleep(0.2)
-        with _running_trials.heartbeats(study, [beating]):
+        with running.heartbeats(study, [beating]):
             time.sleep(3.5)  # past the grace period (2 beats) of a trial that stopped beating
-            _running_trials.fail_stale(study)
+            running.fail_stale(study)
     except AttributeError as e:
         raise AssertionError(
-            f"Optuna {optuna.__version__} moved {_running_trials.OPTUNA_INTERNAL}: "
-            f"search/tuning/_running_trials.py must follow it ({e})"
+            f"Optuna {optuna.__version__} moved {running.OPTUNA_INTERNAL}: "
+            f"search/tuning/running.py must follow it ({e})"
         ) from None
     states = {t.number: t.state for t in study.get_trials()}
     assert states[beating.number] == TrialState.RUNNING
