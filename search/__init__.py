@@ -7,6 +7,7 @@ The Python API (search.api), for notebooks and scripts:
     write_report  the study's HTML page (python -m search.report); returns its path
     load_best  the best trial's config and model, with the normalization its inputs need
     samples    a grid of training images, as a PIL image
+    MLPSearchClassifier, MLPSearchRegressor   scikit-learn estimators that search an MLP in fit
     predictions  test images captioned by a model's predictions, as a PIL image
 """
 
@@ -21,8 +22,8 @@ _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 __version__ = "0.1.0"
 
 __all__ = [
-    "BestModel", "UserError", "export_best", "load_best", "optimize", "predictions", "samples",
-    "write_report",
+    "BestModel", "MLPSearchClassifier", "MLPSearchRegressor", "UserError", "export_best", "load_best",
+    "optimize", "predictions", "samples", "write_report",
 ]  # fmt: skip
 
 
@@ -32,6 +33,10 @@ def __getattr__(name: str):
         from search.errors import UserError
 
         return UserError
+    if name in ("MLPSearchClassifier", "MLPSearchRegressor"):
+        from search import estimators
+
+        return getattr(estimators, name)
     if name in __all__:
         from search import api
 

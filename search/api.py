@@ -13,19 +13,25 @@ raises `search.UserError` with the same one-line message the command would print
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from search.artifacts import export as exporting
-from search.artifacts.evaluation import evaluate_test
+from search.artifacts.evaluation import evaluate_test, predict_logits
 from search.artifacts.pictures import predictions_grid, sample_grid
+from search.artifacts.predict import Predictor, Preprocess
 from search.data.datasets import Dataset
+from search.data.tables import read_table, table_spec
 from search.device import resolve_device
+from search.errors import UserError
+from search.files import atomic_write
 from search.pages import report as reporting
 from search.schema import RESULTS_DIR, study_dir
 from search.storage.connect import DEFAULT_STORAGE, check_storage, open_storage
@@ -38,7 +44,7 @@ from search.tuning.study_file import load_study
 
 def optimize(
     *,
-    study: str = "cifar10",
+    study: str | None = None,
     trials: int = 100,
     timeout: float | None = None,
     storage: str = DEFAULT_STORAGE,
@@ -50,13 +56,33 @@ def optimize(
     results_dir: str | Path = RESULTS_DIR,
     stack: int | None = None,
     progress: bool = True,
+    data=None,
+    target: str | None = None,
+    test=None,
+    task: str | None = None,
+    metric: str | None = None,
 ) -> optuna.Study:
-    """`python -m search.run`: add `trials` finished trials to the study (created or resumed).
+    """`python -m search.run`: add `trials` finished trials to the study (created or resumed);
+    `cifar10` by default, or with `data` and `target` the table study of a table: a CSV or
+    Parquet path, a pandas DataFrame or a 2-D NumPy array (`test` likewise). A DataFrame or array
+    is written once to results/<study>/data/ as Parquet, so export and retraining find it again.
 
     Interrupting it (Ctrl-C, or a notebook's stop button) ends the running trial FAIL, queues it
     to resume, and returns the study: no trial is left RUNNING.
     """
+    table = None
+    if data is not None or target is not None:
+        if data is None or target is None:
+            raise UserError("data and target go together: the table and the column to predict")
+        name = study_name or (f"{Path(data).stem}-{target}" if isinstance(data, (str, Path)) else "table")
+        folder = study_dir(results_dir, name) / "data"
+        table = table_spec(
+            _on_disk(data, folder / "train.parquet"), target, test=_on_disk(test, folder / "test.parquet"),
+            task=task, metric=metric,
+        )  # fmt: skip
+        study_name = name
     opts = prepare_run(
+        table=table,
         study=study, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
         data_dir=data_dir, device=device, jobs=jobs, seed=seed, results_dir=results_dir, stack=stack,
     )  # fmt: skip
@@ -70,6 +96,19 @@ def optimize(
     return optuna.load_study(
         study_name=opts.study_name, storage=open_storage(opts.storage_url, heartbeat_s=None)
     )
+
+
+def _on_disk(table, path: Path) -> str | None:
+    """A path to the table: its own, or where an in-memory one is written (if not there already)."""
+    if table is None or isinstance(table, (str, Path)):
+        return None if table is None else str(table)
+    frame = read_table(table)
+    frame.columns = [str(c) for c in frame.columns]
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    if not path.is_file() or path.read_bytes() != buffer.getvalue():
+        atomic_write(path, buffer.getvalue())
+    return str(path)
 
 
 def export_best(
@@ -110,17 +149,37 @@ def write_report(
 
 @dataclass(frozen=True)
 class BestModel:
-    """A study's best trial, ready to use: `model(normalize(images))` gives class logits."""
+    """A study's best trial, ready to use. `predict(rows)` takes a table study's raw rows (a
+    DataFrame, an array or a file) or an image study's images [N, C, H, W]; `model(normalize(
+    images))` gives an image model's class logits."""
 
     study: str
     trial_number: int
-    value: float  # its validation accuracy in the search
+    value: float  # its validation score in the search (the study's metric)
     config: TrainConfig
     model: torch.nn.Module  # in eval mode
     mean: tuple[float, ...]  # per channel, [0, 1] pixel units: the training split's statistics
     std: tuple[float, ...]
     classes: tuple[str, ...]
     data: Dataset  # the split it was searched on (its test split scores the model)
+    preprocess: Preprocess | None = None  # a table study's fitted preprocessing
+
+    def predict(self, rows):
+        """Labels (or, for regression, values in the target's units) for raw rows or images."""
+        if self.preprocess is not None and not isinstance(rows, torch.Tensor):
+            return Predictor(self.model, self.preprocess, self.data.device).predict(rows)
+        return np.asarray(self.classes, dtype=object)[self._outputs(rows).argmax(1).cpu().numpy()]
+
+    def predict_proba(self, rows) -> np.ndarray:
+        """Class probabilities [N, classes]."""
+        if self.preprocess is not None and not isinstance(rows, torch.Tensor):
+            return Predictor(self.model, self.preprocess, self.data.device).predict_proba(rows)
+        return self._outputs(rows).softmax(1).double().cpu().numpy()
+
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        rows = self.normalize(x) if x.dim() == 4 else x.to(self.data.device)
+        return predict_logits(self.model, rows)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Images [N, C, H, W] (uint8 0-255, or float 0-1) as the model's input rows [N, C*H*W]."""
@@ -151,7 +210,10 @@ def load_best(
     if not isinstance(found, exporting.Weights):
         found = exporting.retrain_weights(trial, config, data, why=found)
     model = found.model.eval()
-    return BestModel(name, trial.number, trial.value, config, model, data.mean, data.std, data.classes, data)
+    pre = Preprocess.of(data, config.numeric) if data.table is not None else None
+    return BestModel(
+        name, trial.number, trial.value, config, model, data.mean, data.std, data.classes, data, pre
+    )
 
 
 def samples(

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from search import cli
+from search.artifacts.evaluation import score_line
 from search.artifacts.export import PROG, export_study
 
 DESCRIPTION = (
@@ -37,7 +38,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         def on_epoch(m) -> None:
             bar.update(1)
-            bar.set_postfix(val_score=f"{m.val_score:.4f}", refresh=False)
+            bar.set_postfix(val=f"{m.val_score:.4f}", refresh=False)
 
         done = export_study(
             storage_url=storage_url, study_name=args.study_name, out_dir=args.out,
@@ -46,9 +47,9 @@ def _main(argv: Sequence[str] | None) -> int:
         )  # fmt: skip
     ev = done.evaluation
     lines = [
-        f"study {done.study}: best trial {done.trial.number}, validation accuracy {done.trial.value:.4f}",
+        f"study {done.study}: best trial {done.trial.number}, validation {ev.metric} {done.trial.value:.4f}",
         done.weights.note,
-        f"test accuracy {ev.accuracy:.4f} ({ev.n_correct} of {ev.n} test images)",
+        score_line(ev),
     ]
     return cli.finish(lines, done.files, done.out_dir)
 

@@ -21,6 +21,9 @@ from search.cli import (
     run_main,
 )
 from search.data.datasets import DATASETS
+from search.data.tables import table_spec
+from search.data.targets import METRICS, TASKS
+from search.errors import UserError
 from search.schema import RESULTS_DIR
 from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
 from search.tuning.run import bar_events, prepare_run
@@ -38,9 +41,8 @@ def build_parser() -> ArgumentParser:
     add = p.add_argument
     add(
         "--study",
-        default="cifar10",
         metavar="NAME|PATH",
-        help="study name (studies/NAME.toml) or a .toml path",
+        help="study name (studies/NAME.toml) or a .toml path (default: cifar10; with --data, table)",
     )
     add("--trials", type=positive_int, metavar="N", default=100, help="finished trials to add")
     add("--timeout", type=positive_float, metavar="SECONDS", help="start no trial after SECONDS")
@@ -64,12 +66,27 @@ def build_parser() -> ArgumentParser:
         help="save a trial's training state after an epoch once SECONDS have passed since the last "
         "save (0: every epoch), and on Ctrl-C/SIGTERM; a retried trial carries on from it")  # fmt: skip
     add("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    t = p.add_argument_group("your own table (CSV or Parquet), searched with the table study")
+    t.add_argument("--data", metavar="PATH", help="the training table")
+    t.add_argument("--target", metavar="COLUMN", help="the column to predict")
+    t.add_argument("--test", metavar="PATH", help="a test table (default: a fixed 20%% of --data)")
+    t.add_argument("--task", choices=TASKS, help="default: inferred from the target (see the README)")
+    t.add_argument("--metric", choices=sorted({m for ms in METRICS.values() for m in ms}),
+                   help="what a trial's value scores (default: accuracy, or r2 for regression)")  # fmt: skip
+    t.add_argument("--drop", metavar="COLUMN", action="append", default=[], help="leave a column out")
     return p
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    table = None
+    if args.data is not None or args.target is not None:
+        if args.data is None or args.target is None:
+            raise UserError("--data and --target go together: the table and the column to predict")
+        table = table_spec(args.data, args.target, test=args.test, task=args.task, metric=args.metric,
+                           drop=args.drop)  # fmt: skip
     opts = prepare_run(
+        table=table,
         study=args.study, trials=args.trials, timeout=args.timeout, storage=args.storage,
         study_name=args.study_name, data_dir=args.data_dir, dataset=args.dataset, epochs=args.epochs,
         sampler=args.sampler, pruner=args.pruner, stack=args.stack, device=args.device, seed=args.seed,

@@ -44,8 +44,11 @@ STUDY_SEED = "seed"  # the run's base seed: trial N trains with trial_seed(seed,
 STUDY_SPACE = "space"  # the study file's [space] table, as it was
 STUDY_FILE = "study_file"
 STUDY_DERIVED_FROM = "audit_of"  # on an audit study: the study it audits
+STUDY_TABLE = "table"  # a table study's files, target and columns (search.data.tables.TableSpec)
+STUDY_TASK = "task"  # classification or regression, as the data was read
+STUDY_METRIC = "metric"  # what the trials' values score (search.data.targets.METRICS)
 # Resuming a study with other values for these would mix incomparable trials; export needs them.
-BINDING = (STUDY_DATASET, STUDY_VAL_FRACTION, STUDY_SPLIT_SEED, STUDY_EPOCHS, STUDY_SPACE)
+BINDING = (STUDY_DATASET, STUDY_VAL_FRACTION, STUDY_SPLIT_SEED, STUDY_EPOCHS, STUDY_SPACE, STUDY_TABLE)
 
 # ---------------------------------------------------------------- results/<study>/
 RESULTS_DIR = "results"
@@ -62,6 +65,11 @@ REPORT_HTML = "report.html"  # search.report's page
 SAMPLES_PNG = "samples.png"  # search.show data
 PREDICTIONS_PNG = "predictions.png"  # test images captioned true / predicted
 ERRORS_PNG = "errors.png"  # the most confident mistakes
+CONFUSION_PNG = "confusion.png"  # a table classifier's confusion matrix on the test split
+ACTUAL_PNG = "predicted_vs_actual.png"  # a table regressor's predictions against the truth
+IMPORTANCE_PNG = "importance.png"  # permutation importance of each input column, test split
+PREPROCESS_PKL = "preprocess.pkl"  # a table model's fitted preprocessing (search.artifacts.predict)
+PREDICTIONS_CSV = "predictions.csv"  # search.predict's default output
 AUDIT_JSON = "audit.json"
 CERTIFIED_JSON, CERTIFIED_TXT = "certified.json", "certified.txt"
 CERTIFIED_BEST, CERTIFIED_MODEL = "certified_best.json", "certified_model.pt"

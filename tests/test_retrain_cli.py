@@ -50,10 +50,10 @@ def test_same_seed_on_the_cpu_reproduces_the_trials_validation_accuracy(best_jso
     best = read_best(best_json)
     out = best_json.parent / "retrain"  # the default: beside best.json
     report = json.loads((out / "test_report.json").read_text())
-    assert report["val_accuracy"] == best["value"]  # bit for bit, not approximately
+    assert report["val_score"] == best["value"]  # bit for bit, not approximately
     assert report["reproduced_trial_value"] is True and "reproduced" in printed
     # the same weights as the search's, so the same test figure as the export's
-    assert report["test_accuracy"] == best["test_accuracy"]
+    assert report["test_score"] == best["test_score"]
     assert report["runs"] == [dict(report["runs"][0], seed=best["config"]["seed"])]
 
 
@@ -64,7 +64,7 @@ def test_the_retrained_model_pt_reproduces_its_reported_test_accuracy(best_json,
     data = load_dataset("digits", device="cpu", val_fraction=0.2, split_seed=0)
     model = load_model(best, tmp_path / "model.pt", in_features=64, n_classes=10)
     report = json.loads((tmp_path / "test_report.json").read_text())
-    assert evaluate(model, data.x_test, data.y_test)[1] == report["test_accuracy"]
+    assert evaluate(model, data.x_test, data.y_test)[1] == report["test_score"]
     assert (tmp_path / "test_report.txt").read_text().count("confusion matrix") == 1
 
 
@@ -76,16 +76,16 @@ def test_seeds_report_mean_and_std_and_full_trains_on_validation_too(best_json, 
     report = json.loads((tmp_path / "test_report.json").read_text())
     seed = read_best(best_json)["config"]["seed"]
     assert [r["seed"] for r in report["runs"]] == [seed, seed + 1]
-    assert all(r["val_accuracy"] is None for r in report["runs"])  # validation was trained on
+    assert all(r["val_score"] is None for r in report["runs"])  # validation was trained on
     assert report["full"] is True and report["n_train"] == 1437 and report["config"]["epochs"] == 1
     assert report["reproduced_trial_value"] is None  # not comparable: --full, --epochs
-    mean, std = mean_std([r["test_accuracy"] for r in report["runs"]])
-    assert (report["test_accuracy_mean"], report["test_accuracy_std"]) == (mean, std)
+    mean, std = mean_std([r["test_score"] for r in report["runs"]])
+    assert (report["test_score_mean"], report["test_score_std"]) == (mean, std)
     assert f"{mean:.4f} ± {std:.4f}" in printed
     # model.pt is the first seed's
     data = load_dataset("digits", device="cpu", val_fraction=0.2, split_seed=0)
     model = load_model(read_best(best_json), tmp_path / "model.pt", in_features=64, n_classes=10)
-    assert evaluate(model, data.x_test, data.y_test)[1] == report["runs"][0]["test_accuracy"]
+    assert evaluate(model, data.x_test, data.y_test)[1] == report["runs"][0]["test_score"]
 
 
 # ---------------------------------------------------------------------------- errors

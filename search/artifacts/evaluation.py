@@ -1,10 +1,11 @@
 """A finished model: read back from best.json and model.pt, scored on the held-out test split.
 
 Export and retraining both end here, so a test figure means the same thing wherever it came from:
-scikit-learn's `classification_report` (per-class precision, recall, F1), the confusion matrix,
-and the accuracy. The per-sample predictions and confidences come back too, for pictures of the
-model's mistakes. Nothing in the search itself may call this: the test split is touched once,
-after the search is over.
+the study's metric (`score`), and for classification scikit-learn's `classification_report`
+(per-class precision, recall, F1), the confusion matrix and the accuracy; for regression R²,
+RMSE and MAE in the target's own units. The per-sample predictions and confidences come back too,
+for pictures of the model's mistakes. Nothing in the search itself may call this: the test split
+is touched once, after the search is over.
 
 `read_best` and `load_model` are how every consumer of an export (retraining, pictures) reads
 it back, with one-line errors for a missing or malformed best.json and a model.pt that does not
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.data.datasets import Dataset
+from search.data.targets import TargetScale, losses_and_scores
 from search.device import autocast
 from search.errors import UserError
 from search.files import atomic_write
@@ -80,13 +82,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 class Evaluation:
     """One model scored on one split; arrays are on the host, one entry per sample."""
 
-    classes: tuple[str, ...]
-    targets: np.ndarray  # int64 [N]: the true class index
-    predictions: np.ndarray  # int64 [N]: argmax of the logits
-    confidences: np.ndarray  # float32 [N]: softmax probability of the predicted class
-    report: dict[str, Any]  # classification_report(..., output_dict=True)
-    report_text: str  # the same, as scikit-learn prints it
+    classes: tuple[str, ...]  # () for regression
+    targets: np.ndarray  # int64 [N] true class indices, or float64 [N] true values (own units)
+    predictions: np.ndarray  # int64 [N] argmax of the logits, or float64 [N] predicted values
+    confidences: np.ndarray  # float32 [N]: softmax probability of the predicted class (zeros: regression)
+    report: dict[str, Any]  # classification_report(..., output_dict=True), or {r2, rmse, mae}
+    report_text: str  # the same, as text
     confusion: np.ndarray  # int64 [C, C]: rows are true classes, columns predicted ones
+    task: str = "classification"
+    metric: str = "accuracy"
+    score: float = float("nan")  # the study's metric on this split, higher better
 
     @property
     def n(self) -> int:
@@ -102,12 +107,19 @@ class Evaluation:
         return self.n_correct / self.n if self.n else float("nan")
 
 
-def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str]) -> Evaluation:
-    """Score `model` on (x, y) in eval mode; `classes` names the label indices 0..C-1."""
+def evaluate_split(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str], *,
+    task: str = "classification", metric: str = "accuracy", target: TargetScale | None = None,
+) -> Evaluation:  # fmt: skip
+    """Score `model` on (x, y) in eval mode; `classes` names the label indices 0..C-1. For
+    regression y is the standardized target and `target` maps it back to its own units."""
     # Imported here: sklearn.metrics takes seconds to import, and --help or a bad flag should not.
     from sklearn.metrics import classification_report, confusion_matrix
 
     logits = predict_logits(model, x)
+    _, (score,) = losses_and_scores(logits[None], y, task=task, metric=metric, target=target)
+    if task == "regression":
+        return _regression(logits[:, 0], y, target, metric, score)
     # argmax of the logits, not of the probabilities: softmax can round two logits to one
     # probability, and the accuracy must agree with `evaluate`'s.
     predictions = logits.argmax(dim=1)
@@ -124,12 +136,43 @@ def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: 
         report=classification_report(targets, preds, output_dict=True, **kwargs),
         report_text=classification_report(targets, preds, digits=4, **kwargs),
         confusion=confusion_matrix(targets, preds, labels=labels).astype(np.int64),
+        metric=metric,
+        score=score,
+    )
+
+
+def _regression(pred: torch.Tensor, y: torch.Tensor, target: TargetScale | None, metric: str, score: float):
+    def own_units(z: torch.Tensor) -> np.ndarray:
+        z = z.detach().to("cpu", torch.float64)
+        return (target.inverse(z) if target is not None else z).numpy()
+
+    truth, values = own_units(y), own_units(pred)
+    err = values - truth
+    report = {
+        "r2": float(1 - (err**2).sum() / max(((truth - truth.mean()) ** 2).sum(), 1e-300)),
+        "rmse": float(np.sqrt((err**2).mean())) if len(err) else float("nan"),
+        "mae": float(np.abs(err).mean()) if len(err) else float("nan"),
+    }
+    text = "\n".join(f"{k:>4}  {v:.6g}" for k, v in report.items()) + "\n"
+    empty = np.zeros((0, 0), dtype=np.int64)
+    return Evaluation(
+        (), truth, values, np.zeros(len(truth), np.float32), report, text, empty, "regression", metric, score
     )
 
 
 def evaluate_test(model: nn.Module, data: Dataset) -> Evaluation:
     """The one touch of the test split."""
-    return evaluate_split(model, data.x_test, data.y_test, data.classes)
+    return evaluate_split(
+        model, data.x_test, data.y_test, data.classes, task=data.task, metric=data.metric, target=data.target
+    )
+
+
+def score_split(model: nn.Module, data: Dataset, split: str = "val") -> float:
+    """The study's metric for `model` on one of `data`'s splits ("val" or "test")."""
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    logits = predict_logits(model, x)
+    _, (score,) = losses_and_scores(logits[None], y, task=data.task, metric=data.metric, target=data.target)
+    return score
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -153,12 +196,24 @@ def format_confusion(confusion: np.ndarray, classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def score_line(ev: Evaluation) -> str:
+    """`test accuracy 0.6649 (6649 of 10000 test rows)`, or `test r2 0.9812 (RMSE 546, MAE 271, ...)`."""
+    if ev.task == "regression":
+        r = ev.report
+        errors = f"R² {r['r2']:.4f}, RMSE {r['rmse']:.4g}, MAE {r['mae']:.4g}"
+        return f"test {ev.metric} {ev.score:.4f} ({errors}; {ev.n} test rows)"
+    also = "" if ev.metric == "accuracy" else f", accuracy {ev.accuracy:.4f}"
+    return f"test {ev.metric} {ev.score:.4f} ({ev.n_correct} of {ev.n} test rows right{also})"
+
+
 def format_report(ev: Evaluation, *, header: Sequence[str] = ()) -> str:
     lines = [*header]
     if header:
         lines.append("")
+    if ev.task == "regression":
+        return "\n".join([*lines, score_line(ev), "", ev.report_text.rstrip()]) + "\n"
     lines += [
-        f"test accuracy: {ev.accuracy:.4f} ({ev.n_correct} of {ev.n} test images)",
+        score_line(ev),
         "",
         ev.report_text.rstrip(),
         "",
@@ -169,8 +224,12 @@ def format_report(ev: Evaluation, *, header: Sequence[str] = ()) -> str:
 
 
 def report_dict(ev: Evaluation) -> dict[str, Any]:
+    if ev.task == "regression":
+        return {"split": "test", "metric": ev.metric, "test_score": ev.score, "n_test": ev.n, **ev.report}
     return {
         "split": "test",
+        "metric": ev.metric,
+        "test_score": ev.score,
         "test_accuracy": ev.accuracy,
         "n_test": ev.n,
         "n_correct": ev.n_correct,

@@ -27,14 +27,16 @@ from torch import nn
 from search.artifacts import provenance
 from search.artifacts.evaluation import (
     Evaluation,
-    evaluate,
     evaluate_test,
     load_state,
     save_model,
+    score_split,
     write_json,
     write_reports,
 )
 from search.artifacts.pictures import write_prediction_figures
+from search.artifacts.predict import Predictor, Preprocess
+from search.artifacts.table_figures import importance_lines, permutation_importance, write_table_figures
 from search.data.datasets import Dataset
 from search.errors import UserError, first_line
 from search.files import atomic_write
@@ -44,6 +46,7 @@ from search.schema import (
     BEST_WEIGHTS,
     MODEL_PT,
     MODEL_TXT,
+    PREPROCESS_PKL,
     REPORT_JSON,
     REPORT_TXT,
     STUDY_DATASET,
@@ -72,7 +75,7 @@ FORMAT = 1  # best.json's layout version; bump when a key changes meaning
 class Weights:
     model: nn.Module
     source: str  # "checkpoint" or "retrained"
-    val_accuracy: float  # of these weights, on the search's validation split, here
+    val_score: float  # of these weights, on the search's validation split, here
     note: str  # one sentence for the user: where the weights came from and how they check out
 
 
@@ -92,15 +95,16 @@ def checkpoint_weights(
     model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes)
     load_state(model, saved.get("state_dict"), source=str(path))
     model.to(data.device)
-    _, val = evaluate(model, data.x_val, data.y_val)
-    # The same weights on the same data: equal on the same kind of device, up to a few images
-    # flipped by other float kernels (another CPU, another GPU); a whole point off on another kind
-    # (bf16 on a GPU search, fp32 on a CPU export). Beyond that, they are some other model's.
+    val = score_split(model, data, "val")
+    # The same weights on the same data: equal on the same kind of device, up to a few rows
+    # flipped by other float kernels (another CPU, another GPU) and a continuous metric's rounding;
+    # a whole point off on another kind (bf16 on a GPU search, fp32 on a CPU export). Beyond that,
+    # they are some other model's.
     same_kind = torch.device(str(trial.user_attrs.get(ATTR_DEVICE, "cpu"))).type == data.device.type
-    tolerance = 2.5 / len(data.y_val) if same_kind else 0.01
+    tolerance = 2.5 / len(data.y_val) + 1e-4 * max(1.0, abs(trial.value)) if same_kind else 0.01
     if abs(val - trial.value) > tolerance:
         raise UserError(
-            f"{path} scores validation accuracy {val:.4f} but trial {trial.number} "
+            f"{path} scores validation {data.metric} {val:.4f} but trial {trial.number} "
             f"reported {trial.value:.4f}: these are not its weights; pass --retrain"
         )
     check = "the trial's, exactly" if val == trial.value else f"the trial had {trial.value:.4f}"
@@ -108,7 +112,7 @@ def checkpoint_weights(
         model,
         "checkpoint",
         val,
-        f"weights from the search's checkpoint {path}: validation accuracy {val:.4f}, {check}",
+        f"weights from the search's checkpoint {path}: validation {data.metric} {val:.4f}, {check}",
     )
 
 
@@ -125,7 +129,7 @@ def retrain_weights(
         check = f"the trial had {trial.value:.4f} on {trained_on}"
     note = (
         f"retrained trial {trial.number}'s config with seed {config.seed} on {data.device} "
-        f"({why}): validation accuracy {val:.4f}, {check}"
+        f"({why}): validation {data.metric} {val:.4f}, {check}"
     )
     return Weights(result.model, "retrained", val, note)
 
@@ -222,7 +226,8 @@ def export_study(
         "storage": redacted(study.storage_url),
         "trial_number": trial.number,
         "value": trial.value,
-        "metric": "validation accuracy",
+        "metric": data.metric,
+        "task": data.task,
         "params": dict(trial.params),
         "config": config.to_dict(),
         "architecture": arch,
@@ -230,8 +235,8 @@ def export_study(
         **data_fields(attrs, data_dir, data),
         "weights": weights.source,
         "weights_note": weights.note,
-        "val_accuracy": weights.val_accuracy,
-        "test_accuracy": evaluation.accuracy,
+        "val_score": weights.val_score,
+        "test_score": evaluation.score,
         "trial_user_attrs": dict(trial.user_attrs),
         **study_fields(attrs),
         "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
@@ -241,31 +246,32 @@ def export_study(
     atomic_write(out / MODEL_TXT, f"{arch}\n\n{model}\n\n{layer_table(model)}\n")
     header = [
         f"study {name}, trial {trial.number} ({arch}), {weights.source} weights",
-        f"validation accuracy {trial.value:.4f} in the search, {weights.val_accuracy:.4f} here",
+        f"validation {data.metric} {trial.value:.4f} in the search, {weights.val_score:.4f} here",
     ]
-    write_reports(
-        out,
-        evaluation,
-        header=header,
-        meta={
-            "study": name,
-            "trial_number": trial.number,
-            "weights": weights.source,
-            "config": config.to_dict(),
-            "provenance": best["provenance"],
-        },
-    )
-    write_trials_csv(out / TRIALS_CSV, study.trials)
-    figures = write_prediction_figures(
-        images=data.denormalize(data.x_test),
-        true=evaluation.targets,
-        pred=evaluation.predictions,
-        confidence=evaluation.confidences,
-        classes=data.classes,
-        out_dir=out,
-    )
+    meta = {
+        "study": name,
+        "trial_number": trial.number,
+        "weights": weights.source,
+        "config": config.to_dict(),
+        "provenance": best["provenance"],
+    }
     files = [BEST_JSON, MODEL_PT, MODEL_TXT, REPORT_TXT, REPORT_JSON, TRIALS_CSV]
-    files += [p.name for p in figures.values()]
+    if data.table is not None:  # the preprocessing travels with the model; a table's pictures
+        files.append(Preprocess.of(data, config.numeric).save(out / PREPROCESS_PKL).name)
+        predictor = Predictor(model, Preprocess.of(data, config.numeric), data.device)
+        truth = evaluation.targets if data.task == "regression" else data.y_test.cpu().numpy()
+        importance = permutation_importance(predictor, data.table.frames["test"], truth, data.metric)
+        meta["permutation_importance"] = importance
+        header += ["", "permutation importance (test split):", *importance_lines(importance)]
+        figures = write_table_figures(evaluation, importance, out)
+    else:
+        figures = write_prediction_figures(
+            images=data.denormalize(data.x_test), true=evaluation.targets, pred=evaluation.predictions,
+            confidence=evaluation.confidences, classes=data.classes, out_dir=out,
+        ).values()  # fmt: skip
+    write_reports(out, evaluation, header=header, meta=meta)
+    write_trials_csv(out / TRIALS_CSV, study.trials)
+    files += [p.name for p in figures]
     return Exported(name, trial, config, weights, evaluation, out, files)
 
 

@@ -64,17 +64,43 @@ class Table:
     numeric: list[str]
     categorical: list[str]
     target_name: str
+    class_values: list = field(default_factory=list)  # each class's value as the target column holds it
     transformers: dict[str, Any] = field(default_factory=dict)  # numeric transform -> fitted
 
     def transformer(self, numeric: str):
         if numeric not in self.transformers:
-            self.transformers[numeric] = make_transformer(numeric, self.numeric, self.categorical).fit(
-                self.frames["train"]
-            )
+            train = self.frames["train"]
+            made = make_transformer(numeric, self.numeric, self.categorical, rows=len(train))
+            self.transformers[numeric] = made.fit(train)
         return self.transformers[numeric]
 
     def encode(self, numeric: str, frame) -> np.ndarray:
-        return np.asarray(self.transformer(numeric).transform(frame), dtype=np.float32)
+        fitted = self.transformer(numeric)
+        if len(frame) == 0:  # scikit-learn refuses to transform no rows
+            return np.zeros((0, len(fitted.get_feature_names_out())), dtype=np.float32)
+        return np.asarray(fitted.transform(frame), dtype=np.float32)
+
+
+def table_spec(
+    data: str,
+    target: str,
+    *,
+    test: str | None = None,
+    task: str | None = None,
+    metric: str | None = None,
+    drop=(),
+    categorical=(),
+) -> TableSpec:
+    """A TableSpec from a command line's or a notebook's arguments, paths made absolute so the
+    study's binding finds the files from any folder."""
+
+    def where(path):
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    return TableSpec(
+        train=where(data), target=target, test=where(test), task=task, metric=metric,
+        drop=tuple(drop), categorical=tuple(categorical),
+    )  # fmt: skip
 
 
 def read_table(source: Any, *, what: str = "--data") -> Any:
@@ -111,8 +137,9 @@ def _as_text(x):
     return x.astype(str)
 
 
-def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str]):
-    """The unfitted ColumnTransformer for a numeric transform (one of NUMERICS)."""
+def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str], *, rows: int = 1000):
+    """The unfitted ColumnTransformer for a numeric transform (one of NUMERICS), for `rows`
+    training rows (the quantile transform takes at most one quantile a row)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import MissingIndicator, SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -126,7 +153,9 @@ def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str]):
 
     scale = {
         "standard": lambda: StandardScaler(),
-        "quantile": lambda: QuantileTransformer(output_distribution="normal", random_state=0),
+        "quantile": lambda: QuantileTransformer(
+            output_distribution="normal", n_quantiles=max(2, min(1000, rows)), random_state=0
+        ),
         "robust": lambda: make_pipeline(RobustScaler(), FunctionTransformer(smooth_clip)),
     }[numeric]()
     parts = []
@@ -144,7 +173,9 @@ def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str]):
     return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
 
 
-def split_table(frame, spec: TableSpec, *, test_frame=None, val_fraction: float, split_seed: int):
+def split_table(
+    frame, spec: TableSpec, *, test_frame=None, val_fraction: float, split_seed: int, holdout: bool = True
+):
     """Checked columns and target, and the rows split: (frames, y per split, task, classes, columns).
     Every bad input is one line naming the column or file and what to do."""
     import pandas as pd
@@ -178,21 +209,28 @@ def split_table(frame, spec: TableSpec, *, test_frame=None, val_fraction: float,
             f'target {spec.target!r} is not numeric, so it cannot be regressed: set task = "classification"'
         )
     classes: tuple[str, ...] = ()
+    class_values: list = []
     if task == "classification":
         labels = y_raw.astype(str)
         counts = labels.value_counts()
-        if (counts < 2).any():
+        if (counts < 2).any() and holdout:
             raise DataError(
                 f"class {counts.idxmin()!r} of {spec.target!r} has {counts.min()} row: every class needs at "
                 "least 2 (one to train on, one to score); drop its rows or merge it"
             )
         classes = tuple(sorted(counts.index))
         y_all = labels.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        firsts = dict(zip(labels, y_raw, strict=True))  # the label's own value, 1 and not "1"
+        class_values = [_plain(firsts[c]) for c in classes]
     else:
         y_all = values
     x_all = frame[inputs]
-    stratify = y_all if task == "classification" else None
-    if test_frame is None:
+    # Stratified where every class has two rows; the estimators accept rarer ones, unstratified.
+    stratify = y_all if task == "classification" and (counts >= 2).all() else None
+    if test_frame is None and not holdout:  # every row trains or validates (the estimators)
+        rest = np.arange(len(frame))
+        x_test, y_test = x_all.iloc[:0], y_all[:0]
+    elif test_frame is None:
         idx = np.arange(len(frame))
         rest, test_idx = train_test_split(
             idx, test_size=TEST_FRACTION, random_state=HOLDOUT_SEED, stratify=stratify
@@ -201,7 +239,9 @@ def split_table(frame, spec: TableSpec, *, test_frame=None, val_fraction: float,
     else:
         rest = np.arange(len(frame))
         x_test, y_test = _test_rows(test_frame, spec, inputs, task, classes)
-    strat_rest = y_all[rest] if task == "classification" else None
+    n_val = int(np.ceil(val_fraction * len(rest)))
+    fits = stratify is not None and min(n_val, len(rest) - n_val) >= len(classes)  # a row a class
+    strat_rest = y_all[rest] if fits else None
     train_idx, val_idx = train_test_split(
         rest, test_size=val_fraction, random_state=split_seed, stratify=strat_rest
     )
@@ -209,7 +249,12 @@ def split_table(frame, spec: TableSpec, *, test_frame=None, val_fraction: float,
     ys = {"train": y_all[train_idx], "val": y_all[val_idx], "test": y_test}
     cat = [c for c in inputs if c in spec.categorical or not _is_number(frame[c])]
     num = [c for c in inputs if c not in cat]
-    return frames, ys, task, metric, classes, num, cat
+    return frames, ys, task, metric, (classes, class_values), num, cat
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value it holds (JSON and scikit-learn's checks want these)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _is_number(column) -> bool:
@@ -249,22 +294,30 @@ def y_tensor(y: np.ndarray, task: str, target: TargetScale | None, device) -> to
 
 
 def load_table(
-    spec: TableSpec, *, device, val_fraction: float, split_seed: int, frame=None, test_frame=None
+    spec: TableSpec,
+    *,
+    device,
+    val_fraction: float,
+    split_seed: int,
+    frame=None,
+    test_frame=None,
+    holdout: bool = True,
 ) -> Dataset:
     """The table `spec` names (or `frame`, a DataFrame standing for spec.train) as a Dataset on
     `device`, its inputs encoded with the `standard` numeric transform; `Dataset.variant` gives
-    the others."""
+    the others. Without `holdout` no test split is carved: the test split is empty."""
     frame = read_table(spec.train, what="train") if frame is None else read_table(frame)
     if test_frame is None and spec.test is not None:
         test_frame = read_table(spec.test, what="test")
-    frames, ys, task, metric, classes, num, cat = split_table(
-        frame, spec, test_frame=test_frame, val_fraction=val_fraction, split_seed=split_seed
-    )
+    frames, ys, task, metric, (classes, class_values), num, cat = split_table(
+        frame, spec, test_frame=test_frame, val_fraction=val_fraction, split_seed=split_seed,
+        holdout=holdout,
+    )  # fmt: skip
     target = None
     if task == "regression":
         every = np.concatenate([ys["train"], ys["val"], ys["test"]])
         target = TargetScale.fit(ys["train"], log=wants_log(every))
-    table = Table(frames, num, cat, spec.target)
+    table = Table(frames, num, cat, spec.target, class_values)
     name = Path(spec.train).stem if isinstance(spec.train, str) else "table"
     y = {k: y_tensor(v, task, target, device) for k, v in ys.items()}
     empty = torch.empty(0, device=device)

@@ -46,7 +46,7 @@ def certified_section(p: Mapping[str, Any]) -> str:
     w, sb = p["winner"], p["search_best"]
     rows = []
     for c in p["configs"]:
-        per_seed = " ".join("diverged" if v is None else f"{v:.4f}" for v in c["val_accuracy"])
+        per_seed = " ".join("diverged" if v is None else f"{v:.4f}" for v in c["val_score"])
         mean = "diverged" if c["diverged"] else f"{c['val_mean']:.4f} ± {c['val_std']:.4f}"
         cells = (c["certified_rank"], c["search_rank"], c["trial_number"], f"{c['search_value']:.4f}", mean,
                  _interval(c["val_ci95"]), per_seed, short_params(c["params"]))  # fmt: skip
@@ -65,7 +65,7 @@ def certified_section(p: Mapping[str, Any]) -> str:
     )
     test = (
         f"Test accuracy of the winner: {w['test_mean']:.4f} ± {w['test_std']:.4f} (mean ± sample std over "
-        f"{len(w['test_accuracy'])} seeds; 95% interval {_interval(w['test_ci95'])}; {w['n_test']} test "
+        f"{len(w['test_score'])} seeds; 95% interval {_interval(w['test_ci95'])}; {w['n_test']} test "
         "images). No other config was scored on the test split."
     )
     return (

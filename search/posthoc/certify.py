@@ -105,11 +105,11 @@ class Candidate:
 
     @property
     def val_values(self) -> list[float | None]:
-        return [f.val_accuracy for f in self.fits]
+        return [f.val_score for f in self.fits]
 
     @property
     def diverged(self) -> bool:
-        return any(f.val_accuracy is None for f in self.fits)
+        return any(f.val_score is None for f in self.fits)
 
     @property
     def val_mean_std(self) -> tuple[float, float]:
@@ -127,7 +127,7 @@ class Candidate:
             "params": dict(self.trial.params),
             "config": self.config.to_dict(),
             "seeds": self.seeds,
-            "val_accuracy": self.val_values,
+            "val_score": self.val_values,
             "val_mean": mean,
             "val_std": std,
             "val_ci95": list(ci) if ci else None,
@@ -163,7 +163,7 @@ class Certified:
 
     @property
     def test_mean_std(self) -> tuple[float, float]:
-        return mean_std([e.accuracy for e in self.tests])
+        return mean_std([e.score for e in self.tests])
 
 
 def certify_study(
@@ -199,7 +199,7 @@ def certify_study(
     def on_fit(i: int, f: SeedFit) -> None:
         finished[0] += 1
         if on_progress is not None:
-            val = "diverged" if f.val_accuracy is None else f"val {f.val_accuracy:.4f}"
+            val = "diverged" if f.val_score is None else f"val {f.val_score:.4f}"
             note = f"trial {candidates[i // seeds].trial.number} seed {f.seed}: {val}"
             on_progress(finished[0], total, note)
 
@@ -233,7 +233,7 @@ def certify_study(
 
 def _payload(done: Certified, attrs, storage_url, data: Dataset, data_dir, *, seeds, top, jobs) -> dict:
     winner = done.winner
-    test_values = [e.accuracy for e in done.tests]
+    test_values = [e.score for e in done.tests]
     mean, std = mean_std(test_values)
     ci = t_interval(test_values)
     search_best = min(done.ranked, key=lambda c: c.search_rank)
@@ -261,7 +261,7 @@ def _payload(done: Certified, attrs, storage_url, data: Dataset, data_dir, *, se
             "search_rank": winner.search_rank,
             "seeds": winner.seeds,
             "val_mean": winner.val_mean_std[0],
-            "test_accuracy": test_values,
+            "test_score": test_values,
             "test_mean": mean,
             "test_std": std,
             "test_ci95": list(ci) if ci else None,
@@ -288,7 +288,7 @@ def _best_json(done: Certified, attrs, storage_url, data: Dataset, data_dir, mod
         "study": done.study,
         "storage": redacted(storage_url),
         "trial_number": w.trial.number,
-        "value": first.val_accuracy,
+        "value": first.val_score,
         "metric": "validation accuracy",
         "params": dict(w.trial.params),
         "config": config.to_dict(),
@@ -297,8 +297,8 @@ def _best_json(done: Certified, attrs, storage_url, data: Dataset, data_dir, mod
         **data_fields(attrs, data_dir, data),
         "weights": "certified",
         "weights_note": note,
-        "val_accuracy": first.val_accuracy,
-        "test_accuracy": test.accuracy,
+        "val_score": first.val_score,
+        "test_score": test.score,
         "trial_value": w.trial.value,
         "certified": {k: done.payload["winner"][k] for k in ("seeds", "val_mean", "test_mean", "test_std")},
         "trial_user_attrs": {**w.trial.user_attrs, ATTR_SEED: first.seed, ATTR_DEVICE: str(data.device)},
@@ -322,7 +322,7 @@ def table_lines(payload: dict[str, Any]) -> list[str]:
     ]
     rows = [("cert", "search", "trial", "search val", "val mean ± std", "95% interval", "per seed")]
     for c in p["configs"]:
-        per_seed = " ".join("diverged" if v is None else f"{v:.4f}" for v in c["val_accuracy"])
+        per_seed = " ".join("diverged" if v is None else f"{v:.4f}" for v in c["val_score"])
         mean = "diverged" if c["diverged"] else f"{c['val_mean']:.4f} ± {c['val_std']:.4f}"
         rows.append((
             str(c["certified_rank"]), str(c["search_rank"]), str(c["trial_number"]),
@@ -337,7 +337,7 @@ def table_lines(payload: dict[str, Any]) -> list[str]:
         f"accuracy {w['val_mean']:.4f} alone",
         f"test accuracy {w['test_mean']:.4f} ± {w['test_std']:.4f}, 95% interval {_ci_text(w['test_ci95'])}, "
         f"over seeds {', '.join(map(str, w['seeds']))}: "
-        + " ".join(f"{v:.4f}" for v in w["test_accuracy"])
+        + " ".join(f"{v:.4f}" for v in w["test_score"])
         + f" ({w['n_test']} test images)",
         "the test split was scored for the winner only, once per seed (mean ± sample std)",
     ]

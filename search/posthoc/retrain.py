@@ -39,7 +39,7 @@ PROG = "python -m search.retrain"
 @dataclass
 class SeedRun:
     seed: int
-    val_accuracy: float | None  # None with --full: the validation split was trained on
+    val_score: float | None  # None with --full: the validation split was trained on
     evaluation: Evaluation
     model: nn.Module | None  # the first seed's only (it becomes model.pt)
     train_seconds: float
@@ -47,8 +47,8 @@ class SeedRun:
     def as_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
-            "val_accuracy": self.val_accuracy,
-            "test_accuracy": self.evaluation.accuracy,
+            "val_score": self.val_score,
+            "test_score": self.evaluation.score,
             "train_seconds": round(self.train_seconds, 4),
         }
 
@@ -64,7 +64,7 @@ class Retrained:
 
     @property
     def test_mean_std(self) -> tuple[float, float]:
-        return mean_std([r.evaluation.accuracy for r in self.runs])
+        return mean_std([r.evaluation.score for r in self.runs])
 
     @property
     def reproduced(self) -> bool | None:
@@ -77,7 +77,7 @@ class Retrained:
             and self.config.epochs == trained.get("epochs")
             and self.config.seed == trained.get("seed")
         )
-        return first.val_accuracy == self.best["value"] if comparable else None
+        return first.val_score == self.best["value"] if comparable else None
 
 
 def default_out_dir(config_path: str | Path) -> Path:
@@ -127,7 +127,7 @@ def retrain(
         done.runs.append(
             SeedRun(
                 seed=cfg.seed,
-                val_accuracy=None if full else result.val_score,
+                val_score=None if full else result.val_score,
                 evaluation=evaluate_test(result.model, data),  # each model touches the test split once
                 model=result.model if k == 0 else None,  # only the first is saved; free the rest
                 train_seconds=result.train_seconds,
@@ -165,11 +165,11 @@ def _write(done: Retrained, *, data_sizes: tuple[int, int], argv, device) -> Non
         "n_train": n_train,
         "config": cfg.to_dict(),
         "seed": first.seed,
-        "val_accuracy": first.val_accuracy,
+        "val_score": first.val_score,
         "reproduced_trial_value": done.reproduced,
         "runs": [r.as_dict() for r in done.runs],
-        "test_accuracy_mean": mean,
-        "test_accuracy_std": std,
+        "test_score_mean": mean,
+        "test_score_std": std,
         "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
     }
     write_reports(out, first.evaluation, header=header, meta=meta)
@@ -179,8 +179,8 @@ def _write(done: Retrained, *, data_sizes: tuple[int, int], argv, device) -> Non
 def seed_line(run: SeedRun) -> str:
     val = (
         "validation split trained on"
-        if run.val_accuracy is None
-        else (f"validation accuracy {run.val_accuracy:.4f}")
+        if run.val_score is None
+        else (f"validation accuracy {run.val_score:.4f}")
     )
     return f"seed {run.seed}: {val}, test accuracy {run.evaluation.accuracy:.4f}"
 

@@ -29,7 +29,7 @@ class SeedFit:
     """One fit of one config with one seed, as the parent keeps it."""
 
     seed: int
-    val_accuracy: float | None  # the final epoch's (the search's objective value); None: diverged
+    val_score: float | None  # the final epoch's (the search's objective value); None: diverged
     diverged: str | None
     epochs_run: int
     train_seconds: float
@@ -42,7 +42,7 @@ def _fit_one(config: TrainConfig, data: Dataset) -> SeedFit:
     torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, buffer)
     return SeedFit(
         seed=config.seed,
-        val_accuracy=None if result.diverged else result.val_score,
+        val_score=None if result.diverged else result.val_score,
         diverged=result.diverged,
         epochs_run=result.epochs_run,
         train_seconds=result.train_seconds,

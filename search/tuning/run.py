@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from search.data.tables import TableSpec
 from search.device import resolve_device, split_cpu_threads
+from search.errors import UserError
 from search.schema import RESULTS_DIR, study_dir
 from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_storage
 from search.tuning.runner import RunOptions, TrialEvent, preload_data
@@ -20,7 +22,7 @@ from search.tuning.study_file import load_study
 
 def prepare_run(
     *,
-    study: str = "cifar10",
+    study: str | None = None,
     study_name: str | None = None,
     storage: str = DEFAULT_STORAGE,
     results_dir: str | Path = RESULTS_DIR,
@@ -37,19 +39,25 @@ def prepare_run(
     stack: int | None = None,
     heartbeat: int | None = DEFAULT_HEARTBEAT_S,
     resume_every: float | None = 30.0,
+    table: TableSpec | None = None,
 ) -> RunOptions:
-    """The run's options, everything checked and the data loaded; raises UserError otherwise."""
-    spec = load_study(study).with_overrides(
-        dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack
+    """The run's options, everything checked and the data loaded; raises UserError otherwise.
+    `table` names a table for a `dataset = "table"` study: with no `study`, the shipped table study
+    searches it, in a study named after the file and the target (diamonds-price)."""
+    spec = load_study(study or ("table" if table is not None else "cifar10")).with_overrides(
+        dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack, table=table
     )
+    if spec.dataset == "table" and spec.table is None:
+        raise UserError(f"study {spec.name!r} reads a table: pass --data PATH and --target COLUMN")
     where = resolve_device(device)
-    name = study_name or spec.name
+    name = study_name or (f"{Path(table.train).stem}-{table.target}" if table and not study else spec.name)
     study_dir(results_dir, name)  # a name that cannot be a results folder fails now
     storage_url = check_storage(storage)
     if jobs == 1:
         split_cpu_threads(1)
-    preload_data(spec, data_dir=data_dir, device=where, jobs=jobs)  # a bad data directory fails now
+    task, metric = preload_data(spec, data_dir=data_dir, device=where, jobs=jobs)  # bad data fails now
     return RunOptions(
+        task=task, metric=metric,
         spec=spec, storage_url=storage_url, study_name=name, trials=trials, timeout=timeout,
         data_dir=data_dir, device=str(where) if jobs == 1 else device, seed=seed, jobs=jobs,
         heartbeat_s=heartbeat, results_dir=Path(results_dir), resume_every=resume_every,

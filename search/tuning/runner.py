@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.data.datasets import import_loaders, load_dataset, load_raw
+from search.data.datasets import Dataset, import_loaders, load_dataset, load_raw
 from search.device import resolve_device, split_cpu_threads, worker_device
 from search.errors import UserError
 from search.schema import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, RESULTS_DIR, RESUME_DIR, study_dir
@@ -69,6 +69,8 @@ class RunOptions:
     results_dir: Path = Path(RESULTS_DIR)
     save_best: bool = True  # keep the best trial's weights in results/<study>/
     resume_every: float | None = 30.0  # seconds between saves of a trial's state; None = no resuming
+    task: str = "classification"  # as the data was read: recorded on the study, with the metric
+    metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
             opts.spec.pruner, opts.spec.epochs, snapshot=snapshot, min_epochs=opts.spec.min_epochs
         ),
     )
-    attrs = study_attrs(opts.spec, opts.data_dir, opts.seed)
+    attrs = study_attrs(opts.spec, opts.data_dir, opts.seed, task=opts.task, metric=opts.metric)
     if opts.study_name in existing:
         n_before = len(study.get_trials(deepcopy=False))
         check_resumable(study, attrs)
@@ -201,13 +203,7 @@ def run_worker(
     study = None
     interrupted_trials: list[int] = []
     try:
-        data = load_dataset(
-            opts.spec.dataset,
-            data_dir=opts.data_dir,
-            device=device,
-            val_fraction=opts.spec.val_fraction,
-            split_seed=opts.spec.split_seed,
-        )
+        data = study_data(opts.spec, data_dir=opts.data_dir, device=device)
         study = open_study(opts, worker=worker)
         folder = study_dir(opts.results_dir, opts.study_name)
         snapshot = snapshot_of(study)
@@ -270,17 +266,24 @@ def _worker_process(opts, worker, slots, events, reports, deadline) -> None:
     reports.put(report)
 
 
-def preload_data(spec: StudySpec, *, data_dir: str | None, device, jobs: int) -> None:
-    """Load the study's data before any storage is touched, so a bad data directory changes no
-    database. One worker reuses this (memoized) dataset; with several, each worker loads its own
-    and this process only decodes (and caches) the images once, on the host, then lets them go."""
-    if jobs == 1:
-        load_dataset(
-            spec.dataset, data_dir=data_dir, device=device, val_fraction=spec.val_fraction,
-            split_seed=spec.split_seed, progress=True,
-        )  # fmt: skip
-    else:
-        load_raw(spec.dataset, data_dir=data_dir, progress=True)
+def study_data(spec: StudySpec, *, data_dir: str | None, device, progress: bool = False) -> Dataset:
+    """The study's dataset and split, on `device` (memoized per process)."""
+    return load_dataset(
+        spec.dataset, table=spec.table, data_dir=data_dir, device=device, val_fraction=spec.val_fraction,
+        split_seed=spec.split_seed, progress=progress,
+    )  # fmt: skip
+
+
+def preload_data(spec: StudySpec, *, data_dir: str | None, device, jobs: int) -> tuple[str, str]:
+    """Load the study's data before any storage is touched, so bad data changes no database;
+    returns its (task, metric). One worker reuses this (memoized) dataset; with several, each
+    worker loads its own and this process only decodes (and caches) the images once, on the
+    host, then lets them go (a table is read whole: its task and metric come from its target)."""
+    if jobs == 1 or spec.dataset == "table":
+        data = study_data(spec, data_dir=data_dir, device=device if jobs == 1 else "cpu", progress=True)
+        return data.task, data.metric
+    load_raw(spec.dataset, data_dir=data_dir, progress=True)
+    return "classification", "accuracy"
 
 
 def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | None = None) -> RunSummary:

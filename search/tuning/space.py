@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 
+from search.data.numeric import NUMERICS
 from search.errors import UserError
 from search.training.config import ACTIVATIONS, MAX_TRANSLATE, OPTIMIZERS, SCHEDULES, WHITENINGS, TrainConfig
 
@@ -50,6 +51,7 @@ CHOICE_KNOBS = {
     "schedule": SCHEDULES,
     "hflip": (True, False),
     "whiten": WHITENINGS,
+    "numeric": NUMERICS,  # tables: how numeric columns are scaled (search.data.tables)
 }
 KNOBS = (*INT_KNOBS, *FLOAT_KNOBS, *CHOICE_KNOBS)
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers that take `momentum`
@@ -241,6 +243,7 @@ def sample_config(
         translate=draw("translate", base.translate),
         whiten=whiten,
         zca_eps=draw("zca_eps", base.zca_eps) if whiten == "zca" else base.zca_eps,
+        numeric=draw("numeric", base.numeric),
     )
     return TrainConfig(**values, epochs=epochs, seed=seed)
 
@@ -304,7 +307,7 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
 
 # The params that shape a stacked model as a whole (search.training.fit.stack_key): the
 # members of one stack share them, every other param is per member.
-STACK_PARAMS = ("n_layers", "batch_size", "whiten", "zca_eps")
+STACK_PARAMS = ("n_layers", "batch_size", "whiten", "zca_eps", "numeric")
 
 
 def stack_params(params: dict[str, Any]) -> dict[str, Any]:

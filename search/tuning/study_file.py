@@ -10,6 +10,11 @@
     startup_trials = 10     # TPE's random trials before it models the results
     min_epochs = 0          # median: first epoch it judges (0: a fifth); halving, hyperband: first rung
     stack = 1               # trials a worker trains at once as one stacked model (search.run --stack)
+    # dataset = "table" only (search.data.tables):
+    train = "data.csv"      # CSV or Parquet; test = "PATH" optional (else a fixed 20% is carved)
+    target = "price"        # the column to predict; task = "classification" | "regression" optional
+    drop = ["id"]           # columns to leave out; categorical = [...] to one-hot numeric codes
+    metric = "r2"           # a scikit-learn scorer name; accuracy and r2 by default
 
     [space]
     ...                     # see search.tuning.space
@@ -30,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from search.data.datasets import DATASETS
+from search.data.tables import TableSpec
+from search.data.targets import METRICS, TASKS
 from search.errors import UserError
 from search.training.config import TrainConfig
 from search.tuning.space import Param, config_params, parse_space
@@ -57,6 +64,12 @@ STUDY_KEYS: dict[str, tuple[type, Any]] = {
     "stack": (int, 1),
     "description": (str, ""),
 }
+# [study] keys of a table study: what search.data.tables.TableSpec holds.
+TABLE_KEYS: dict[str, tuple[type, Any]] = {
+    "train": (str, None), "target": (str, None), "test": (str, None), "task": (str, None),
+    "metric": (str, None), "drop": (list, []), "categorical": (list, []),
+}  # fmt: skip
+IMAGE_ONLY = {"hflip": False, "translate": 0, "whiten": "none"}  # knobs a table cannot take
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class StudySpec:
     min_epochs: int = 0  # the pruner's first epoch to judge; 0 = its default
     stack: int = 1  # trials trained at once as one stacked model (search.training.fit)
     baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
+    table: TableSpec | None = None  # dataset "table": its files, target and columns
 
     def baseline_params(self) -> dict[str, Any] | None:
         """The baseline as this space's params (checked when the file is read)."""
@@ -131,17 +145,30 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
     if not isinstance(table, dict):
         raise UserError(f"{where}: [study] must be a table")
     values: dict[str, Any] = {}
+    keys = {**STUDY_KEYS, **TABLE_KEYS}
     for key, raw in table.items():
-        if key not in STUDY_KEYS:
-            raise UserError(f"{where}: study.{key}: unknown key; allowed: {', '.join(STUDY_KEYS)}")
-        typ, _ = STUDY_KEYS[key]
+        if key not in keys:
+            raise UserError(f"{where}: study.{key}: unknown key; allowed: {', '.join(keys)}")
+        typ, _ = keys[key]
         if typ is float and isinstance(raw, int) and not isinstance(raw, bool):
             raw = float(raw)
-        if not isinstance(raw, typ) or isinstance(raw, bool):
-            raise UserError(f"{where}: study.{key}: expected {typ.__name__}, got {raw!r}")
+        if (
+            not isinstance(raw, typ)
+            or isinstance(raw, bool)
+            or typ is list
+            and not all(isinstance(v, str) for v in raw)
+        ):
+            raise UserError(f"{where}: study.{key}: expected {typ.__name__} (of column names), got {raw!r}")
         values[key] = raw
     for key, (_, default) in STUDY_KEYS.items():
         values.setdefault(key, default)
+    given = {k: values.pop(k) for k in TABLE_KEYS if k in values}
+    if given and values["dataset"] != "table":
+        raise UserError(f'{where}: study.{sorted(given)[0]} belongs to dataset = "table" studies')
+    if given.get("train") is not None and given.get("target") is not None:
+        values["table"] = TableSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    elif given:
+        raise UserError(f"{where}: a table study names both study.train and study.target (or neither)")
     if values["dataset"] is None:
         raise UserError(f"{where}: study.dataset is required; allowed: {', '.join(DATASETS)}")
     raw_space = doc.get("space", {})
@@ -195,3 +222,14 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
             spec.baseline_params()
         except UserError as e:
             raise UserError(f"{where}: [baseline] {e}") from None
+    if spec.dataset == "table":
+        for knob, neutral in IMAGE_ONLY.items():
+            param = spec.space.get(knob)
+            if param is not None and (param.kind != "fixed" or param.value != neutral):
+                raise UserError(f"{where}: space.{knob} is for images; a table study leaves it out")
+    t = spec.table
+    if t is not None and t.task is not None and t.task not in TASKS:
+        raise UserError(f"{where}: task {t.task!r} is unknown; allowed: {', '.join(TASKS)}")
+    if t is not None and t.metric is not None and not any(t.metric in m for m in METRICS.values()):
+        known = sorted({m for ms in METRICS.values() for m in ms})
+        raise UserError(f"{where}: metric {t.metric!r} is unknown; allowed: {', '.join(known)}")

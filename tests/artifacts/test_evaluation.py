@@ -78,7 +78,7 @@ def test_write_reports_writes_the_text_and_json_pair(tmp_path):
     assert text.startswith("retrained on x\n") and "test accuracy: 0.8000 (4 of 5" in text
     assert "precision" in text and "confusion matrix" in text
     payload = json.loads(js.read_text())  # strict JSON: NaN became null
-    assert payload["val"] is None and payload["test_accuracy"] == 0.8
+    assert payload["val"] is None and payload["test_score"] == 0.8
     assert payload["confusion_matrix"] == ev.confusion.tolist() and payload["classes"] == list(CLASSES)
 
 

@@ -127,11 +127,11 @@ def test_exported_model_reproduces_the_reported_test_accuracy_exactly(exported):
                       n_classes=data.n_classes)  # fmt: skip
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))  # a plain state_dict
     _, test_acc = evaluate(model, data.x_test, data.y_test)
-    assert test_acc == report["test_accuracy"] == best["test_accuracy"]
+    assert test_acc == report["test_score"] == best["test_score"]
     _, val_score = evaluate(model, data.x_val, data.y_val)
     assert val_score == best["value"]  # on the CPU, the checkpoint scores what the trial reported
     again = load_model(best, out / "model.pt", in_features=data.in_features, n_classes=data.n_classes)
-    assert evaluate(again, data.x_test, data.y_test)[1] == report["test_accuracy"]
+    assert evaluate(again, data.x_test, data.y_test)[1] == report["test_score"]
 
 
 def test_test_report_has_per_class_scores_and_a_confusion_matrix(exported):
@@ -181,8 +181,8 @@ def test_without_the_checkpoint_export_retrains_to_the_same_weights(searched, ex
     assert rc == 0
     assert "retrained" in printed and "no checkpoint" in printed
     best = read_best(tmp_path / "x" / "best.json")
-    assert best["weights"] == "retrained" and best["val_accuracy"] == best["value"]
-    assert best["test_accuracy"] == read_best(out / "best.json")["test_accuracy"]
+    assert best["weights"] == "retrained" and best["val_score"] == best["value"]
+    assert best["test_score"] == read_best(out / "best.json")["test_score"]
 
 
 def test_export_does_not_modify_the_storage(searched, tmp_path, capsys):

@@ -67,7 +67,7 @@ def test_the_certified_section_lists_the_configs_by_certified_rank_and_the_winne
     assert [css for css, _ in table] == ["winner", ""]  # the winner's row stands out
     for (_, cells), c in zip(table, payload["configs"], strict=True):
         assert cells[4] == f"{c['val_mean']:.4f} ± {c['val_std']:.4f}"
-        assert cells[6] == " ".join(f"{v:.4f}" for v in c["val_accuracy"])
+        assert cells[6] == " ".join(f"{v:.4f}" for v in c["val_score"])
     w = payload["winner"]
     text = html.unescape(part)
     assert f"{w['test_mean']:.4f} ± {w['test_std']:.4f}" in text

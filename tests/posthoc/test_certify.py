@@ -130,7 +130,7 @@ def test_per_seed_values_equal_a_direct_fit_of_the_same_config_and_seed(digits_s
     attrs = digits_study.load().user_attrs
     space = parse_space(attrs["space"], where="test")
     for c in payload["configs"]:
-        for seed, value in zip(c["seeds"], c["val_accuracy"], strict=True):
+        for seed, value in zip(c["seeds"], c["val_score"], strict=True):
             config = replay_config(c["params"], space, epochs=attrs["epochs"], seed=seed)
             assert fit(config, data).val_score == value, (c["trial_number"], seed)
 
@@ -138,12 +138,12 @@ def test_per_seed_values_equal_a_direct_fit_of_the_same_config_and_seed(digits_s
 def test_the_ranking_follows_the_mean_of_the_recorded_per_seed_values(certified):
     done, payload, _ = certified
     configs = payload["configs"]
-    means = [statistics.fmean(c["val_accuracy"]) for c in configs]
+    means = [statistics.fmean(c["val_score"]) for c in configs]
     assert means == sorted(means, reverse=True)
     assert [c["certified_rank"] for c in configs] == list(range(1, len(configs) + 1))
     for c, mean in zip(configs, means, strict=True):
         assert c["val_mean"] == pytest.approx(mean, abs=1e-15)
-        assert c["val_std"] == pytest.approx(statistics.stdev(c["val_accuracy"]), abs=1e-15)
+        assert c["val_std"] == pytest.approx(statistics.stdev(c["val_score"]), abs=1e-15)
     winner = payload["winner"]
     assert winner["trial_number"] == configs[0]["trial_number"] == done.winner.trial.number
     assert winner["val_mean"] == max(means)
@@ -154,8 +154,8 @@ def test_the_test_split_is_scored_for_the_winner_only_once_per_seed(certified, d
     winner = payload["configs"][0]
     assert len(tested) == SEEDS  # not TOP * SEEDS
     # Each tested model is the winner's, seed by seed: it scores the winner's validation values.
-    assert [evaluate(m, data.x_val, data.y_val)[1] for m in tested] == winner["val_accuracy"]
-    assert [evaluate(m, data.x_test, data.y_test)[1] for m in tested] == payload["winner"]["test_accuracy"]
+    assert [evaluate(m, data.x_val, data.y_val)[1] for m in tested] == winner["val_score"]
+    assert [evaluate(m, data.x_test, data.y_test)[1] for m in tested] == payload["winner"]["test_score"]
 
 
 def test_the_winners_test_figures_equal_a_direct_fit_and_test(digits_study, certified, data):
@@ -167,7 +167,7 @@ def test_the_winners_test_figures_equal_a_direct_fit_and_test(digits_study, cert
     for seed in w["seeds"]:
         model = fit(replay_config(c["params"], space, epochs=attrs["epochs"], seed=seed), data).model
         tests.append(evaluate(model, data.x_test, data.y_test)[1])
-    assert w["test_accuracy"] == tests
+    assert w["test_score"] == tests
     assert w["test_mean"] == pytest.approx(statistics.fmean(tests), abs=1e-15)
     assert w["test_std"] == pytest.approx(statistics.stdev(tests), abs=1e-15)
     assert w["n_test"] == len(data.y_test)
@@ -183,7 +183,7 @@ def test_certified_txt_is_the_table_of_certified_json(certified):
     assert [int(r[2]) for r in rows] == [c["trial_number"] for c in payload["configs"]]
     assert [r[0] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
     for r, c in zip(rows, payload["configs"], strict=True):
-        assert r[4] == f"{c['val_mean']:.4f}" and r[-SEEDS:] == [f"{v:.4f}" for v in c["val_accuracy"]]
+        assert r[4] == f"{c['val_mean']:.4f}" and r[-SEEDS:] == [f"{v:.4f}" for v in c["val_score"]]
     w = payload["winner"]
     assert f"winner: trial {w['trial_number']}" in text
     assert f"test accuracy {w['test_mean']:.4f} ± {w['test_std']:.4f}" in text
@@ -195,14 +195,14 @@ def test_certified_best_json_retrains_with_search_train_to_its_value(certified, 
     best = read_best(done.out_dir / CERTIFIED_BEST)  # export's keys and types
     w = payload["winner"]
     assert best["trial_number"] == w["trial_number"] and best["config"]["seed"] == w["seeds"][0]
-    assert best["value"] == payload["configs"][0]["val_accuracy"][0]
+    assert best["value"] == payload["configs"][0]["val_score"][0]
     assert best_config(best) == TrainConfig.from_dict(payload["configs"][0]["config"]).replace(
         seed=w["seeds"][0]
     )
     model = load_model(best, done.out_dir / CERTIFIED_MODEL, in_features=64, n_classes=10)
-    assert evaluate(model, data.x_test, data.y_test)[1] == best["test_accuracy"] == w["test_accuracy"][0]
+    assert evaluate(model, data.x_test, data.y_test)[1] == best["test_score"] == w["test_score"][0]
     again = retrain(done.out_dir / CERTIFIED_BEST, device=CPU, out_dir=tmp_path)  # search.retrain's library
-    assert again.reproduced is True and again.runs[0].evaluation.accuracy == best["test_accuracy"]
+    assert again.reproduced is True and again.runs[0].evaluation.accuracy == best["test_score"]
 
 
 # ---------------------------------------------------------------------------- a constructed case
