@@ -160,15 +160,19 @@ def _regression(pred: torch.Tensor, y: torch.Tensor, target: TargetScale | None,
     )
 
 
-def evaluate_test(model: nn.Module, data: Dataset) -> Evaluation:
-    """The one touch of the test split."""
+def evaluate_test(model: nn.Module, data: Dataset, numeric: str = "standard") -> Evaluation:
+    """The one touch of the test split; a table's rows encoded with the model's `numeric`
+    transform (its config's: the one it was trained on)."""
+    data = data.variant(numeric)
     return evaluate_split(
         model, data.x_test, data.y_test, data.classes, task=data.task, metric=data.metric, target=data.target
     )
 
 
-def score_split(model: nn.Module, data: Dataset, split: str = "val") -> float:
-    """The study's metric for `model` on one of `data`'s splits ("val" or "test")."""
+def score_split(model: nn.Module, data: Dataset, split: str = "val", numeric: str = "standard") -> float:
+    """The study's metric for `model` on one of `data`'s splits ("val" or "test"), a table's rows
+    encoded with the model's `numeric` transform."""
+    data = data.variant(numeric)
     x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
     logits = predict_logits(model, x)
     _, (score,) = losses_and_scores(logits[None], y, task=data.task, metric=data.metric, target=data.target)

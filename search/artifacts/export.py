@@ -53,6 +53,7 @@ from search.schema import (
     STUDY_EPOCHS,
     STUDY_SPACE,
     STUDY_SPLIT_SEED,
+    STUDY_TABLE,
     STUDY_VAL_FRACTION,
     TRIALS_CSV,
     study_dir,
@@ -95,7 +96,7 @@ def checkpoint_weights(
     model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes)
     load_state(model, saved.get("state_dict"), source=str(path))
     model.to(data.device)
-    val = score_split(model, data, "val")
+    val = score_split(model, data, "val", config.numeric)
     # The same weights on the same data: equal on the same kind of device, up to a few rows
     # flipped by other float kernels (another CPU, another GPU) and a continuous metric's rounding;
     # a whole point off on another kind (bf16 on a GPU search, fp32 on a CPU export). Beyond that,
@@ -214,7 +215,7 @@ def export_study(
     if not isinstance(found, Weights):  # no usable checkpoint: the config and seed retrain it
         found = retrain_weights(trial, config, data, why=found, on_epoch=on_epoch)
     weights = found
-    evaluation = evaluate_test(weights.model, data)  # the one touch of the test split
+    evaluation = evaluate_test(weights.model, data, config.numeric)  # the one touch of the test split
 
     out = Path(out_dir) if out_dir is not None else study_dir(results_dir, name)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,9 +280,11 @@ def export_study(
 
 
 def data_fields(attrs: dict[str, Any], data_dir: str | None, data: Dataset) -> dict[str, Any]:
-    """best.json's record of the data a config trained on: dataset, folder, split, budget, classes."""
+    """best.json's record of the data a config trained on: dataset (and table), folder, split,
+    budget, classes."""
     keys = (STUDY_DATASET, STUDY_VAL_FRACTION, STUDY_SPLIT_SEED, STUDY_EPOCHS)
-    return {**{k: attrs[k] for k in keys}, "data_dir": data_dir, "classes": list(data.classes)}
+    fields = {**{k: attrs[k] for k in keys}, "data_dir": data_dir, "classes": list(data.classes)}
+    return {**fields, STUDY_TABLE: attrs.get(STUDY_TABLE)}
 
 
 def study_fields(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -156,7 +156,9 @@ def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str], *, 
         "quantile": lambda: QuantileTransformer(
             output_distribution="normal", n_quantiles=max(2, min(1000, rows)), random_state=0
         ),
-        "robust": lambda: make_pipeline(RobustScaler(), FunctionTransformer(smooth_clip)),
+        "robust": lambda: make_pipeline(
+            RobustScaler(), FunctionTransformer(smooth_clip, feature_names_out="one-to-one")
+        ),
     }[numeric]()
     parts = []
     if num_cols:

@@ -91,7 +91,8 @@ def losses_and_scores(
     target_k = y.expand(k, len(y))
     loss = F.cross_entropy(logits.transpose(1, 2), target_k, reduction="none").mean(1)
     if metric == "accuracy":
-        score = (logits.argmax(2) == target_k).to(loss.dtype).mean(1)
+        # a count over N in float64: the same float as Python's correct / N, bit for bit
+        score = (logits.argmax(2) == target_k).sum(1).to(torch.float64) / len(y)
         return _finite(loss.tolist()), score.tolist()
     losses = _finite(loss.tolist())
     if metric == "neg_log_loss":

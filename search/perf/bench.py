@@ -32,7 +32,7 @@ from search.perf.stack_speed import STACKS, format_stack_bench, run_stack_bench
 from search.training.config import OPTIMIZERS
 from search.tuning.study_file import load_study
 
-KINDS = ("bench", "suite", "augment", "quality", "overhead", "stack", "storage-load")
+KINDS = ("bench", "suite", "augment", "quality", "overhead", "stack", "storage-load", "tables")
 QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
 
 
@@ -59,6 +59,7 @@ class MeasureRequest:
     storage: str | None = None  # storage-load: the database
     load_workers: int = 16
     load_trials: int = 320
+    tables_budget: float = 600.0  # seconds of search per table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -187,6 +188,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-workers", type=positive_int, default=16, metavar="N", help="--storage-load")
     g.add_argument("--load-trials", type=positive_int, default=320, metavar="N", help="--storage-load")
 
+    g = p.add_argument_group("--tables: the table study against boosted trees and default MLPs")
+    g.add_argument(
+        "--tables",
+        action="store_true",
+        help="HistGradientBoosting, scikit-learn's MLP, RealMLP-TD (if pytabkit is installed) and the "
+        "table study on the real tables' reference split",
+    )
+    g.add_argument(
+        "--tables-budget", type=positive_float, default=600.0, metavar="SECONDS", help="search time per table"
+    )
+
 
 def int_list(text: str) -> tuple[int, ...]:
     """A comma-separated list of whole numbers, each at least 1 (an argparse type)."""
@@ -220,6 +232,7 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
         quality_epochs=args.quality_epochs, overhead_trials=args.overhead_trials,
         stack_study=args.stack_study, stack_trials=args.stack_trials, stack_sizes=args.stack_sizes,
         storage=args.storage, load_workers=args.load_workers, load_trials=args.load_trials,
+        tables_budget=args.tables_budget,
     )  # fmt: skip
 
 
@@ -240,6 +253,11 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
             rounds=request.rounds, progress=progress,
         )  # fmt: skip
         return result, format_storage_load(result)
+    if request.kind == "tables":  # tables, no images
+        from search.perf.tables import format_tables, run_tables_bench
+
+        result = run_tables_bench(budget_s=request.tables_budget, progress=progress)
+        return result, format_tables(result)
     if request.kind == "overhead":  # digits searches in child processes: no images to prepare
         result = run_overhead(trials=request.overhead_trials, rounds=request.rounds, progress=progress)
         return result, format_overhead(result)

@@ -217,7 +217,7 @@ def certify_study(
         )
     # The one touch of the test split: the winner's models, chosen on validation alone.
     models = [load_weights(winner.config, f, data) for f in winner.fits]
-    tests = [evaluate_test(m, data) for m in models]
+    tests = [evaluate_test(m, data, winner.config.numeric) for m in models]
     done = Certified(name, ranked, tests, out, payload={})
     done.payload = _payload(done, attrs, storage_url, data, data_dir, seeds=seeds, top=top, jobs=jobs)
     done.payload["provenance"] = provenance.collect(prog=PROG, argv=argv, device=device)

@@ -128,7 +128,7 @@ def retrain(
             SeedRun(
                 seed=cfg.seed,
                 val_score=None if full else result.val_score,
-                evaluation=evaluate_test(result.model, data),  # each model touches the test split once
+                evaluation=evaluate_test(result.model, data, config.numeric),  # the test split, once a model
                 model=result.model if k == 0 else None,  # only the first is saved; free the rest
                 train_seconds=result.train_seconds,
             )

@@ -75,7 +75,7 @@ def test_write_reports_writes_the_text_and_json_pair(tmp_path):
     ev = evaluate_split(fixed_model(), x, y, CLASSES)
     txt, js = write_reports(tmp_path, ev, header=["retrained on x"], meta={"val": float("nan")})
     text = txt.read_text()
-    assert text.startswith("retrained on x\n") and "test accuracy: 0.8000 (4 of 5" in text
+    assert text.startswith("retrained on x\n") and "test accuracy 0.8000 (4 of 5 test rows right)" in text
     assert "precision" in text and "confusion matrix" in text
     payload = json.loads(js.read_text())  # strict JSON: NaN became null
     assert payload["val"] is None and payload["test_score"] == 0.8

@@ -52,7 +52,7 @@ def certified(digits_study, tmp_path_factory):
     tested = []
     real = certify.evaluate_test
 
-    def counting(model, data):
+    def counting(model, data, *args):
         tested.append(model)
         return real(model, data)
 
@@ -231,7 +231,7 @@ def test_the_winner_is_the_best_mean_even_when_the_search_best_has_the_best_seed
     real_test = certify.evaluate_test
     monkeypatch.setattr(seed_fits, "fit", fake_fit)
     monkeypatch.setattr(
-        certify, "evaluate_test", lambda m, d: tested.append(int(m[-1].bias[0])) or real_test(m, d)
+        certify, "evaluate_test", lambda m, d, *a: tested.append(int(m[-1].bias[0])) or real_test(m, d, *a)
     )
     done = certify_study(storage_url=digits_study.storage_url, study_name="digits", top=3, seeds=2,
                          results_dir=tmp_path, device=CPU)  # fmt: skip

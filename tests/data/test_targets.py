@@ -1,0 +1,81 @@
+"""Every metric a study may name scores a stack's members as scikit-learn scores each alone; the
+task rule and the target's scale do what the README says."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics
+
+from search.data.targets import TargetScale, infer_task, losses_and_scores, wants_log
+
+rng = np.random.default_rng(0)
+K, N, C = 3, 50, 4
+
+
+def test_classification_metrics_equal_scikit_learns_member_by_member():
+    logits = torch.as_tensor(rng.normal(size=(K, N, C)) * 2)
+    y = torch.as_tensor(rng.integers(0, C, N))
+    probs = torch.softmax(logits, 2).numpy()
+    truth = y.numpy()
+    expected = {
+        "accuracy": [metrics.accuracy_score(truth, p.argmax(1)) for p in probs],
+        "balanced_accuracy": [metrics.balanced_accuracy_score(truth, p.argmax(1)) for p in probs],
+        "roc_auc": [metrics.roc_auc_score(truth, p, multi_class="ovr") for p in probs],
+        "neg_log_loss": [-metrics.log_loss(truth, p, labels=range(C)) for p in probs],
+    }
+    for metric, want in expected.items():
+        losses, scores = losses_and_scores(logits, y, task="classification", metric=metric, target=None)
+        assert scores == pytest.approx(want, rel=1e-9), metric
+        assert losses == pytest.approx([metrics.log_loss(truth, p, labels=range(C)) for p in probs], rel=1e-9)
+
+
+def test_binary_roc_auc_ranks_the_positive_class():
+    logits = torch.as_tensor(rng.normal(size=(K, N, 2)))
+    y = torch.as_tensor(rng.integers(0, 2, N))
+    _, scores = losses_and_scores(logits, y, task="classification", metric="roc_auc", target=None)
+    want = [metrics.roc_auc_score(y.numpy(), torch.softmax(p, 1)[:, 1].numpy()) for p in logits]
+    assert scores == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_regression_scores_are_in_the_targets_own_units(log):
+    raw = rng.lognormal(3, 1, N)
+    scale = TargetScale.fit(raw, log=log)
+    y = torch.as_tensor(scale.forward(raw))
+    outputs = y[None, :, None] + torch.as_tensor(rng.normal(scale=0.3, size=(K, N, 1)))
+    pred_raw = [scale.inverse(o[:, 0].numpy()) for o in outputs]
+    _, r2 = losses_and_scores(outputs, y, task="regression", metric="r2", target=scale)
+    assert r2 == pytest.approx([metrics.r2_score(raw, p) for p in pred_raw], rel=1e-9)
+    losses, rmse = losses_and_scores(
+        outputs, y, task="regression", metric="neg_root_mean_squared_error", target=scale
+    )
+    assert rmse == pytest.approx([-metrics.root_mean_squared_error(raw, p) for p in pred_raw], rel=1e-9)
+    # The loss is what training minimizes: the standardized target's squared error.
+    assert losses == pytest.approx([float(((o[:, 0] - y) ** 2).mean()) for o in outputs], rel=1e-9)
+
+
+def test_a_non_finite_member_scores_nan_and_the_others_do_not():
+    logits = torch.as_tensor(rng.normal(size=(K, N, C)))
+    logits[1, 0, 0] = float("nan")
+    y = torch.as_tensor(rng.integers(0, C, N))
+    _, scores = losses_and_scores(logits, y, task="classification", metric="roc_auc", target=None)
+    assert math.isnan(scores[1]) and not math.isnan(scores[0]) and not math.isnan(scores[2])
+
+
+def test_the_task_rule():
+    assert infer_task(np.array([]), is_numeric=False) == "classification"  # text, categories, booleans
+    assert infer_task(np.array([0.0, 1, 2, 1, 0]), is_numeric=True) == "classification"  # few whole numbers
+    assert infer_task(np.arange(21.0), is_numeric=True) == "regression"  # more than 20 values
+    assert infer_task(np.array([0.5, 1, 2]), is_numeric=True) == "regression"  # not whole
+
+
+def test_the_target_scale_round_trips_and_logs_only_positive_skewed_targets():
+    raw = rng.lognormal(5, 1.5, 200)
+    for log in (False, True):
+        scale = TargetScale.fit(raw, log=log)
+        z = scale.forward(raw)
+        assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
+        assert np.allclose(scale.inverse(z), raw)
+    assert wants_log(raw) and not wants_log(raw - raw.mean()) and not wants_log(np.linspace(10, 12, 50))
