@@ -19,8 +19,8 @@ from search.run import main as run_main
 
 def _args(folder, *extra):
     storage = f"sqlite:///{folder}/s.db"
-    return ["--storage", storage, "--results-dir", str(folder / "results"), "--device", "cpu", "--no-progress",
-            *extra]  # fmt: skip
+    results = str(folder / "results")
+    return ["--storage", storage, "--results-dir", results, "--device", "cpu", "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 SHARED_TABLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "tables"
 TABLES = (("diamonds.csv", "price"), ("HI.csv", "whi"))  # the done-when tables
@@ -74,7 +75,7 @@ def run_hgb(x_tr, x_te, y_tr, y_te, task) -> dict[str, Any]:
     def typed(x):
         x = x.copy()
         for c in x.columns:
-            if not np.issubdtype(x[c].dtype, np.number):
+            if not pd.api.types.is_numeric_dtype(x[c]):
                 x[c] = x[c].astype("category")
         return x
 
@@ -91,7 +92,7 @@ def run_sklearn_mlp(x_tr, x_te, y_tr, y_te, task) -> dict[str, Any]:
 
     from search.data.tables import make_transformer
 
-    num = [c for c in x_tr.columns if np.issubdtype(x_tr[c].dtype, np.number)]
+    num = [c for c in x_tr.columns if pd.api.types.is_numeric_dtype(x_tr[c])]
     cat = [c for c in x_tr.columns if c not in num]
     cls = MLPRegressor if task == "regression" else MLPClassifier
     model = make_pipeline(make_transformer("standard", num, cat, rows=len(x_tr)), cls(random_state=0))
