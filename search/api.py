@@ -231,6 +231,8 @@ def samples(
 
 def predictions(best: BestModel, *, n: int = 32, seed: int = 0) -> Image.Image:
     """n test images captioned "true / pred" by `best`'s model (wrong ones in red), as a PIL image."""
+    if best.data.image_shape is None:
+        raise UserError("predictions draws images; a table study's pictures come with export_best")
     ev = evaluate_test(best.model, best.data, best.config.numeric)
     images = best.data.denormalize(best.data.x_test)
     return predictions_grid(images, ev.targets, ev.predictions, best.classes, n=n, seed=seed)

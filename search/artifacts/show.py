@@ -40,6 +40,8 @@ def write_samples(
         spec = load_study(study or DEFAULT_STUDY)
         name, dataset = spec.name, spec.dataset
         val_fraction, split_seed = spec.val_fraction, spec.split_seed
+    if dataset == "table":
+        raise UserError("show data draws images; a table study's pictures come with its export")
     path = Path(out) if out else study_dir(results_dir, name) / SAMPLES
     if path.is_dir():
         path = path / SAMPLES

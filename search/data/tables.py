@@ -66,6 +66,7 @@ class Table:
     target_name: str
     class_values: list = field(default_factory=list)  # each class's value as the target column holds it
     transformers: dict[str, Any] = field(default_factory=dict)  # numeric transform -> fitted
+    datasets: dict[str, Any] = field(default_factory=dict)  # numeric transform -> its Dataset
 
     def transformer(self, numeric: str):
         if numeric not in self.transformers:
@@ -337,7 +338,7 @@ def encoded(data: Dataset, numeric: str) -> Dataset:
     table: Table = data.table
     if numeric not in NUMERICS:
         raise DataError(f"numeric transform {numeric!r} is not one of {', '.join(NUMERICS)}")
-    cache = table.__dict__.setdefault("datasets", {})
+    cache = table.datasets
     if numeric not in cache:
         x = {
             k: torch.as_tensor(table.encode(numeric, f), device=data.device) for k, f in table.frames.items()

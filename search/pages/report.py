@@ -23,7 +23,7 @@ from plotly.offline import get_plotlyjs
 from search.errors import UserError
 from search.files import atomic_write
 from search.pages.sections import extra_sections, short_params
-from search.schema import ATTR_SECONDS, REPORT_HTML, RESULTS_DIR, STUDY_EPOCHS, study_dir
+from search.schema import ATTR_SECONDS, REPORT_HTML, RESULTS_DIR, STUDY_EPOCHS, STUDY_METRIC, study_dir
 from search.storage.connect import redacted
 from search.tuning.finished import open_finished
 from search.tuning.space_edges import EdgeWarning, edge_warnings, study_space
@@ -40,9 +40,13 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 def learning_curves_figure(
-    trials: Sequence[FrozenTrial], *, epochs: int | None = None, maximize: bool = True
+    trials: Sequence[FrozenTrial],
+    *,
+    epochs: int | None = None,
+    maximize: bool = True,
+    metric: str = "accuracy",
 ) -> go.Figure:
-    """Validation accuracy per epoch of every trial; pruned ones dashed red, ending in an x."""
+    """The validation score per epoch of every trial; pruned ones dashed red, ending in an x."""
     fig = go.Figure()
     styles = {
         TrialState.COMPLETE: ("complete", dict(color="rgba(31,119,180,0.55)", width=1.5)),
@@ -79,9 +83,9 @@ def learning_curves_figure(
         shown.add(label)
     last = epochs or max((max(t.intermediate_values) for t in trials if t.intermediate_values), default=1)
     fig.update_layout(
-        title="Learning curves: validation accuracy per epoch",
+        title=f"Learning curves: validation {metric} per epoch",
         xaxis=dict(title="epoch", range=[0.5, last + 0.5], dtick=1),
-        yaxis=dict(title="validation accuracy"),
+        yaxis=dict(title=f"validation {metric}"),
         legend=dict(orientation="h", y=-0.15),
     )
     return fig
@@ -212,7 +216,10 @@ def render_page(
         if len(params[i : i + SLICE_COLUMNS]) == 1:
             fig.update_layout(width=450)  # Optuna leaves a lone panel as wide as the page
         slices.append(_figure_html(fig, f"slice-{i}"))
-    curves = learning_curves_figure(trials, epochs=study.user_attrs.get(STUDY_EPOCHS), maximize=maximize)
+    curves = learning_curves_figure(
+        trials, epochs=study.user_attrs.get(STUDY_EPOCHS), maximize=maximize,
+        metric=study.user_attrs.get(STUDY_METRIC, "accuracy"),
+    )  # fmt: skip
     sections = [
         section("best", f"Best trials (top {N_BEST_ROWS})", best_table(trials, maximize=maximize)),
         section(

@@ -11,7 +11,9 @@ model below meets the same test rows once:
                  80% through the table study's own preprocessing (median imputation, standard
                  scaling, one-hot)
     realmlp      pytabkit's RealMLP-TD at its tuned defaults, where pytabkit is installed
-                 (pip install pytabkit); skipped with a line where it is not
+                 (pip install pytabkit; skipped with a line where it is not), in a child process
+                 stopped at the search's budget: what it has not finished by then, it did not
+                 finish for that budget
     search       `python -m search.run --data PATH --target COLUMN --timeout BUDGET`, then
                  `python -m search.export`: the study's best trial, its test figure from export
 
@@ -101,16 +103,33 @@ def run_sklearn_mlp(x_tr, x_te, y_tr, y_te, task) -> dict[str, Any]:
     return {**_figures(task, y_te, model.predict(x_te)), "wall_s": time.perf_counter() - started}
 
 
-def run_realmlp(x_tr, x_te, y_tr, y_te, task) -> dict[str, Any]:
-    try:
-        from pytabkit import RealMLP_TD_Classifier, RealMLP_TD_Regressor
-    except ImportError:
+def run_realmlp(x_tr, x_te, y_tr, y_te, task, *, budget_s: float) -> dict[str, Any]:
+    import importlib.util
+    import multiprocessing as mp
+
+    if importlib.util.find_spec("pytabkit") is None:
         return {"skipped": "pytabkit is not installed (pip install pytabkit)"}
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    child = ctx.Process(target=_realmlp_child, args=(x_tr, x_te, y_tr, y_te, task, results))
+    started = time.perf_counter()
+    child.start()
+    child.join(budget_s)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return {"skipped": f"did not finish within {budget_s:.0f} s"}
+    out = results.get() if not results.empty() else {"skipped": f"failed (exit code {child.exitcode})"}
+    return {**out, "wall_s": time.perf_counter() - started}
+
+
+def _realmlp_child(x_tr, x_te, y_tr, y_te, task, results) -> None:
+    from pytabkit import RealMLP_TD_Classifier, RealMLP_TD_Regressor
+
     cls = RealMLP_TD_Regressor if task == "regression" else RealMLP_TD_Classifier
     model = cls(random_state=0, device="cpu", verbosity=0)
-    started = time.perf_counter()
     model.fit(x_tr, y_tr)
-    return {**_figures(task, y_te, model.predict(x_te)), "wall_s": time.perf_counter() - started}
+    results.put(_figures(task, y_te, model.predict(x_te)))
 
 
 def run_search(path: Path, target: str, task: str, *, budget_s: float, folder: Path) -> dict[str, Any]:
@@ -164,8 +183,10 @@ def run_tables_bench(
             if peer == "search":
                 with tempfile.TemporaryDirectory(prefix="search-tables-") as tmp:
                     row[peer] = run_search(path, target, task, budget_s=budget_s, folder=Path(tmp))
+            elif peer == "realmlp":
+                row[peer] = run_realmlp(x_tr, x_te, y_tr, y_te, task, budget_s=budget_s)
             else:
-                runner = {"hgb": run_hgb, "sklearn-mlp": run_sklearn_mlp, "realmlp": run_realmlp}[peer]
+                runner = {"hgb": run_hgb, "sklearn-mlp": run_sklearn_mlp}[peer]
                 row[peer] = runner(x_tr, x_te, y_tr, y_te, task)
         out["tables"].append(row)
     return out

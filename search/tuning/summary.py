@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from search.schema import ATTR_ARCH
+from search.schema import ATTR_ARCH, STUDY_METRIC
 from search.storage.connect import dashboard_command
 from search.tuning.trials import baseline_gain, best_complete, state_counts
 
@@ -36,6 +36,7 @@ class RunSummary:
     best_number: int | None = None
     best_attrs: dict[str, Any] = field(default_factory=dict)
     baseline_gain: str | None = None  # "best ... vs the baseline ...: +x points", if it has one
+    metric: str = "accuracy"  # what the trials' values score
 
     @property
     def finished(self) -> int:
@@ -74,6 +75,7 @@ def summarize(
     trials = study.get_trials(deepcopy=False)
     summary = RunSummary(study_name, storage_url, wall, workers=reports)
     summary.states = {state: n for state, n in state_counts(trials).items() if n}
+    summary.metric = study.user_attrs.get(STUDY_METRIC, "accuracy")
     best = best_complete(trials)
     if best is not None:
         summary.best_value, summary.best_params = best.value, dict(best.params)
@@ -93,7 +95,7 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
     if s.interrupted:
         lines.append(f"interrupted by {s.interrupted}: the running trial(s) were marked FAIL")
     if s.best_value is not None:
-        lines.append(f"best: trial {s.best_number}, validation accuracy {s.best_value:.4f}")
+        lines.append(f"best: trial {s.best_number}, validation {s.metric} {s.best_value:.4f}")
         for k, v in sorted(s.best_params.items()):
             lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
         arch = s.best_attrs.get(ATTR_ARCH)
