@@ -55,14 +55,14 @@ def _main(argv: Sequence[str] | None) -> int:
             args.config, device=device, epochs=args.epochs, seeds=args.seeds, full=args.full,
             out_dir=args.out, data_dir=args.data_dir, argv=argv, on_epoch=on_epoch,
         )  # fmt: skip
-    value, first = done.best["value"], done.runs[0].seed
-    lines = [seed_line(run) for run in done.runs] + [mean_line(*done.test_mean_std, len(done.runs))]
+    value, first, metric = done.best["value"], done.runs[0].seed, done.runs[0].evaluation.metric
+    lines = [seed_line(run) for run in done.runs] + [mean_line(*done.test_mean_std, len(done.runs), metric)]
     if done.reproduced is True:
-        lines.append(f"seed {first} reproduced the trial's validation accuracy {value:.4f} exactly")
+        lines.append(f"seed {first} reproduced the trial's validation {metric} {value:.4f} exactly")
     elif done.reproduced is False:
         device_then = done.best.get("trial_user_attrs", {}).get("device", "?")
         lines.append(
-            f"seed {first} did not reproduce the trial's validation accuracy {value:.4f} "
+            f"seed {first} did not reproduce the trial's validation {metric} {value:.4f} "
             f"(the search trained on {device_then}, this on {device})"
         )
     return cli.finish(lines, done.files, done.out_dir)

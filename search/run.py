@@ -45,7 +45,8 @@ def build_parser() -> ArgumentParser:
         help="study name (studies/NAME.toml) or a .toml path (default: cifar10; with --data, table)",
     )
     add("--trials", type=positive_int, metavar="N", default=100, help="finished trials to add")
-    add("--timeout", type=positive_float, metavar="SECONDS", help="start no trial after SECONDS")
+    add("--timeout", type=positive_float, metavar="SECONDS",
+        help="start no trial after SECONDS; running ones stop after the epoch it passes in")  # fmt: skip
     add("--storage", default=DEFAULT_STORAGE, metavar="URL", help="any Optuna storage URL")
     add("--study-name", metavar="NAME", help="Optuna study name (default: the study file's)")
     add("--data-dir", metavar="DIR", help="dataset directory (default: data/)")

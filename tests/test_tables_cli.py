@@ -99,3 +99,32 @@ def test_a_file_that_is_not_a_table_is_one_line(tmp_path, capsys):
     assert run_main(_args(tmp_path, "--data", str(tmp_path / "x.csv"), "--target", "y")) == 2
     err = capsys.readouterr().err.strip()
     assert "not a table" in err and "\n" not in err and not (tmp_path / "s.db").exists()
+
+
+def test_report_compare_certify_audit_and_retrain_work_on_a_table_study(tables, tmp_path, capsys):
+    from search.audit import main as audit_main
+    from search.certify import main as certify_main
+    from search.compare import main as compare_main
+    from search.report import main as report_main
+    from search.retrain import main as retrain_main
+
+    data = tables / "cancer.csv"
+    storage = ["--storage", f"sqlite:///{tmp_path}/s.db", "--results-dir", str(tmp_path / "results")]
+    with one_torch_thread("search.tuning.run"):
+        args = _args(tmp_path, "--data", str(data), "--target", "kind", "--trials", "6", "--epochs", "4")
+        assert run_main([*args, "--pruner", "median"]) == 0
+        assert export_main(_args(tmp_path)) == 0
+        out = tmp_path / "results" / "cancer-kind"
+        assert (
+            report_main(storage) == 0 and "validation accuracy per epoch" in (out / "report.html").read_text()
+        )
+        assert compare_main(storage[:2]) == 0
+        assert certify_main([*storage, "--top", "2", "--seeds", "2", "--device", "cpu", "--no-progress"]) == 0
+        certified = json.loads((out / "certified.json").read_text())
+        assert certified["metric"] == "accuracy" and len(certified["winner"]["test_score"]) == 2
+        assert retrain_main(["--config", str(out / "best.json"), "--device", "cpu", "--no-progress"]) == 0
+        said = capsys.readouterr().out
+        assert "reproduced the trial's validation" in said, said
+        pruned = optuna.load_study(study_name="cancer-kind", storage=storage[1]).trials
+        if any(t.state == optuna.trial.TrialState.PRUNED for t in pruned):
+            assert audit_main([*storage, "--n", "1", "--device", "cpu", "--no-progress"]) == 0

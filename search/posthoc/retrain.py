@@ -177,15 +177,14 @@ def _write(done: Retrained, *, data_sizes: tuple[int, int], argv, device) -> Non
 
 
 def seed_line(run: SeedRun) -> str:
+    metric = run.evaluation.metric
     val = (
-        "validation split trained on"
-        if run.val_score is None
-        else (f"validation accuracy {run.val_score:.4f}")
+        "validation split trained on" if run.val_score is None else f"validation {metric} {run.val_score:.4f}"
     )
-    return f"seed {run.seed}: {val}, test accuracy {run.evaluation.accuracy:.4f}"
+    return f"seed {run.seed}: {val}, test {metric} {run.evaluation.score:.4f}"
 
 
-def mean_line(mean: float, std: float, n: int) -> str:
+def mean_line(mean: float, std: float, n: int, metric: str = "accuracy") -> str:
     if n == 1:
-        return f"test accuracy {mean:.4f} (one seed; --seeds K gives mean ± std)"
-    return f"test accuracy {mean:.4f} ± {std:.4f} (mean ± sample std over {n} seeds)"
+        return f"test {metric} {mean:.4f} (one seed; --seeds K gives mean ± std)"
+    return f"test {metric} {mean:.4f} ± {std:.4f} (mean ± sample std over {n} seeds)"

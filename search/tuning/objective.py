@@ -49,6 +49,7 @@ class Begun:
     prunable: bool  # False for the baseline, which runs its whole budget
     keeper: StateKeeper | None  # where its training state is saved, if it is
     resume: TrainState | None  # the saved state it carries on from, if any
+    out_of_time: bool = False  # stopped because the run's time ran out, not by the pruner
 
     @property
     def start_epoch(self) -> int:
@@ -64,6 +65,7 @@ class Objective:
     worker: str | None = None  # host:pid:index, recorded on every trial this objective runs
     resume_dir: Path | None = None  # keep each trial's training state here; None = don't
     resume_every: float = 30.0  # seconds between writes of a trial's state (0: every epoch)
+    deadline: float | None = None  # time.time() at which the run's --timeout stops running trials
 
     def begin(self, trial: optuna.Trial) -> Begun:
         """Everything before training: the seed, the config, a saved state to resume from, the
@@ -107,7 +109,8 @@ class Objective:
             trial.set_user_attr(ATTR_REASON, result.diverged)
             raise optuna.TrialPruned(result.diverged)
         if result.stopped:
-            reason = f"pruned after epoch {result.epochs_run} at val_score {result.val_score:.4f}"
+            what = "stopped when the run's time ran out" if begun.out_of_time else "pruned"
+            reason = f"{what} after epoch {result.epochs_run} at val_score {result.val_score:.4f}"
             trial.set_user_attr(ATTR_REASON, reason)
             raise optuna.TrialPruned(reason)
         if self.checkpoint_dir is not None:

@@ -9,6 +9,7 @@ Nothing here prints: progress goes out as `TrialEvent`s, the end as a `RunSummar
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -169,10 +170,12 @@ def run_trials(
     on_told: Callable[[optuna.trial.FrozenTrial], None] = lambda frozen: None,
 ) -> None:
     """`study.optimize`'s loop for these trials: stacks of `stack` until `n_trials` have been
-    asked, or until `timeout` seconds have passed (a stack that started goes on to its end)."""
-    started, asked = time.perf_counter(), 0
+    asked, or until `timeout` seconds have passed (running trials stop after that epoch)."""
+    asked = 0
+    if timeout is not None:
+        objective = dataclasses.replace(objective, deadline=time.time() + timeout)
     while n_trials is None or asked < n_trials:
-        if timeout is not None and time.perf_counter() - started >= timeout:
+        if objective.deadline is not None and time.time() >= objective.deadline:
             break
         left = None if n_trials is None else n_trials - asked - 1
         granted = [1]
@@ -211,7 +214,7 @@ def run_worker(
             spec=opts.spec, data=data, seed=opts.seed, worker=_worker_tag(worker),
             checkpoint_dir=folder if opts.save_best else None,
             resume_dir=folder / RESUME_DIR if opts.resume_every is not None else None,
-            resume_every=opts.resume_every or 0.0,
+            resume_every=opts.resume_every or 0.0, deadline=deadline,
         )  # fmt: skip
         consecutive, last_reason = 0, None
 

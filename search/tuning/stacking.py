@@ -18,6 +18,7 @@ stack could prune nothing. Successive halving and Hyperband read the members thr
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,6 +138,10 @@ def _train(
         for i, m in metrics.items():  # every member reports before any is judged
             group[i].trial.report(m.val_score, m.epoch)
             group[i].begun.reported[m.epoch] = m.val_score
+        if objective.deadline is not None and time.time() >= objective.deadline:
+            for i in metrics:  # the run's time is up: every member ends after this epoch
+                group[i].begun.out_of_time = True
+            return list(metrics)
         stop = []
         for i in metrics:
             member = group[i]
