@@ -87,12 +87,17 @@ activation = ["relu", "tanh"]
 """
 
 
-def _slow_args(tmp_path, *extra):
-    (tmp_path / "digits.toml").write_text(SLOW_STUDY)
-    args = _args(tmp_path, *extra)
-    args[args.index("--study") + 1] = str(tmp_path / "digits.toml")
+def _study_args(folder, study: str, *extra):
+    """run_args for a study file of this text (its own epochs: no --epochs override)."""
+    (folder / "digits.toml").write_text(study)
+    args = run_args(folder, *extra)
+    args[args.index("--study") + 1] = str(folder / "digits.toml")
     args[args.index("--epochs") : args.index("--epochs") + 2] = []
     return args
+
+
+def _slow_args(tmp_path, *extra):
+    return _study_args(tmp_path, SLOW_STUDY, *extra)
 
 
 def _start(tmp_path, *extra):
@@ -163,11 +168,30 @@ lr = 0.01
 
 
 def _resume_args(folder, *extra):
-    (folder / "digits.toml").write_text(RESUME_STUDY)
-    args = run_args(folder, "--trials", "1", "--resume-every", "0", *extra)
-    args[args.index("--study") + 1] = str(folder / "digits.toml")
-    args[args.index("--epochs") : args.index("--epochs") + 2] = []
-    return args
+    return _study_args(folder, RESUME_STUDY, "--trials", "1", "--resume-every", "0", *extra)
+
+
+def _kill_once_saved(args: list[str], state_files: list, *, epoch: int) -> None:
+    """Run search.run with `args` and SIGKILL it (no handler runs: as the kernel's OOM killer
+    would) once every state file holds `epoch` or a later one."""
+    from search.training.state import load_state
+
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            saved = [load_state(p) if p.exists() else None for p in state_files]
+            if all(s is not None and s.epoch >= epoch for s in saved):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the trials never reached epoch {epoch}")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
 
 
 def test_a_trial_killed_mid_training_resumes_from_its_last_epoch_and_ends_as_if_never_killed(tmp_path):
@@ -177,24 +201,7 @@ def test_a_trial_killed_mid_training_resumes_from_its_last_epoch_and_ends_as_if_
     killed_dir.mkdir()
     calm_dir.mkdir()
     state_file = killed_dir / "results" / "digits" / "resume" / "trial-0.pt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.run", *_resume_args(killed_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            state = load_state(state_file) if state_file.exists() else None
-            if state is not None and state.epoch >= 3:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the trial never reached epoch 3")
-        os.kill(proc.pid, signal.SIGKILL)  # no handler runs: as the kernel's OOM killer would
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    _kill_once_saved(_resume_args(killed_dir), [state_file], epoch=3)
     saved_epoch = load_state(state_file).epoch
     assert main(_resume_args(killed_dir)) == 0  # the same command again
     trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{killed_dir}/s.db").trials
@@ -225,11 +232,7 @@ lr = {low = 0.005, high = 0.05, log = true}
 
 
 def _stack_args(folder):
-    (folder / "digits.toml").write_text(STACK_RESUME_STUDY)
-    args = run_args(folder, "--trials", "3", "--stack", "3", "--resume-every", "0")
-    args[args.index("--study") + 1] = str(folder / "digits.toml")
-    args[args.index("--epochs") : args.index("--epochs") + 2] = []
-    return args
+    return _study_args(folder, STACK_RESUME_STUDY, "--trials", "3", "--stack", "3", "--resume-every", "0")
 
 
 def test_a_stack_killed_mid_training_resumes_its_trials_from_their_saved_epoch(tmp_path):
@@ -239,24 +242,7 @@ def test_a_stack_killed_mid_training_resumes_its_trials_from_their_saved_epoch(t
     killed_dir.mkdir()
     calm_dir.mkdir()
     states = [killed_dir / "results" / "digits" / "resume" / f"trial-{n}.pt" for n in range(3)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.run", *_stack_args(killed_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            saved = [load_state(p) if p.exists() else None for p in states]
-            if all(s is not None and s.epoch >= 3 for s in saved):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the stack never reached epoch 3")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    _kill_once_saved(_stack_args(killed_dir), states, epoch=3)
     saved_epochs = [load_state(p).epoch for p in states]
     assert main(_stack_args(killed_dir)) == 0  # the same command again
     trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{killed_dir}/s.db").trials

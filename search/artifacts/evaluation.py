@@ -142,11 +142,11 @@ def evaluate_split(
 
 
 def _regression(pred: torch.Tensor, y: torch.Tensor, target: TargetScale | None, metric: str, score: float):
-    def own_units(z: torch.Tensor) -> np.ndarray:
+    def own_units(z: torch.Tensor, *, clip: bool) -> np.ndarray:
         z = z.detach().to("cpu", torch.float64)
-        return (target.inverse(z) if target is not None else z).numpy()
+        return (target.inverse(z, clip=clip) if target is not None else z).numpy()
 
-    truth, values = own_units(y), own_units(pred)
+    truth, values = own_units(y, clip=False), own_units(pred, clip=True)
     err = values - truth
     report = {
         "r2": float(1 - (err**2).sum() / max(((truth - truth.mean()) ** 2).sum(), 1e-300)),

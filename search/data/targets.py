@@ -40,22 +40,33 @@ def infer_task(values: np.ndarray, *, is_numeric: bool) -> str:
 
 @dataclass(frozen=True)
 class TargetScale:
-    """y -> (f(y) - mean) / std, with f = log for `log`, else the identity; fitted on train only."""
+    """y -> (f(y) - mean) / std, with f = log for `log`, else the identity; fitted on train only.
+
+    `inverse` answers within the training targets' range, as a tree does: an input far outside
+    the training rows (a data error such as a diamond measured 0 x 0 x 0 mm) would otherwise
+    extrapolate, and through the log to several times the largest target ever seen."""
 
     mean: float
     std: float
     log: bool = False
+    low: float = -math.inf  # the training targets' range, in standardized units
+    high: float = math.inf
 
     @classmethod
     def fit(cls, y: np.ndarray, *, log: bool) -> TargetScale:
         f = np.log(y) if log else y
-        return cls(float(f.mean()), float(f.std()) or 1.0, log)
+        mean, std = float(f.mean()), float(f.std()) or 1.0
+        return cls(mean, std, log, float((f.min() - mean) / std), float((f.max() - mean) / std))
 
     def forward(self, y):
         f = (np.log(y) if isinstance(y, np.ndarray) else torch.log(y)) if self.log else y
         return (f - self.mean) / self.std
 
-    def inverse(self, z):
+    def inverse(self, z, *, clip: bool = True):
+        """Back to the target's units; `clip`: a prediction, kept within the training range (a
+        true value is mapped back as it is)."""
+        if clip:
+            z = np.clip(z, self.low, self.high) if isinstance(z, np.ndarray) else z.clamp(self.low, self.high)
         f = z * self.std + self.mean
         return (np.exp(f) if isinstance(f, np.ndarray) else torch.exp(f)) if self.log else f
 
@@ -80,7 +91,7 @@ def losses_and_scores(
         pred = outputs[..., 0].to(torch.float64)
         yy = y.to(torch.float64)
         loss = (pred - yy).pow(2).mean(1)
-        raw_pred, raw = (target.inverse(pred), target.inverse(yy)) if target is not None else (pred, yy)
+        raw_pred, raw = (target.inverse(pred), target.inverse(yy, clip=False)) if target else (pred, yy)
         sse = (raw_pred - raw).pow(2).sum(1)
         if metric == "r2":
             score = 1.0 - sse / (raw - raw.mean()).pow(2).sum().clamp(min=1e-300)

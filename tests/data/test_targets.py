@@ -78,4 +78,8 @@ def test_the_target_scale_round_trips_and_logs_only_positive_skewed_targets():
         z = scale.forward(raw)
         assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
         assert np.allclose(scale.inverse(z), raw)
+    scale = TargetScale.fit(raw, log=True)
+    far = np.array([scale.high + 5.0, scale.low - 5.0])  # predictions beyond anything trained on
+    assert np.allclose(scale.inverse(far), [raw.max(), raw.min()])  # answered within the range
+    assert scale.inverse(far, clip=False)[0] > 100 * raw.max()  # a true value maps back as it is
     assert wants_log(raw) and not wants_log(raw - raw.mean()) and not wants_log(np.linspace(10, 12, 50))
