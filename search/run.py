@@ -26,7 +26,7 @@ from search.data.targets import METRICS, TASKS
 from search.errors import UserError
 from search.schema import RESULTS_DIR
 from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
-from search.tuning.run import bar_events, prepare_run
+from search.tuning.run import bar_events, bar_total, prepare_run
 from search.tuning.runner import install_signal_handlers, run_search
 from search.tuning.study_file import PRUNERS, SAMPLERS
 from search.tuning.summary import format_summary
@@ -44,7 +44,8 @@ def build_parser() -> ArgumentParser:
         metavar="NAME|PATH",
         help="study name (studies/NAME.toml) or a .toml path (default: cifar10; with --data, table)",
     )
-    add("--trials", type=positive_int, metavar="N", default=100, help="finished trials to add")
+    add("--trials", type=positive_int, metavar="N",
+        help="finished trials to add (default: 100; with --timeout, as many as fit in it)")  # fmt: skip
     add("--timeout", type=positive_float, metavar="SECONDS",
         help="start no trial after SECONDS; running ones stop after the epoch it passes in")  # fmt: skip
     add("--storage", default=DEFAULT_STORAGE, metavar="URL", help="any Optuna storage URL")
@@ -96,7 +97,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
     install_signal_handlers()
-    bar = tqdm(total=args.trials, desc=opts.study_name, unit="trial", disable=args.no_progress or None,
+    bar = tqdm(total=bar_total(opts), desc=opts.study_name, unit="trial", disable=args.no_progress or None,
                dynamic_ncols=True)  # fmt: skip
     try:
         summary = run_search(

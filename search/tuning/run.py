@@ -19,6 +19,9 @@ from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_s
 from search.tuning.runner import RunOptions, TrialEvent, preload_data
 from search.tuning.study_file import load_study
 
+DEFAULT_TRIALS = 100  # finished trials a run adds when neither --trials nor --timeout is given
+NO_TRIAL_LIMIT = 2**31 - 1  # --timeout alone: the clock ends the run (a C int: the workers' counter)
+
 
 def prepare_run(
     *,
@@ -27,7 +30,7 @@ def prepare_run(
     storage: str = DEFAULT_STORAGE,
     results_dir: str | Path = RESULTS_DIR,
     data_dir: str | None = None,
-    trials: int = 100,
+    trials: int | None = None,
     timeout: float | None = None,
     jobs: int = 1,
     device: str = "auto",
@@ -43,7 +46,8 @@ def prepare_run(
 ) -> RunOptions:
     """The run's options, everything checked and the data loaded; raises UserError otherwise.
     `table` names a table for a `dataset = "table"` study: with no `study`, the shipped table study
-    searches it, in a study named after the file and the target (diamonds-price)."""
+    searches it, in a study named after the file and the target (diamonds-price). Without
+    `trials`, a run adds DEFAULT_TRIALS finished trials, or with a `timeout` as many as fit in it."""
     spec = load_study(study or ("table" if table is not None else "cifar10")).with_overrides(
         dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack, table=table
     )
@@ -56,12 +60,19 @@ def prepare_run(
     if jobs == 1:
         split_cpu_threads(1)
     task, metric = preload_data(spec, data_dir=data_dir, device=where, jobs=jobs)  # bad data fails now
+    if trials is None:
+        trials = NO_TRIAL_LIMIT if timeout is not None else DEFAULT_TRIALS
     return RunOptions(
         task=task, metric=metric,
         spec=spec, storage_url=storage_url, study_name=name, trials=trials, timeout=timeout,
         data_dir=data_dir, device=str(where) if jobs == 1 else device, seed=seed, jobs=jobs,
         heartbeat_s=heartbeat, results_dir=Path(results_dir), resume_every=resume_every,
     )  # fmt: skip
+
+
+def bar_total(opts: RunOptions) -> int | None:
+    """The progress bar's length: the trials asked for, or none when only the clock limits them."""
+    return None if opts.trials == NO_TRIAL_LIMIT else opts.trials
 
 
 def bar_events(bar, *, on_failure: Callable[[str], None] | None = None) -> Callable[[TrialEvent], None]:
