@@ -9,9 +9,10 @@ reader (or a process killed mid-write) sees the old file or the new one, never a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -38,3 +39,18 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes 
             os.unlink(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def locked(directory: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (a `.lock` file in it, created with the folder):
+    workers that compare and replace files there (several processes, or machines on a shared
+    filesystem) take turns."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -7,8 +7,6 @@ compare-and-replace runs under an exclusive file lock, and each file is written 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 from pathlib import Path
 from typing import Any
@@ -16,19 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.files import atomic_write
+from search.files import atomic_write, locked
 from search.schema import BEST_META, BEST_WEIGHTS
-
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".best.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_meta(directory: str | Path) -> dict[str, Any] | None:
@@ -56,7 +43,7 @@ def save_if_best(
 ) -> bool:
     """Save `model`'s state_dict if `value` beats the saved one (higher is better). True if saved."""
     directory = Path(directory)
-    with _locked(directory):
+    with locked(directory):
         current = read_meta(directory)
         if current is not None and current.get("value", float("-inf")) >= value:
             return False
