@@ -29,12 +29,11 @@ from torch import nn
 
 from search.data.datasets import Dataset
 from search.data.targets import TargetScale, losses_and_scores
-from search.device import autocast
 from search.errors import UserError
 from search.files import atomic_write
 from search.schema import BEST_JSON, REPORT_JSON, REPORT_TXT
 from search.training.config import TrainConfig
-from search.training.model import build_mlp
+from search.training.model import build_mlp, predict_logits
 
 # What a consumer of best.json needs: the config, and the data it was scored on, and whence.
 BEST_KEYS: dict[str, tuple[type, ...]] = {
@@ -47,23 +46,6 @@ BEST_KEYS: dict[str, tuple[type, ...]] = {
     "val_fraction": (int, float),
     "split_seed": (int,),
 }
-
-
-EVAL_BATCH = 8192  # samples per forward pass when scoring a model; memory-bound, not a hyperparameter
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A model's logits for every row of x, in eval mode: float32, or float64 for float64 inputs."""
-    model.eval()
-    device = x.device
-    outs = []
-    for i in range(0, len(x), EVAL_BATCH):
-        with autocast(device):
-            outs.append(model(x[i : i + EVAL_BATCH]).to(torch.promote_types(x.dtype, torch.float32)))
-    if len(outs) == 1:
-        return outs[0]
-    return torch.cat(outs) if outs else torch.empty(0, device=device)
 
 
 @torch.inference_mode()
@@ -352,11 +334,14 @@ def load_model(
     *,
     in_features: int,
     n_classes: int,
+    image_shape: tuple[int, ...] | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """The model best.json describes, with model.pt's weights, in eval mode on `device`."""
     model_path = Path(model_path)
-    model = build_mlp(best_config(best), in_features=in_features, n_classes=n_classes)
+    model = build_mlp(
+        best_config(best), in_features=in_features, n_classes=n_classes, image_shape=image_shape
+    )
     if not model_path.is_file():
         raise UserError(f"{model_path} does not exist; write it with python -m search.export")
     try:

@@ -25,12 +25,12 @@ AUGMENT_SEED = 0x5EED  # added to a config's seed: the augmentation stream's own
 
 def check_augmentable(config: TrainConfig, image_shape: tuple[int, ...] | None, dataset: str) -> None:
     """Refuse flips and shifts on data without a height and width to flip or shift."""
-    if not config.augments:
+    if not config.needs_images:
         return
     if image_shape is None or len(image_shape) != 3 or min(image_shape[1:]) < 2:
         raise UserError(
-            f"hflip and translate need image data; dataset {dataset!r} has shape {image_shape}: "
-            "set hflip = false and translate = 0"
+            f"hflip, tta_hflip and translate need image data; dataset {dataset!r} has shape "
+            f"{image_shape}: set hflip = false, tta_hflip = false and translate = 0"
         )
     if config.translate >= min(image_shape[1:]):
         raise UserError(

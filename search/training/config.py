@@ -53,6 +53,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # weight moved from the true class to a uniform target (train loss only)
     # --- input ---
     hflip: bool = False  # mirror a random half of each training batch left-right
+    tta_hflip: bool = False  # images: score each image with its mirror, averaging the two's
+    # probabilities, on validation and test alike (twice the scoring passes, no training cost)
     translate: int = 0  # pixels: shift each training image by up to this in x and y, zero-padded
     whiten: str = "none"  # one of WHITENINGS: "zca" decorrelates pixels, fitted on the train split
     zca_eps: float = 1.0  # added to the covariance's eigenvalues (normalized-pixel variance units)
@@ -83,8 +85,9 @@ class TrainConfig:
             problems.append("weight_decay, l1 and momentum must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:
             problems.append("batch_size and epochs must be >= 1")
-        if not isinstance(self.hflip, bool):
-            problems.append(f"hflip must be true or false, got {self.hflip!r}")
+        for name in ("hflip", "tta_hflip"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int):
             problems.append(f"translate must be a whole number of pixels, got {self.translate!r}")
         if problems:
@@ -116,3 +119,8 @@ class TrainConfig:
     def augments(self) -> bool:
         """Whether training batches are augmented (flips or shifts), which needs image data."""
         return self.hflip or self.translate > 0
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether any knob flips or shifts images: augmentation or test-time flips."""
+        return self.augments or self.tta_hflip

@@ -33,7 +33,7 @@ from search.data.whiten import fold_into_first_linear, whitened, zca_matrix
 from search.device import autocast, free_memory
 from search.training.augment import Augmenter, check_augmentable
 from search.training.config import TrainConfig
-from search.training.model import build_mlp, member_flops
+from search.training.model import build_mlp, mean_of_probabilities, member_flops, mirrored
 from search.training.optim import MemberOptimizers
 from search.training.plan import stack_key
 from search.training.stack import StackedMLP, layout_of
@@ -157,6 +157,7 @@ class _StackRun:
         self.source = data.variant(c.numeric)
         self.source = whitened(self.source, c.zca_eps) if c.whiten == "zca" else self.source
         self.x, self.y = self.source.x_train, self.source.y_train
+        self.mirror: torch.Tensor | None = None  # the validation split mirrored, for tta_hflip
         if include_val:
             self.x = torch.cat([self.x, self.source.x_val])
             self.y = torch.cat([self.y, self.source.y_val])
@@ -180,7 +181,9 @@ class _StackRun:
         for i in indices:
             c, state = self.configs[i], self.resume[i]
             torch.manual_seed(c.seed)
-            model = build_mlp(c, in_features=data.in_features, n_classes=data.n_classes)
+            model = build_mlp(
+                c, in_features=data.in_features, n_classes=data.n_classes, image_shape=data.image_shape
+            )
             model = model.to(device=device, dtype=dtype)
             batches = torch.Generator(device=device).manual_seed(c.seed)
             dropout = torch.Generator(device=device).manual_seed(c.seed + DROPOUT_SEED)
@@ -256,10 +259,14 @@ class _StackRun:
             self._charge(members, epoch_seconds)
 
             rows = max(1, EVAL_ELEMENTS // (k * max((*stack.layout.widths, data.in_features))))
+            outputs = stack.predict(self.source.x_val, rows)
+            flips = [row for row, m in enumerate(members) if m.config.tta_hflip]
+            if flips:  # as the portable model scores: each image's and its mirror's mean probability
+                mirror = stack.predict(self._mirrored_val(), rows)
+                outputs[flips] = mean_of_probabilities(outputs[flips], mirror[flips])
             val_losses, val_scores = losses_and_scores(
-                stack.predict(self.source.x_val, rows), self.source.y_val, task=data.task,
-                metric=data.metric, target=data.target,
-            )  # fmt: skip
+                outputs, self.source.y_val, task=data.task, metric=data.metric, target=data.target
+            )
 
             fresh: dict[int, EpochMetrics] = {}  # epochs not reported before an out-of-memory retry
             for row, m in enumerate(members):
@@ -296,6 +303,18 @@ class _StackRun:
                 loss_sum = torch.zeros(len(members), device=device, dtype=x.dtype)
         for i in indices:
             self.results[i].stack_padding = 1.0 - real_work / padded_work if padded_work else 0.0
+
+    def _mirrored_val(self) -> torch.Tensor:
+        """The validation images mirrored, then whitened if the stack whitens: what a model with
+        the whitening folded into its first layer computes for mirrored inputs."""
+        if self.mirror is None:
+            c, base = self.configs[0], self.data.variant(self.configs[0].numeric)
+            x = mirrored(base.x_val, base.image_shape[2])
+            if c.whiten == "zca":
+                mean, w = zca_matrix(base, c.zca_eps)
+                x = (x - mean.to(x.dtype)) @ w.to(x.dtype)
+            self.mirror = x
+        return self.mirror
 
     def _capture(self, m: _Member, row: int, stack: StackedMLP, optimizer, augment, epoch: int) -> TrainState:
         """Member `row`'s state after `epoch`: copies, in its own unpadded shapes."""

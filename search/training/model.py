@@ -4,8 +4,13 @@ so a user loads the state_dict with nothing but PyTorch."""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
+from search.device import autocast
+from search.errors import UserError
 from search.training.config import TrainConfig
 
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
@@ -20,12 +25,15 @@ ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_mlp(config: TrainConfig, *, in_features: int, n_classes: int) -> nn.Sequential:
+def build_mlp(
+    config: TrainConfig, *, in_features: int, n_classes: int, image_shape: tuple[int, ...] | None = None
+) -> nn.Sequential:
     """Per hidden layer: Linear -> [BatchNorm1d] -> activation -> Dropout; then a Linear head.
 
     The head returns logits: cross-entropy applies the softmax. With BatchNorm right after it,
     a hidden Linear's bias is redundant (its true gradient is zero, and the engine keeps it so),
-    but it is kept so the notebook's layer shapes match.
+    but it is kept so the notebook's layer shapes match. With `tta_hflip` the model is a
+    `MirrorAveraged` Sequential (the same layers and state_dict), which needs the image shape.
     """
     layers: list[nn.Module] = []
     width = in_features
@@ -38,7 +46,38 @@ def build_mlp(config: TrainConfig, *, in_features: int, n_classes: int) -> nn.Se
             layers.append(nn.Dropout(config.dropout))
         width = out
     layers.append(nn.Linear(width, n_classes))
+    if config.tta_hflip:
+        if image_shape is None or len(image_shape) != 3:
+            raise UserError(f"tta_hflip needs image data (C, H, W); got shape {image_shape}")
+        return MirrorAveraged(*layers, width=image_shape[2])
     return nn.Sequential(*layers)
+
+
+def mirrored(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of flattened [C, H, W] images, each mirrored left-right: every run of `width` values
+    (one image row of one channel) reversed."""
+    return x.reshape(len(x), -1, width).flip(2).reshape(x.shape)
+
+
+def mean_of_probabilities(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log((softmax(a) + softmax(b)) / 2): logits whose softmax is the two's mean probability."""
+    both = torch.stack([a.log_softmax(-1), b.log_softmax(-1)])
+    return torch.logsumexp(both, dim=0) - math.log(2.0)
+
+
+class MirrorAveraged(nn.Sequential):
+    """The MLP that, in eval mode, answers with the mean probability of an image and its mirror
+    (test-time flips); in training mode it is the plain Sequential. Its state_dict is the
+    Sequential's, so `nn.Sequential` loads the same weights."""
+
+    def __init__(self, *layers: nn.Module, width: int):
+        super().__init__(*layers)
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        return mean_of_probabilities(super().forward(x), super().forward(mirrored(x, self.width)))
 
 
 def count_params(model: nn.Module) -> int:
@@ -73,3 +112,20 @@ def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> st
         parts.append(f"{out}({','.join(tags)})")
     parts.append(str(n_classes))
     return "-".join(parts)
+
+
+EVAL_BATCH = 8192  # samples per forward pass when scoring a model; memory-bound, not a hyperparameter
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A model's logits for every row of x, in eval mode: float32, or float64 for float64 inputs."""
+    model.eval()
+    device = x.device
+    outs = []
+    for i in range(0, len(x), EVAL_BATCH):
+        with autocast(device):
+            outs.append(model(x[i : i + EVAL_BATCH]).to(torch.promote_types(x.dtype, torch.float32)))
+    if len(outs) == 1:
+        return outs[0]
+    return torch.cat(outs) if outs else torch.empty(0, device=device)

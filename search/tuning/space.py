@@ -43,13 +43,14 @@ FLOAT_KNOBS = {
     "label_smoothing": (0.0, 0.9),
     "zca_eps": (1e-8, 1e4),
 }
-BOOL_KNOBS = ("batchnorm", "hflip")
+BOOL_KNOBS = ("batchnorm", "hflip", "tta_hflip")
 CHOICE_KNOBS = {
     "activation": ACTIVATIONS,
     "optimizer": OPTIMIZERS,
     "batchnorm": (True, False),
     "schedule": SCHEDULES,
     "hflip": (True, False),
+    "tta_hflip": (True, False),
     "whiten": WHITENINGS,
     "numeric": NUMERICS,  # tables: how numeric columns are scaled (search.data.tables)
 }
@@ -240,6 +241,7 @@ def sample_config(
         warmup=draw("warmup", base.warmup),
         label_smoothing=draw("label_smoothing", base.label_smoothing),
         hflip=draw("hflip", base.hflip),
+        tta_hflip=draw("tta_hflip", base.tta_hflip),
         translate=draw("translate", base.translate),
         whiten=whiten,
         zca_eps=draw("zca_eps", base.zca_eps) if whiten == "zca" else base.zca_eps,

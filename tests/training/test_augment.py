@@ -87,6 +87,8 @@ def test_a_batch_takes_the_rows_it_is_asked_for():
 def test_flips_and_shifts_need_an_image():
     with pytest.raises(UserError, match="need image data"):
         check_augmentable(TrainConfig(hflip=True), (64, 1, 1), "tabular")
+    with pytest.raises(UserError, match="need image data"):
+        check_augmentable(TrainConfig(tta_hflip=True), None, "table")
     with pytest.raises(UserError, match="out of the frame"):
         check_augmentable(TrainConfig(translate=8), (1, 8, 8), "digits")
     check_augmentable(TrainConfig(), (64, 1, 1), "tabular")  # nothing asked: nothing refused

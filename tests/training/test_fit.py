@@ -26,7 +26,7 @@ from search.data.datasets import load_dataset
 from search.training import stack
 from search.training.augment import Augmenter
 from search.training.config import TrainConfig
-from search.training.fit import DROPOUT_SEED, fit
+from search.training.fit import DROPOUT_SEED, fit, fit_stacked
 from search.training.model import build_mlp
 from search.training.schedule import lr_factor
 
@@ -152,6 +152,25 @@ def test_the_returned_model_scores_as_the_engine_scored_it(digits64):
     loss, acc = evaluate(result.model, digits64.x_val, digits64.y_val)
     assert acc == result.val_score
     assert loss == pytest.approx(result.history[-1].val_loss, rel=RTOL)
+
+
+@pytest.mark.parametrize("whiten", ["none", "zca"])
+def test_test_time_flips_score_validation_as_the_returned_model_does(digits64, whiten):
+    # With ZCA the returned model has the whitening folded into its first layer and mirrors the
+    # plain inputs: the engine must score whiten(mirror(x)), not mirror(whiten(x)).
+    config = TrainConfig(hidden=(32,), optimizer="adam", lr=3e-3, epochs=3, hflip=True, tta_hflip=True,
+                         whiten=whiten)  # fmt: skip
+    result = fit(config, digits64)
+    loss, acc = evaluate(result.model, digits64.x_val, digits64.y_val)
+    assert acc == result.val_score
+    assert loss == pytest.approx(result.history[-1].val_loss, rel=RTOL)
+    # Stacked beside a member without the knob, each scores as it does alone.
+    plain = config.replace(tta_hflip=False)
+    both = fit_stacked([config, plain], digits64)
+    alone = fit(plain, digits64)
+    assert both[0].history[-1].val_loss == pytest.approx(result.history[-1].val_loss, rel=RTOL)
+    assert both[1].history[-1].val_loss == pytest.approx(alone.history[-1].val_loss, rel=RTOL)
+    assert alone.history[-1].val_loss != pytest.approx(result.history[-1].val_loss, rel=1e-4)
 
 
 def test_a_bias_right_before_batchnorm_keeps_its_initial_value(digits):

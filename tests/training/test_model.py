@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from search.training.config import TrainConfig
-from search.training.model import architecture, build_mlp, count_params
+from search.training.model import architecture, build_mlp, count_params, mirrored
 
 
 def test_notebook_model_has_the_notebook_shapes():
@@ -45,3 +45,43 @@ def test_param_count_matches_the_built_model_without_building_it():
     for config in (TrainConfig(hidden=()), TrainConfig(hidden=(7, 5), batchnorm=False), TrainConfig()):
         model = build_mlp(config, in_features=12, n_classes=4)
         assert param_count(config, in_features=12, n_classes=4) == count_params(model)
+
+
+def test_mirrored_reverses_every_row_of_every_channel():
+    images = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    flat = mirrored(images.reshape(2, -1), width=5)
+    assert torch.equal(flat, images.flip(3).reshape(2, -1))
+
+
+def test_a_tta_model_answers_with_the_mean_probability_of_an_image_and_its_mirror():
+    import numpy as np
+
+    config = TrainConfig(hidden=(6,), tta_hflip=True)
+    torch.manual_seed(0)
+    model = build_mlp(config, in_features=2 * 3 * 3, n_classes=4, image_shape=(2, 3, 3)).eval()
+    plain = nn.Sequential(*model)  # the same layers, no mirroring
+    plain.load_state_dict(model.state_dict())  # one state_dict for both
+    images = torch.randn(5, 2, 3, 3)
+    with torch.no_grad():
+        a = plain(images.reshape(5, -1)).double().numpy()
+        b = plain(images.flip(3).reshape(5, -1)).double().numpy()
+        ours = model(images.reshape(5, -1)).double().numpy()
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    np.testing.assert_allclose(np.exp(ours), (softmax(a) + softmax(b)) / 2, rtol=1e-5, atol=1e-7)
+    model.train()
+    torch.manual_seed(1)
+    x = torch.randn(5, 18)
+    assert torch.equal(model(x), plain.train()(x))  # training sees the plain model
+
+
+def test_tta_without_an_image_shape_is_refused():
+    import pytest
+
+    from search.errors import UserError
+
+    with pytest.raises(UserError, match="tta_hflip needs image data"):
+        build_mlp(TrainConfig(hidden=(4,), tta_hflip=True), in_features=12, n_classes=2)
