@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from search.artifacts import ensemble
 from search.artifacts import export as exporting
 from search.artifacts.evaluation import evaluate_test, predict_logits
 from search.artifacts.pictures import predictions_grid, sample_grid
@@ -37,7 +38,7 @@ from search.schema import RESULTS_DIR, study_dir
 from search.storage.connect import DEFAULT_STORAGE, check_storage, open_storage
 from search.training.config import TrainConfig
 from search.tuning.finished import open_finished
-from search.tuning.run import bar_events, prepare_run
+from search.tuning.run import bar_events, bar_total, prepare_run
 from search.tuning.runner import run_search
 from search.tuning.study_file import load_study
 
@@ -45,7 +46,7 @@ from search.tuning.study_file import load_study
 def optimize(
     *,
     study: str | None = None,
-    trials: int = 100,
+    trials: int | None = None,
     timeout: float | None = None,
     storage: str = DEFAULT_STORAGE,
     study_name: str | None = None,
@@ -62,7 +63,8 @@ def optimize(
     task: str | None = None,
     metric: str | None = None,
 ) -> optuna.Study:
-    """`python -m search.run`: add `trials` finished trials to the study (created or resumed);
+    """`python -m search.run`: add `trials` finished trials to the study (created or resumed; 100,
+    or with a `timeout` alone as many as fit in it);
     `cifar10` by default, or with `data` and `target` the table study of a table: a CSV or
     Parquet path, a pandas DataFrame or a 2-D NumPy array (`test` likewise). A DataFrame or array
     is written once to results/<study>/data/ as Parquet, so export and retraining find it again.
@@ -89,7 +91,7 @@ def optimize(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        with tqdm(total=trials, desc=opts.study_name, unit="trial", disable=not progress) as bar:
+        with tqdm(total=bar_total(opts), desc=opts.study_name, unit="trial", disable=not progress) as bar:
             run_search(opts, on_event=bar_events(bar))
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -163,6 +165,7 @@ class BestModel:
     classes: tuple[str, ...]
     data: Dataset  # the split it was searched on (its test split scores the model)
     preprocess: Preprocess | None = None  # a table study's fitted preprocessing
+    ensemble: dict[int, float] | None = None  # trial -> weight, when `model` is the study's ensemble
 
     def predict(self, rows):
         """Labels (or, for regression, values in the target's units) for raw rows or images."""
@@ -201,7 +204,8 @@ def load_best(
 ) -> BestModel:
     """The best trial's config and weights (the search's checkpoint, checked against the trial's
     validation value; retrained from its seed where there is none), with the normalization its
-    inputs need."""
+    inputs need; `model` is the study's ensemble instead where export would write one (the same
+    selection, on validation)."""
     study = open_finished(storage, study_name)
     name, trial = study.name, study.best()
     data, _ = study.load_data(device=resolve_device(device), data_dir=data_dir)
@@ -209,10 +213,14 @@ def load_best(
     found = exporting.checkpoint_weights(study_dir(results_dir, name), trial, config, data)
     if not isinstance(found, exporting.Weights):
         found = exporting.retrain_weights(trial, config, data, why=found)
-    model = found.model.eval()
-    pre = Preprocess.of(data, config.numeric) if data.table is not None else None
+    model, numeric, members = found.model.eval(), config.numeric, None
+    folder = study_dir(results_dir, name)
+    selection, ens = ensemble.choose(folder, study.completed(), data, trial.value)
+    if ens is not None:
+        model, numeric, members = ens, selection.numeric, selection.weights
+    pre = Preprocess.of(data, numeric) if data.table is not None else None
     return BestModel(
-        name, trial.number, trial.value, config, model, data.mean, data.std, data.classes, data, pre
+        name, trial.number, trial.value, config, model, data.mean, data.std, data.classes, data, pre, members
     )
 
 

@@ -49,6 +49,7 @@ def _main(argv: Sequence[str] | None) -> int:
     lines = [
         f"study {done.study}: best trial {done.trial.number}, validation {ev.metric} {done.trial.value:.4f}",
         done.weights.note,
+        *done.ensemble_lines,
         score_line(ev),
     ]
     return cli.finish(lines, done.files, done.out_dir)

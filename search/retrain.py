@@ -34,6 +34,10 @@ def build_parser() -> cli.ArgumentParser:
     )
     p.add_argument("--full", action="store_true", help="train on train + validation (final model)")
     p.add_argument(
+        "--ensemble", action="store_true",
+        help="retrain every member of the exported ensemble (ensemble.pt beside --config) per seed",
+    )  # fmt: skip
+    p.add_argument(
         "--out", metavar="DIR", default=None, help=f"output folder (default: {RETRAIN_DIR}/ beside --config)"
     )
     cli.add_training_flags(p)
@@ -45,7 +49,9 @@ def _main(argv: Sequence[str] | None) -> int:
     best = read_best(args.config)  # fail on a bad file before choosing a device or loading data
     epochs = args.epochs or best_config(best, where=args.config).epochs
     device = cli.training_device(args.device)
-    with cli.progress_bar("retraining", "epoch", hidden=args.no_progress, total=args.seeds * epochs) as bar:
+    with cli.progress_bar(
+        "retraining", "epoch", hidden=args.no_progress, total=None if args.ensemble else args.seeds * epochs
+    ) as bar:
 
         def on_epoch(seed: int, m: EpochMetrics) -> None:
             bar.set_description(f"seed {seed}", refresh=False)
@@ -53,7 +59,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         done = retrain(
             args.config, device=device, epochs=args.epochs, seeds=args.seeds, full=args.full,
-            out_dir=args.out, data_dir=args.data_dir, argv=argv, on_epoch=on_epoch,
+            out_dir=args.out, data_dir=args.data_dir, argv=argv, on_epoch=on_epoch, ensemble=args.ensemble,
         )  # fmt: skip
     value, first, metric = done.best["value"], done.runs[0].seed, done.runs[0].evaluation.metric
     lines = [seed_line(run) for run in done.runs] + [mean_line(*done.test_mean_std, len(done.runs), metric)]

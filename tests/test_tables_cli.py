@@ -68,7 +68,7 @@ def test_search_export_and_predict_a_table(tables, tmp_path, capsys, file, targe
     assert len(predicted) == 5 and predicted["prediction"].notna().all()
     if task == "classification":
         assert set(predicted["prediction"]) <= {"benign", "malignant"}
-        assert np.allclose(predicted[["proba_benign", "proba_malignant"]].sum(1), 1)
+        assert np.allclose(predicted[["proba_benign", "proba_malignant"]].sum(axis=1), 1)
     capsys.readouterr()
     new.drop(columns=[new.columns[1]]).to_csv(tmp_path / "short.csv", index=False)
     assert (

@@ -16,7 +16,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from search.artifacts import provenance
+from search.artifacts import ensemble, provenance
 from search.artifacts.evaluation import (
     Evaluation,
     evaluate_test,
@@ -44,6 +44,7 @@ from search.schema import (
     ATTR_DEVICE,
     BEST_JSON,
     BEST_WEIGHTS,
+    ENSEMBLE_PT,
     MODEL_PT,
     MODEL_TXT,
     PREPROCESS_PKL,
@@ -62,7 +63,7 @@ from search.storage.connect import redacted
 from search.training.config import TrainConfig
 from search.training.fit import EpochCallback, fit
 from search.training.model import architecture, build_mlp, count_params
-from search.tuning import best_weights
+from search.tuning import best_weights, pool
 from search.tuning.finished import open_finished
 
 PROG = "python -m search.export"
@@ -93,7 +94,9 @@ def checkpoint_weights(
         return f"no checkpoint in {directory}"
     if saved.get("trial_number") != trial.number:
         return f"the checkpoint in {directory} holds trial {saved.get('trial_number')}"
-    model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes)
+    model = build_mlp(
+        config, in_features=data.in_features, n_classes=data.n_classes, image_shape=data.image_shape
+    )
     load_state(model, saved.get("state_dict"), source=str(path))
     model.to(data.device)
     val = score_split(model, data, "val", config.numeric)
@@ -183,9 +186,10 @@ class Exported:
     trial: FrozenTrial
     config: TrainConfig
     weights: Weights
-    evaluation: Evaluation
+    evaluation: Evaluation  # the exported model's: the ensemble's where there is one
     out_dir: Path
     files: list[str]
+    ensemble_lines: list[str] = field(default_factory=list)  # what the selection found, for people
 
 
 def export_study(
@@ -215,11 +219,14 @@ def export_study(
     if not isinstance(found, Weights):  # no usable checkpoint: the config and seed retrain it
         found = retrain_weights(trial, config, data, why=found, on_epoch=on_epoch)
     weights = found
-    evaluation = evaluate_test(weights.model, data, config.numeric)  # the one touch of the test split
+    selection, ens = ensemble.choose(ckpt_dir, study.completed(), data, trial.value)
+    # The test split is touched once per model, after every choice was made on validation.
+    single_eval = evaluate_test(weights.model, data, config.numeric)
+    model, numeric = (ens, selection.numeric) if ens is not None else (weights.model, config.numeric)
+    evaluation = single_eval if ens is None else evaluate_test(ens, data, numeric)
 
     out = Path(out_dir) if out_dir is not None else study_dir(results_dir, name)
     out.mkdir(parents=True, exist_ok=True)
-    model = weights.model
     arch = architecture(config, in_features=data.in_features, n_classes=data.n_classes)
     best = {
         "format": FORMAT,
@@ -232,34 +239,41 @@ def export_study(
         "params": dict(trial.params),
         "config": config.to_dict(),
         "architecture": arch,
-        "n_params": count_params(model),
+        "n_params": count_params(weights.model),
         **data_fields(attrs, data_dir, data),
         "weights": weights.source,
         "weights_note": weights.note,
         "val_score": weights.val_score,
         "test_score": evaluation.score,
+        "single_test_score": single_eval.score,
+        "ensemble": ensemble_record(selection, ens, ckpt_dir, single_eval.score, evaluation.score),
         "trial_user_attrs": dict(trial.user_attrs),
         **study_fields(attrs),
         "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
     }
     write_json(out / BEST_JSON, best)
-    save_model(out / MODEL_PT, model)
-    atomic_write(out / MODEL_TXT, f"{arch}\n\n{model}\n\n{layer_table(model)}\n")
+    save_model(out / MODEL_PT, weights.model)
+    atomic_write(out / MODEL_TXT, f"{arch}\n\n{weights.model}\n\n{layer_table(weights.model)}\n")
     header = [
         f"study {name}, trial {trial.number} ({arch}), {weights.source} weights",
         f"validation {data.metric} {trial.value:.4f} in the search, {weights.val_score:.4f} here",
     ]
+    files = [BEST_JSON, MODEL_PT, MODEL_TXT, REPORT_TXT, REPORT_JSON, TRIALS_CSV]
+    lines = ensemble_lines(selection, ens, data.metric, single_eval.score, evaluation.score)
+    if ens is not None:
+        files.append(ensemble.save_selected(out / ENSEMBLE_PT, selection, ens).name)
+    header += lines
     meta = {
         "study": name,
         "trial_number": trial.number,
         "weights": weights.source,
         "config": config.to_dict(),
+        "ensemble": best["ensemble"],
         "provenance": best["provenance"],
     }
-    files = [BEST_JSON, MODEL_PT, MODEL_TXT, REPORT_TXT, REPORT_JSON, TRIALS_CSV]
     if data.table is not None:  # the preprocessing travels with the model; a table's pictures
-        files.append(Preprocess.of(data, config.numeric).save(out / PREPROCESS_PKL).name)
-        predictor = Predictor(model, Preprocess.of(data, config.numeric), data.device)
+        files.append(Preprocess.of(data, numeric).save(out / PREPROCESS_PKL).name)
+        predictor = Predictor(model, Preprocess.of(data, numeric), data.device)
         truth = evaluation.targets if data.task == "regression" else data.y_test.cpu().numpy()
         importance = permutation_importance(predictor, data.table.frames["test"], truth, data.metric)
         meta["permutation_importance"] = importance
@@ -273,10 +287,45 @@ def export_study(
     write_reports(out, evaluation, header=header, meta=meta)
     write_trials_csv(out / TRIALS_CSV, study.trials)
     files += [p.name for p in figures]
-    return Exported(name, trial, config, weights, evaluation, out, files)
+    return Exported(name, trial, config, weights, evaluation, out, files, lines)
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def ensemble_record(selection, ens, results: Path, single_test: float, test: float) -> dict[str, Any] | None:
+    """best.json's account of the ensemble: members, weights, validation gain, test figures,
+    and the pool's disk use; `exported` says whether it beat the best single trial."""
+    if selection is None:
+        return None
+    kept, outputs = pool.disk_bytes(pool.pool_dir(results))
+    return {
+        "exported": ens is not None,
+        "members": [
+            {"trial_number": n, "weight": w, "picks": selection.counts[n]}
+            for n, w in selection.weights.items()
+        ],
+        "steps": ensemble.STEPS,
+        "numeric": selection.numeric,
+        "val_score": selection.val_score,
+        "single_trial": selection.single,
+        "single_val_score": selection.single_score,
+        "val_gain": selection.gain,
+        "test_score": test if ens is not None else None,
+        "single_test_score": single_test,
+        "pool_weights_bytes": kept,
+        "pool_outputs_bytes": outputs,
+    }
+
+
+def ensemble_lines(selection, ens, metric: str, single_test: float, test: float) -> list[str]:
+    if selection is None:
+        return []
+    lines = ensemble.summary_lines(selection, metric)
+    if ens is None:
+        return [*lines, "it does not beat the best single trial on validation: the trial is exported alone"]
+    figures = f"test {metric}: ensemble {test:.4f}, best single trial {single_test:.4f}"
+    return [*lines, f"{figures}; exported: the ensemble"]
 
 
 def data_fields(attrs: dict[str, Any], data_dir: str | None, data: Dataset) -> dict[str, Any]:

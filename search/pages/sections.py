@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from search.posthoc.audit import finding_lines
-from search.schema import AUDIT_JSON, CERTIFIED_JSON, ERRORS_PNG, PREDICTIONS_PNG, SAMPLES_PNG
+from search.schema import AUDIT_JSON, BEST_JSON, CERTIFIED_JSON, ERRORS_PNG, PREDICTIONS_PNG, SAMPLES_PNG
 
 EXTRA_IMAGES = (
     (SAMPLES_PNG, "Training images"),  # search.show data
@@ -74,6 +74,28 @@ def certified_section(p: Mapping[str, Any]) -> str:
     )
 
 
+def ensemble_section(best: Mapping[str, Any]) -> str:
+    """best.json's ensemble (python -m search.export): members, weights, validation gain, test."""
+    e, metric = best["ensemble"], best.get("metric", "accuracy")
+    rows = [_row((m["trial_number"], m["picks"], f"{m['weight']:.3f}")) for m in e["members"]]
+    verdict = (
+        f"Exported: test {metric} {e['test_score']:.4f} for the ensemble, {e['single_test_score']:.4f} "
+        "for the best single trial (each scored once, after the choice)."
+        if e["exported"]
+        else "It does not beat the best single trial on validation, so the trial is exported alone."
+    )
+    lines = [
+        f"Greedy selection with replacement ({e['steps']} steps) over the validation outputs of the "
+        f"trials the search kept ({e['pool_weights_bytes'] / 1e6:.1f} MB of half-precision weights).",
+        f"Validation {metric}: ensemble {e['val_score']:.4f}, best single trial {e['single_trial']} "
+        f"{e['single_val_score']:.4f} ({e['val_gain']:+.4f}).",
+        verdict,
+    ]
+    body = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+    table = _table(("trial", "picks", "weight"), rows)
+    return f'<section id="ensemble"><h2>Ensemble</h2>{body}{table}</section>'
+
+
 def audit_section(p: Mapping[str, Any]) -> str:
     """audit.json (python -m search.audit): how often the pruner stopped a config worth keeping."""
     n = p["n_audited"]
@@ -105,10 +127,18 @@ def _json_section(path: Path, title: str, render) -> str:
         return f'{head}<p class="note">{html.escape(note)}</p></section>'
 
 
+def _has_ensemble(best_json: Path) -> bool:
+    try:
+        return isinstance(json.loads(best_json.read_text(encoding="utf-8")).get("ensemble"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable best.json has no section; export writes it again
+
+
 def extra_sections(study_dir: str | Path) -> list[str]:
     """EXTENSION POINT: HTML sections for what other commands leave in results/<study>/.
 
-    certified.json (search.certify) and audit.json (search.audit) become tables; each PNG in
+    certified.json (search.certify), audit.json (search.audit) and best.json's ensemble
+    (search.export) become tables; each PNG in
     EXTRA_IMAGES that exists is embedded as base64, so the page stays one file.
     """
     sections = []
@@ -120,6 +150,9 @@ def extra_sections(study_dir: str | Path) -> list[str]:
         path = Path(study_dir) / name
         if path.is_file():
             sections.append(_json_section(path, title, render))
+    best = Path(study_dir) / BEST_JSON
+    if best.is_file() and _has_ensemble(best):
+        sections.append(_json_section(best, "Ensemble", ensemble_section))
     for name, title in EXTRA_IMAGES:
         path = Path(study_dir) / name
         if path.is_file():

@@ -4,7 +4,9 @@ By default it trains on the search's own train split, so on the CPU the trial's 
 trial's validation accuracy bit for bit: the proof that best.json holds what the search scored.
 `full` trains on train + validation for the final model (no validation figure then). `seeds=K`
 trains K times (seeds config.seed, +1, ...) for the test accuracy as mean ± std, a figure worth
-quoting; model.pt and the detailed report are the first seed's.
+quoting; model.pt and the detailed report are the first seed's. `ensemble` retrains every member of
+the exported ensemble (ensemble.pt beside best.json) with each seed offset instead, and scores the
+ensemble they make with the export's weights: how much of its gain is the members' seeds' luck.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from search.artifacts import ensemble as ensembles
 from search.artifacts import provenance
 from search.artifacts.evaluation import (
     Evaluation,
@@ -25,10 +28,11 @@ from search.artifacts.evaluation import (
     mean_std,
     read_best,
     save_model,
+    score_split,
     write_reports,
 )  # fmt: skip
 from search.errors import UserError
-from search.schema import MODEL_PT, REPORT_JSON, REPORT_TXT, RETRAIN_DIR
+from search.schema import ENSEMBLE_PT, MODEL_PT, REPORT_JSON, REPORT_TXT, RETRAIN_DIR
 from search.training.config import TrainConfig
 from search.training.fit import EpochMetrics, fit
 from search.tuning.binding import load_bound_dataset
@@ -59,6 +63,7 @@ class Retrained:
     config: TrainConfig  # the first seed's
     full: bool
     out_dir: Path
+    members: list[dict[str, Any]] = field(default_factory=list)  # the ensemble's, when it was retrained
     runs: list[SeedRun] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
@@ -73,7 +78,8 @@ class Retrained:
         first = self.runs[0]
         trained = self.best.get("config", {})
         comparable = (
-            not self.full
+            not self.members  # the pool's members were scored with half-precision weights
+            and not self.full
             and self.config.epochs == trained.get("epochs")
             and self.config.seed == trained.get("seed")
         )
@@ -95,8 +101,10 @@ def retrain(
     data_dir: str | None = None,
     argv: Sequence[str] | None = None,
     on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+    ensemble: bool = False,
 ) -> Retrained:
-    """Train best.json's config `seeds` times, score each on the test split, write the files."""
+    """Train best.json's config (or with `ensemble`, each member of its ensemble) `seeds` times,
+    score each on the test split, write the files."""
     best = read_best(config_path)
     config = best_config(best, where=config_path)
     if epochs is not None:
@@ -114,6 +122,12 @@ def retrain(
         full=full,
         out_dir=Path(out_dir) if out_dir is not None else default_out_dir(config_path),
     )
+    if ensemble:
+        saved = ensembles.read(Path(config_path).parent / ENSEMBLE_PT)
+        done.members = [{k: v for k, v in m.items() if k != "state_dict"} for m in saved["members"]]
+        _retrain_ensemble(done, data, saved, seeds, epochs, on_epoch=on_epoch)
+        _write(done, data_sizes=(len(data.y_train), len(data.y_val)), argv=argv, device=device)
+        return done
     for k in range(seeds):
         cfg = config.replace(seed=config.seed + k)
 
@@ -137,19 +151,46 @@ def retrain(
     return done
 
 
+def _retrain_ensemble(done: Retrained, data, saved, seeds: int, epochs, *, on_epoch) -> None:
+    """Seed offset k retrains every member with its own seed + k; the export's weights combine them."""
+    configs = [TrainConfig.from_dict(m["config"]) for m in saved["members"]]
+    configs = [c.replace(epochs=epochs) if epochs is not None else c for c in configs]
+    weights = [m["weight"] for m in saved["members"]]
+    for k in range(seeds):
+        models = []
+        for c in configs:
+            cfg = c.replace(seed=c.seed + k)
+            report = None if on_epoch is None else (lambda m, s=cfg.seed: on_epoch(s, m))
+            result = fit(cfg, data, include_val=done.full, on_epoch=report)
+            if result.diverged:
+                raise UserError(f"a member with seed {cfg.seed} diverged: {result.diverged}")
+            models.append(result.model)
+        model = ensembles.Ensemble(models, weights, regression=data.task == "regression").eval()
+        val = None if done.full else score_split(model, data, "val", saved["numeric"])
+        evaluation = evaluate_test(model, data, saved["numeric"])  # the test split, once an ensemble
+        done.runs.append(SeedRun(k, val, evaluation, model if k == 0 else None, 0.0))
+
+
 def _write(done: Retrained, *, data_sizes: tuple[int, int], argv, device) -> None:
     out = done.out_dir
     out.mkdir(parents=True, exist_ok=True)
     first = done.runs[0]
     assert first.model is not None
-    save_model(out / MODEL_PT, first.model)
+    if done.members:
+        trials = [m["trial_number"] for m in done.members]
+        configs = [TrainConfig.from_dict(m["config"]) for m in done.members]
+        ensembles.save(out / ENSEMBLE_PT, first.model, trials, configs, configs[0].numeric, half=False)
+    else:
+        save_model(out / MODEL_PT, first.model)
     best, cfg = done.best, done.config
     n_train = sum(data_sizes) if done.full else data_sizes[0]
     split = "train + validation splits" if done.full else "train split"
     mean, std = done.test_mean_std
+    what = f"trial {best['trial_number']}'s config ({best.get('architecture', 'architecture not recorded')})"
+    if done.members:
+        what = f"ensemble of trials {', '.join(str(m['trial_number']) for m in done.members)} (seed offsets)"
     header = [
-        f"retrained study {best['study']}, trial {best['trial_number']}'s config "
-        f"({best.get('architecture', 'architecture not recorded')})",
+        f"retrained study {best['study']}, {what}",
         f"trained on the {split} ({n_train} images), {cfg.epochs} epochs, "
         f"seeds {', '.join(str(r.seed) for r in done.runs)}",
     ]
@@ -168,12 +209,13 @@ def _write(done: Retrained, *, data_sizes: tuple[int, int], argv, device) -> Non
         "val_score": first.val_score,
         "reproduced_trial_value": done.reproduced,
         "runs": [r.as_dict() for r in done.runs],
+        "ensemble_members": done.members or None,
         "test_score_mean": mean,
         "test_score_std": std,
         "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
     }
     write_reports(out, first.evaluation, header=header, meta=meta)
-    done.files = [MODEL_PT, REPORT_TXT, REPORT_JSON]
+    done.files = [ENSEMBLE_PT if done.members else MODEL_PT, REPORT_TXT, REPORT_JSON]
 
 
 def seed_line(run: SeedRun) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from search.data.datasets import Dataset
 from search.errors import UserError
@@ -46,6 +46,10 @@ class Finished:
     def binding(self) -> dict[str, Any]:
         """What the study is bound to; a study not made by search.run fails here, in one line."""
         return study_binding(self.study)
+
+    def completed(self) -> dict[int, float]:
+        """Each COMPLETE trial's number and value."""
+        return {t.number: t.value for t in self.trials if t.state == TrialState.COMPLETE}
 
     def best(self) -> FrozenTrial:
         """The COMPLETE trial with the highest value; among equals the earliest, as the search's

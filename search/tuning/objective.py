@@ -3,7 +3,8 @@
 This is the only place where the trainer's results meet Optuna. `begin` samples the config
 (search.tuning.space), finds a saved state to resume from, and records on the trial what a person
 (or the dashboard) needs later: architecture, parameter count, seed, device. `end` turns the fit's
-result into the trial's value, or into TrialPruned with its reason, and keeps the best weights.
+result into the trial's value, or into TrialPruned with its reason, and keeps the best weights
+and what the export's ensemble needs (search.tuning.pool).
 The training in between is search.tuning.stacking's: a lone trial is a stack of one.
 """
 
@@ -34,7 +35,7 @@ from search.training.config import TrainConfig
 from search.training.fit import FitResult
 from search.training.model import architecture, param_count
 from search.training.state import TrainState
-from search.tuning import best_weights
+from search.tuning import best_weights, pool
 from search.tuning.recovery import StateKeeper
 from search.tuning.space import sample_config, trial_seed
 from search.tuning.study_file import StudySpec
@@ -66,6 +67,7 @@ class Objective:
     resume_dir: Path | None = None  # keep each trial's training state here; None = don't
     resume_every: float = 30.0  # seconds between writes of a trial's state (0: every epoch)
     deadline: float | None = None  # time.time() at which the run's --timeout stops running trials
+    pool_size: int = 0  # completed trials whose weights are kept for the ensemble (search.tuning.pool)
 
     def begin(self, trial: optuna.Trial) -> Begun:
         """Everything before training: the seed, the config, a saved state to resume from, the
@@ -121,4 +123,8 @@ class Objective:
                 model=result.model,
                 meta={"config": begun.config.to_dict(), "study": trial.study.study_name},
             )
+            pool.keep(
+                pool.pool_dir(self.checkpoint_dir), trial_number=trial.number, value=result.val_score,
+                config=begun.config, model=result.model, data=self.data, size=self.pool_size,
+            )  # fmt: skip
         return result.val_score

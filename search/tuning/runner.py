@@ -29,6 +29,7 @@ from search.errors import UserError
 from search.schema import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, RESULTS_DIR, RESUME_DIR, study_dir
 from search.storage.connect import open_storage, open_worker_storage
 from search.training.fit import import_lazy_parts
+from search.tuning import pool
 from search.tuning.binding import check_resumable, study_attrs
 from search.tuning.objective import Objective
 from search.tuning.recovery import fail_orphans, retry_dead_local_workers, retry_trials
@@ -214,7 +215,7 @@ def run_worker(
             spec=opts.spec, data=data, seed=opts.seed, worker=_worker_tag(worker),
             checkpoint_dir=folder if opts.save_best else None,
             resume_dir=folder / RESUME_DIR if opts.resume_every is not None else None,
-            resume_every=opts.resume_every or 0.0, deadline=deadline,
+            resume_every=opts.resume_every or 0.0, deadline=deadline, pool_size=opts.spec.ensemble,
         )  # fmt: skip
         consecutive, last_reason = 0, None
 
@@ -301,7 +302,11 @@ def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | Non
         reports = [run_worker(opts, 0, _Slots(opts.trials), emit, deadline)]
     else:
         reports = _run_processes(opts, emit, deadline)
-    return summarize(opts.study_name, opts.storage_url, storage, reports, time.perf_counter() - started)
+    summary = summarize(opts.study_name, opts.storage_url, storage, reports, time.perf_counter() - started)
+    if opts.save_best:
+        kept, outputs = pool.disk_bytes(pool.pool_dir(study_dir(opts.results_dir, opts.study_name)))
+        summary.pool = (kept, outputs, opts.spec.ensemble)
+    return summary
 
 
 MAX_RESPAWNS = 3  # per worker slot: a worker that keeps dying points at a real problem

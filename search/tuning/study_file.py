@@ -62,6 +62,7 @@ STUDY_KEYS: dict[str, tuple[type, Any]] = {
     "startup_trials": (int, 10),
     "min_epochs": (int, 0),  # 0: the pruner's own default (a fifth of the epochs for median)
     "stack": (int, 1),
+    "ensemble": (int, 16),
     "description": (str, ""),
 }
 # [study] keys of a table study: what search.data.tables.TableSpec holds.
@@ -69,7 +70,8 @@ TABLE_KEYS: dict[str, tuple[type, Any]] = {
     "train": (str, None), "target": (str, None), "test": (str, None), "task": (str, None),
     "metric": (str, None), "drop": (list, []), "categorical": (list, []),
 }  # fmt: skip
-IMAGE_ONLY = {"hflip": False, "translate": 0, "whiten": "none"}  # knobs a table cannot take
+# knobs a table cannot take
+IMAGE_ONLY = {"hflip": False, "tta_hflip": False, "translate": 0, "whiten": "none"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class StudySpec:
     startup_trials: int = 10  # TPE's random start-up trials (the baseline counts as one)
     min_epochs: int = 0  # the pruner's first epoch to judge; 0 = its default
     stack: int = 1  # trials trained at once as one stacked model (search.training.fit)
+    # Completed trials whose half-precision weights are kept for the export's ensemble
+    # (search.tuning.pool): the disk bound is this many copies of the space's largest model.
+    ensemble: int = 16
     baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
     table: TableSpec | None = None  # dataset "table": its files, target and columns
 
@@ -213,8 +218,8 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
         raise UserError(f"{where}: epochs must be >= 1, got {spec.epochs}")
     if not 0.0 < spec.val_fraction < 1.0:
         raise UserError(f"{where}: val_fraction must be in (0, 1), got {spec.val_fraction}")
-    if spec.startup_trials < 0 or spec.min_epochs < 0:
-        raise UserError(f"{where}: startup_trials and min_epochs must be >= 0")
+    if spec.startup_trials < 0 or spec.min_epochs < 0 or spec.ensemble < 0:
+        raise UserError(f"{where}: startup_trials, min_epochs and ensemble must be >= 0")
     if not 1 <= spec.stack <= MAX_STACK:
         raise UserError(f"{where}: stack must be in [1, {MAX_STACK}], got {spec.stack}")
     if spec.baseline is not None:

@@ -37,6 +37,7 @@ class RunSummary:
     best_attrs: dict[str, Any] = field(default_factory=dict)
     baseline_gain: str | None = None  # "best ... vs the baseline ...: +x points", if it has one
     metric: str = "accuracy"  # what the trials' values score
+    pool: tuple[int, int, int] | None = None  # the ensemble pool: weights bytes, outputs bytes, bound
 
     @property
     def finished(self) -> int:
@@ -107,6 +108,12 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
         size, padding = s.stacking
         lines.append(
             f"stacks: {size:.1f} trials each on average, {padding:.1%} of their matmul work on padding"
+        )
+    if s.pool is not None:
+        kept, outputs, bound = s.pool
+        lines.append(
+            f"ensemble pool: {kept / 1e6:.1f} MB of half-precision weights (at most {bound} trials'), "
+            f"{outputs / 1e6:.1f} MB of validation outputs"
         )
     if s.overhead is not None:
         lines.append(

@@ -3,7 +3,7 @@
 import pytest
 
 from search.errors import UserError
-from search.tuning.study_file import load_study
+from search.tuning.study_file import PACKAGE_STUDIES, load_study
 
 
 @pytest.mark.parametrize("name", ["cifar10", "digits"])
@@ -115,3 +115,9 @@ def test_the_default_studys_baseline_is_the_notebooks_model():
     assert (base.optimizer, base.lr, base.momentum, base.batch_size) == ("sgd", 0.001, 0.9, 128)
     assert (base.schedule, base.label_smoothing, base.hflip, base.translate, base.whiten) == (
         "constant", 0.0, False, 0, "none")  # fmt: skip
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE_STUDIES.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_study_file_loads_with_an_ensemble_pool(path):
+    spec = load_study(str(path))
+    assert spec.ensemble >= 1 and spec.space, spec
