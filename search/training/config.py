@@ -30,6 +30,7 @@ _CHOICES = {
 _RANGES = {
     "dropout": (0.0, 1.0, False), "bn_momentum": (0.0, 1.0, True), "warmup": (0.0, 1.0, False),
     "label_smoothing": (0.0, 1.0, False), "translate": (0, MAX_TRANSLATE, True),
+    "ema": (0.0, 1.0, False),
 }  # fmt: skip
 
 
@@ -51,6 +52,10 @@ class TrainConfig:
     schedule: str = "constant"  # one of SCHEDULES, stepped per batch over all epochs' steps
     warmup: float = 0.0  # fraction of all steps spent ramping the lr linearly from 0 to `lr`
     label_smoothing: float = 0.0  # weight moved from the true class to a uniform target (train loss only)
+    # Per-step decay of an exponential moving average of the weights, which is scored and returned
+    # in their place (0: off). Step t averages with min(ema, (1+t)/(10+t)), so the random start
+    # fades within the first steps of a short budget; BatchNorm keeps its live running statistics.
+    ema: float = 0.0
     # --- input ---
     hflip: bool = False  # mirror a random half of each training batch left-right
     tta_hflip: bool = False  # images: score each image with its mirror, averaging the two's

@@ -259,11 +259,12 @@ class _StackRun:
             self._charge(members, epoch_seconds)
 
             rows = max(1, EVAL_ELEMENTS // (k * max((*stack.layout.widths, data.in_features))))
-            outputs = stack.predict(self.source.x_val, rows)
-            flips = [row for row, m in enumerate(members) if m.config.tta_hflip]
-            if flips:  # as the portable model scores: each image's and its mirror's mean probability
-                mirror = stack.predict(self._mirrored_val(), rows)
-                outputs[flips] = mean_of_probabilities(outputs[flips], mirror[flips])
+            with stack.weights_from(optimizer.averages()):  # members with `ema` score the average
+                outputs = stack.predict(self.source.x_val, rows)
+                flips = [row for row, m in enumerate(members) if m.config.tta_hflip]
+                if flips:  # as the portable model scores: each image's and its mirror's mean probability
+                    mirror = stack.predict(self._mirrored_val(), rows)
+                    outputs[flips] = mean_of_probabilities(outputs[flips], mirror[flips])
             val_losses, val_scores = losses_and_scores(
                 outputs, self.source.y_val, task=data.task, metric=data.metric, target=data.target
             )
@@ -287,7 +288,9 @@ class _StackRun:
                 result = self.results[m.index]
                 result.stopped = m.index in stop and epoch < epochs
                 if result.diverged or result.stopped or epoch == epochs:
-                    self._leave(stack, row, m, optimizer.steps)
+                    average = optimizer.averages().get(row)
+                    with stack.weights_from({} if average is None else {row: average}):
+                        self._leave(stack, row, m, optimizer.steps)
                     continue
                 staying.append(row)
                 if self.on_state is not None:

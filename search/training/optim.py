@@ -5,6 +5,9 @@ optimizer (`torch.optim.sgd.sgd`, `adam.adam`, ...: the code `torch.optim`'s cla
 row, with the member's scheduled lr and the device's fastest kernels (fused where `optimizer_flags`
 says so). One update vectorized over all K by hand measured slower on the CPU: a dozen unfused
 passes over [K, P] where a fused kernel makes one.
+
+A member with `ema` also keeps the moving average of its row as one more buffer ("ema"), so the
+average is saved, resumed and narrowed with the stack exactly as Adam's moments are.
 """
 
 from __future__ import annotations
@@ -79,7 +82,17 @@ class MemberOptimizers:
                     [p], [g], [m.buffer("exp_avg", p)], [m.buffer("exp_avg_sq", p)], [], [m.step],
                     amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], eps=ADAM_EPS, **common,
                 )  # fmt: skip
+            if c.ema > 0:
+                average = m.tensors.get("ema")
+                if average is None:  # the first step's weights start the average
+                    m.tensors["ema"] = p.detach().clone()
+                else:
+                    average.lerp_(p, 1.0 - min(c.ema, (1 + self.steps) / (10 + self.steps)))
         self.steps += 1
+
+    def averages(self) -> dict[int, torch.Tensor]:
+        """Row -> its weights' moving average, for the members that keep one."""
+        return {k: m.tensors["ema"] for k, m in enumerate(self.members) if m.tensors.get("ema") is not None}
 
     def buffers(self, row: int) -> dict[str, torch.Tensor]:
         """Member `row`'s optimizer state, each a [P] row of the stack's layout."""

@@ -14,8 +14,9 @@ and RMSprop would normalize into lr-sized steps, so it is set to zero.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -289,6 +290,21 @@ class StackedMLP:
             for at in range(0, len(x), rows_per_pass)
         ]
         return torch.cat(passes, dim=1)
+
+    @contextlib.contextmanager
+    def weights_from(self, rows: dict[int, torch.Tensor]) -> Iterator[None]:
+        """Inside, each given row holds the given [P] weights (a moving average) instead of its
+        live ones, which come back on leaving."""
+        live = {r: self.param[r].clone() for r in rows}
+        with torch.no_grad():
+            for r, w in rows.items():
+                self.param[r].copy_(w)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for r, w in live.items():
+                    self.param[r].copy_(w)
 
     # ------------------------------------------------------------------ members in and out
 

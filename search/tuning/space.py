@@ -41,6 +41,7 @@ FLOAT_KNOBS = {
     "l1": (0.0, 10.0),
     "warmup": (0.0, 0.99),
     "label_smoothing": (0.0, 0.9),
+    "ema": (0.0, 0.9999),
     "zca_eps": (1e-8, 1e4),
 }
 BOOL_KNOBS = ("batchnorm", "hflip", "tta_hflip")
@@ -240,6 +241,7 @@ def sample_config(
         schedule=draw("schedule", base.schedule),
         warmup=draw("warmup", base.warmup),
         label_smoothing=draw("label_smoothing", base.label_smoothing),
+        ema=draw("ema", base.ema),
         hflip=draw("hflip", base.hflip),
         tta_hflip=draw("tta_hflip", base.tta_hflip),
         translate=draw("translate", base.translate),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from helpers import as_float64
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from search.artifacts.evaluation import evaluate
 from search.data.datasets import load_dataset
@@ -63,6 +64,9 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
     """(train loss, val loss, val accuracy) per epoch, from PyTorch's modules and optimizers."""
     torch.manual_seed(config.seed)
     model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes).double()
+    # `ema`: torch's own AveragedModel, with the engine's warm-up of the decay
+    decay = lambda t: min(config.ema, (1 + int(t)) / (10 + int(t)))  # noqa: E731 (t: a tensor)
+    averaged = AveragedModel(model, avg_fn=lambda a, p, n: decay(n) * a + (1 - decay(n)) * p)
     drops = torch.Generator().manual_seed(config.seed + DROPOUT_SEED)
     for i, m in enumerate(model):
         if isinstance(m, nn.Dropout):
@@ -100,10 +104,16 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
                     m.bias.grad.zero_()
             optimizer.step()
             schedule.step()
+            averaged.update_parameters(model)
             losses.append(loss.item())
         model.eval()
+        scored = model
+        if config.ema > 0:  # the average's weights with the live BatchNorm statistics
+            scored = averaged.module.eval()
+            for mine, live in zip(scored.buffers(), model.buffers(), strict=True):
+                mine.copy_(live)
         with torch.no_grad():
-            logits = model(data.x_val)
+            logits = scored(data.x_val)
             val_loss = F.cross_entropy(logits, data.y_val).item()
             val_score = (logits.argmax(1) == data.y_val).double().mean().item()
         out.append((sum(losses) / n_batches, val_loss, val_score))
@@ -128,6 +138,8 @@ KNOBS = {
     "flips and shifts": dict(hflip=True, translate=2),
     "odd last batch": dict(batch_size=100),  # 1,149 rows: a last batch of 49
     "linear model": dict(hidden=()),
+    "ema with batchnorm": dict(ema=0.9),
+    "ema, adam, dropout": dict(ema=0.95, optimizer="adam", lr=3e-3, dropout=0.2, batchnorm=False),
 }
 
 
@@ -143,8 +155,10 @@ def test_each_knob_trains_as_pytorchs_own_modules_and_optimizers_do(digits64, kn
         assert m.val_score == pytest.approx(val_score, abs=1e-12)
 
 
-def test_the_returned_model_scores_as_the_engine_scored_it(digits64):
-    config = TrainConfig(hidden=(64, 32), dropout=0.2, optimizer="adam", lr=3e-3, epochs=6)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_the_returned_model_scores_as_the_engine_scored_it(digits64, ema):
+    # with `ema`, the returned weights are the average, the ones validation scored
+    config = TrainConfig(hidden=(64, 32), dropout=0.2, optimizer="adam", lr=3e-3, epochs=6, ema=ema)
     result = fit(config, digits64)
     assert result.epochs_run == 6 and not result.stopped and result.diverged is None
     assert result.val_score > 0.9

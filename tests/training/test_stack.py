@@ -59,6 +59,7 @@ KNOBS = {
     "translate": [dict(translate=0), dict(translate=1), dict(translate=3)],
     "widths": [dict(hidden=(32, 24)), dict(hidden=(8, 40)), dict(hidden=(17, 3))],
     "batchnorm": [dict(batchnorm=True), dict(batchnorm=False), dict(batchnorm=False, activation="tanh")],
+    "ema": [dict(ema=0.0), dict(ema=0.9), dict(ema=0.99, optimizer="adam", lr=3e-3)],
 }
 
 
