@@ -29,8 +29,8 @@ def check_augmentable(config: TrainConfig, image_shape: tuple[int, ...] | None, 
         return
     if image_shape is None or len(image_shape) != 3 or min(image_shape[1:]) < 2:
         raise UserError(
-            f"hflip, tta_hflip and translate need image data; dataset {dataset!r} has shape "
-            f"{image_shape}: set hflip = false, tta_hflip = false and translate = 0"
+            f"hflip, tta_hflip, translate and cutmix need image data; dataset {dataset!r} has shape "
+            f"{image_shape}: set hflip = false, tta_hflip = false, translate = 0 and cutmix = 0"
         )
     if config.translate >= min(image_shape[1:]):
         raise UserError(

@@ -19,6 +19,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "onecycle")  # the lr's shape after warm-up (search.training.schedule)
 WHITENINGS = ("none", "zca")
+MAX_MIX_ALPHA = 10.0  # Beta(alpha, alpha) beyond this is lam = 0.5 to within a few percent
 MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
 
 
@@ -30,7 +31,7 @@ _CHOICES = {
 _RANGES = {
     "dropout": (0.0, 1.0, False), "bn_momentum": (0.0, 1.0, True), "warmup": (0.0, 1.0, False),
     "label_smoothing": (0.0, 1.0, False), "translate": (0, MAX_TRANSLATE, True),
-    "ema": (0.0, 1.0, False),
+    "ema": (0.0, 1.0, False), "mixup": (0.0, MAX_MIX_ALPHA, True), "cutmix": (0.0, MAX_MIX_ALPHA, True),
 }  # fmt: skip
 
 
@@ -57,6 +58,8 @@ class TrainConfig:
     # fades within the first steps of a short budget; BatchNorm keeps its live running statistics.
     ema: float = 0.0
     # --- input ---
+    mixup: float = 0.0  # MixUp: each batch's lam ~ Beta(mixup, mixup); 0 = off (search.training.mix)
+    cutmix: float = 0.0  # CutMix (images): lam ~ Beta(cutmix, cutmix); with mixup, a coin picks per batch
     hflip: bool = False  # mirror a random half of each training batch left-right
     tta_hflip: bool = False  # images: score each image with its mirror, averaging the two's
     # probabilities, on validation and test alike (twice the scoring passes, no training cost)
@@ -126,6 +129,11 @@ class TrainConfig:
         return self.hflip or self.translate > 0
 
     @property
+    def mixes(self) -> bool:
+        """Whether training batches are blended with a shuffled copy of themselves."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    @property
     def needs_images(self) -> bool:
-        """Whether any knob flips or shifts images: augmentation or test-time flips."""
-        return self.augments or self.tta_hflip
+        """Whether any knob flips, shifts or cuts images: augmentation, CutMix or test-time flips."""
+        return self.augments or self.tta_hflip or self.cutmix > 0

@@ -33,6 +33,7 @@ from search.data.whiten import fold_into_first_linear, whitened, zca_matrix
 from search.device import autocast, free_memory
 from search.training.augment import Augmenter, check_augmentable
 from search.training.config import TrainConfig
+from search.training.mix import Mixer
 from search.training.model import build_mlp, mean_of_probabilities, member_flops, mirrored
 from search.training.optim import MemberOptimizers
 from search.training.plan import stack_key
@@ -215,6 +216,7 @@ class _StackRun:
         )  # fmt: skip
         optimizer = MemberOptimizers(configs, stack.param, stack.grad, epochs * n_batches, first * n_batches)
         augment = Augmenter(configs, data.image_shape, x) if any(c.augments for c in configs) else None
+        mixer = Mixer(configs, data.image_shape) if any(c.mixes for c in configs) else None
         for row, m in enumerate(members):
             if m.state is not None:
                 with torch.no_grad():
@@ -226,6 +228,8 @@ class _StackRun:
                 })  # fmt: skip
                 if augment is not None and "augment" in m.state.rngs:
                     augment.gens[row].set_state(m.state.rngs["augment"])
+                if mixer is not None and "mix" in m.state.rngs:
+                    mixer.gens[row].set_state(m.state.rngs["mix"])
         loss_sum = torch.zeros(len(members), device=device, dtype=x.dtype)
         self._charge(members, time.perf_counter() - started)
         padded_work = real_work = 0  # multiply-adds per sample, summed over the epochs
@@ -242,9 +246,13 @@ class _StackRun:
                 idx = orders[:, b * bs : (b + 1) * bs]
                 flat = idx.reshape(-1)
                 xb = augment.take(idx) if augment is not None else x.index_select(0, flat)
+                xb, yb = xb.view(k, idx.shape[1], -1), y.index_select(0, flat).view(k, -1)
+                partner = lam = None
+                if mixer is not None:
+                    xb, partner, lam = mixer.mix(xb, yb)
                 with autocast(device):
-                    logits = stack.forward(xb.view(k, idx.shape[1], -1), train=True, drop_gens=drop_gens)
-                loss = stack.loss(logits, y.index_select(0, flat).view(k, -1))
+                    logits = stack.forward(xb, train=True, drop_gens=drop_gens)
+                loss = stack.loss(logits, yb, partner, lam)
                 stack.grad.zero_()
                 with warnings.catch_warnings():
                     # Each weight's gradient is a view of one [K, P] tensor, which autograd adds
@@ -294,7 +302,7 @@ class _StackRun:
                     continue
                 staying.append(row)
                 if self.on_state is not None:
-                    self.on_state(m.index, self._capture(m, row, stack, optimizer, augment, epoch))
+                    self.on_state(m.index, self._capture(m, row, stack, optimizer, (augment, mixer), epoch))
             if not staying:
                 break
             if len(staying) < len(members):
@@ -302,6 +310,8 @@ class _StackRun:
                 optimizer.keep(staying, stack.param, stack.grad, move)
                 if augment is not None:
                     augment.keep(staying)
+                if mixer is not None:
+                    mixer.keep(staying)
                 members = [members[r] for r in staying]
                 loss_sum = torch.zeros(len(members), device=device, dtype=x.dtype)
         for i in indices:
@@ -319,11 +329,12 @@ class _StackRun:
             self.mirror = x
         return self.mirror
 
-    def _capture(self, m: _Member, row: int, stack: StackedMLP, optimizer, augment, epoch: int) -> TrainState:
+    def _capture(self, m: _Member, row: int, stack: StackedMLP, optimizer, streams, epoch: int) -> TrainState:
         """Member `row`'s state after `epoch`: copies, in its own unpadded shapes."""
         rngs = {"batches": m.batches.get_state(), "dropout": m.dropout.get_state()}
-        if augment is not None:
-            rngs["augment"] = augment.gens[row].get_state()
+        for name, owner in zip(("augment", "mix"), streams, strict=True):
+            if owner is not None:
+                rngs[name] = owner.gens[row].get_state()
         result = self.results[m.index]
         return TrainState(
             epoch=epoch,

@@ -253,18 +253,31 @@ class StackedMLP:
                 mask[row, :, : c.hidden[i]].bernoulli_(1.0 - c.dropout, generator=gens[row])
         return mask.div_(self.keep_p)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, y: torch.Tensor, partner: torch.Tensor | None = None, lam=None
+    ) -> torch.Tensor:
         """Each member's training loss [K]: cross-entropy with its label smoothing (or, for
         regression, the standardized target's squared error), plus its L1 (weight matrices only,
-        never biases or BatchNorm)."""
+        never biases or BatchNorm). A mixed batch (search.training.mix) weighs the loss against
+        y by lam [K, 1] and against the partner labels [K, B] by 1 - lam."""
+        dtype = self.param.dtype
         if self.regression:
-            loss = (logits[..., 0].to(self.param.dtype) - y.to(self.param.dtype)).pow(2).mean(1)
+            out = logits[..., 0].to(dtype)
+
+            def per_sample(t: torch.Tensor) -> torch.Tensor:
+                return (out - t.to(dtype)).pow(2)
         else:
-            logp = F.log_softmax(logits.to(self.param.dtype), dim=2)
-            nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)  # [K, B]
-            if self.any_smoothing:
-                nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(2)
-            loss = nll.mean(1)
+            logp = F.log_softmax(logits.to(dtype), dim=2)
+
+            def per_sample(t: torch.Tensor) -> torch.Tensor:
+                nll = -logp.gather(2, t.unsqueeze(2)).squeeze(2)  # [K, B]
+                if self.any_smoothing:
+                    nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(2)
+                return nll
+
+        loss = per_sample(y).mean(1)
+        if partner is not None:
+            loss = torch.lerp(per_sample(partner).mean(1), loss, lam[:, 0])
         if self.any_l1:
             weights = [self.views[f"w{i}"] for i in range(len(self.layout.widths))] + [self.views["wh"]]
             loss = loss + self.l1 * torch.stack([w.abs().sum((1, 2)) for w in weights]).sum(0)

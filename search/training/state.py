@@ -29,7 +29,7 @@ class TrainState:
     config: dict[str, Any]  # the TrainConfig it belongs to, as a dict: a state fits only its config
     weights: dict[str, torch.Tensor]  # w0, b0, g0, be0, rm0, rv0, ..., wh, bh: its own shapes
     optimizer: dict[str, dict[str, torch.Tensor]]  # buffer -> tensor name -> its unpadded values
-    rngs: dict[str, torch.Tensor]  # generator states: "batches", "dropout", "augment"
+    rngs: dict[str, torch.Tensor]  # generator states: "batches", "dropout", "augment", "mix"
     history: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics as dicts
     train_seconds: float = 0.0  # what the epochs so far cost (the resumed attempt counts its own)
 

@@ -23,7 +23,15 @@ import optuna
 
 from search.data.numeric import NUMERICS
 from search.errors import UserError
-from search.training.config import ACTIVATIONS, MAX_TRANSLATE, OPTIMIZERS, SCHEDULES, WHITENINGS, TrainConfig
+from search.training.config import (
+    ACTIVATIONS,
+    MAX_MIX_ALPHA,
+    MAX_TRANSLATE,
+    OPTIMIZERS,
+    SCHEDULES,
+    WHITENINGS,
+    TrainConfig,
+)
 
 # Every knob a study may declare, its type, and the values it allows.
 INT_KNOBS = {
@@ -42,6 +50,8 @@ FLOAT_KNOBS = {
     "warmup": (0.0, 0.99),
     "label_smoothing": (0.0, 0.9),
     "ema": (0.0, 0.9999),
+    "mixup": (0.0, MAX_MIX_ALPHA),
+    "cutmix": (0.0, MAX_MIX_ALPHA),
     "zca_eps": (1e-8, 1e4),
 }
 BOOL_KNOBS = ("batchnorm", "hflip", "tta_hflip")
@@ -242,6 +252,8 @@ def sample_config(
         warmup=draw("warmup", base.warmup),
         label_smoothing=draw("label_smoothing", base.label_smoothing),
         ema=draw("ema", base.ema),
+        mixup=draw("mixup", base.mixup),
+        cutmix=draw("cutmix", base.cutmix),
         hflip=draw("hflip", base.hflip),
         tta_hflip=draw("tta_hflip", base.tta_hflip),
         translate=draw("translate", base.translate),

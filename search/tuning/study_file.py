@@ -71,7 +71,7 @@ TABLE_KEYS: dict[str, tuple[type, Any]] = {
     "metric": (str, None), "drop": (list, []), "categorical": (list, []),
 }  # fmt: skip
 # knobs a table cannot take
-IMAGE_ONLY = {"hflip": False, "tta_hflip": False, "translate": 0, "whiten": "none"}
+IMAGE_ONLY = {"hflip": False, "tta_hflip": False, "translate": 0, "cutmix": 0.0, "whiten": "none"}
 
 
 @dataclass(frozen=True)

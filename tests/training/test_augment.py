@@ -89,6 +89,9 @@ def test_flips_and_shifts_need_an_image():
         check_augmentable(TrainConfig(hflip=True), (64, 1, 1), "tabular")
     with pytest.raises(UserError, match="need image data"):
         check_augmentable(TrainConfig(tta_hflip=True), None, "table")
+    with pytest.raises(UserError, match="need image data"):
+        check_augmentable(TrainConfig(cutmix=1.0), None, "table")
+    check_augmentable(TrainConfig(mixup=0.4), None, "table")  # MixUp blends rows of any shape
     with pytest.raises(UserError, match="out of the frame"):
         check_augmentable(TrainConfig(translate=8), (1, 8, 8), "digits")
     check_augmentable(TrainConfig(), (64, 1, 1), "tabular")  # nothing asked: nothing refused

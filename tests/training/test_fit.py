@@ -16,6 +16,7 @@ import math
 import time
 
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from helpers import as_float64
@@ -28,6 +29,7 @@ from search.training import stack
 from search.training.augment import Augmenter
 from search.training.config import TrainConfig
 from search.training.fit import DROPOUT_SEED, fit, fit_stacked
+from search.training.mix import MIX_SEED
 from search.training.model import build_mlp
 from search.training.schedule import lr_factor
 
@@ -60,6 +62,27 @@ class _Dropout(nn.Module):
         return x * mask / (1 - self.p)
 
 
+def _mixed(config: TrainConfig, image_shape, xb: torch.Tensor, gen: torch.Generator):
+    """MixUp or CutMix as the papers define them, with the engine's draws in its documented order
+    (search.training.mix): (batch, lam, partner permutation), or (batch, 1, None) unmixed."""
+    if not (config.mixup or config.cutmix):
+        return xb, 1.0, None
+    cut = config.cutmix > 0 and (not config.mixup or bool(torch.rand((), generator=gen) < 0.5))
+    alpha = config.cutmix if cut else config.mixup
+    lam = float(scipy.stats.beta(alpha, alpha).ppf(torch.rand((), dtype=torch.float64, generator=gen).item()))
+    perm = torch.randperm(len(xb), generator=gen)
+    if not cut:
+        return lam * xb + (1 - lam) * xb[perm], lam, perm
+    c, h, w = image_shape
+    cy, cx = int(torch.randint(0, h, (), generator=gen)), int(torch.randint(0, w, (), generator=gen))
+    half_h, half_w = int(h * math.sqrt(1 - lam)) // 2, int(w * math.sqrt(1 - lam)) // 2
+    top, bottom = max(cy - half_h, 0), min(cy + half_h, h)
+    left, right = max(cx - half_w, 0), min(cx + half_w, w)
+    images = xb.view(-1, c, h, w).clone()
+    images[:, :, top:bottom, left:right] = xb.view(-1, c, h, w)[perm][:, :, top:bottom, left:right]
+    return images.view(len(xb), -1), 1 - (bottom - top) * (right - left) / (h * w), perm
+
+
 def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]:
     """(train loss, val loss, val accuracy) per epoch, from PyTorch's modules and optimizers."""
     torch.manual_seed(config.seed)
@@ -86,6 +109,7 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
     )
     augment = Augmenter([config], data.image_shape, x) if config.augments else None
     batches = torch.Generator().manual_seed(config.seed)
+    mixes = torch.Generator().manual_seed(config.seed + MIX_SEED)
     linears = [m for m in model if isinstance(m, nn.Linear)]
     out = []
     for _ in range(config.epochs):
@@ -95,7 +119,14 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
         for b in range(n_batches):
             idx = order[b * bs : (b + 1) * bs]
             xb = augment.take(idx.view(1, -1)) if augment is not None else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=config.label_smoothing)
+            xb, lam, partner = _mixed(config, data.image_shape, xb, mixes)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, y[idx], label_smoothing=config.label_smoothing)
+            if partner is not None:
+                partner_loss = F.cross_entropy(
+                    logits, y[idx][partner], label_smoothing=config.label_smoothing
+                )
+                loss = lam * loss + (1 - lam) * partner_loss
             loss = loss + config.l1 * sum(m.weight.abs().sum() for m in linears)
             optimizer.zero_grad()
             loss.backward()
@@ -140,6 +171,9 @@ KNOBS = {
     "linear model": dict(hidden=()),
     "ema with batchnorm": dict(ema=0.9),
     "ema, adam, dropout": dict(ema=0.95, optimizer="adam", lr=3e-3, dropout=0.2, batchnorm=False),
+    "mixup": dict(mixup=0.4),
+    "cutmix, label smoothing": dict(cutmix=1.0, label_smoothing=0.1),
+    "cutmix or mixup, flips": dict(cutmix=1.0, mixup=0.2, hflip=True),
 }
 
 

@@ -60,6 +60,7 @@ KNOBS = {
     "widths": [dict(hidden=(32, 24)), dict(hidden=(8, 40)), dict(hidden=(17, 3))],
     "batchnorm": [dict(batchnorm=True), dict(batchnorm=False), dict(batchnorm=False, activation="tanh")],
     "ema": [dict(ema=0.0), dict(ema=0.9), dict(ema=0.99, optimizer="adam", lr=3e-3)],
+    "mixup, cutmix": [dict(mixup=0.0), dict(mixup=0.4), dict(cutmix=1.0, hflip=True)],
 }
 
 
