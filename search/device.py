@@ -61,13 +61,19 @@ def split_cpu_threads(jobs: int) -> int:
     return threads
 
 
+def reduced_precision(device: torch.device) -> bool:
+    """Whether `autocast` computes in bfloat16 here (8 bits of mantissa): two kernels that add in
+    another order then disagree on a few more rows than float32 ones do."""
+    return device.type == "cuda"
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (tensor cores, fp32 master weights); full precision elsewhere.
 
     Without autocast's weight-cast cache: an MLP casts each weight once per forward pass, so the
     cache saves nothing.
     """
-    if device.type == "cuda":
+    if reduced_precision(device):
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 

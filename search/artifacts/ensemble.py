@@ -113,7 +113,7 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = torch.stack([m(x) for m in self.members])
         outs = outs.to(torch.promote_types(outs.dtype, torch.float32))  # not in bfloat16 under autocast
-        w = self.weights.to(outs.dtype).view(-1, 1, 1)
+        w = self.weights.to(device=outs.device, dtype=outs.dtype).view(-1, 1, 1)
         if self.regression:
             return (w * outs).sum(0)
         return torch.logsumexp(torch.log_softmax(outs, dim=2) + w.log(), dim=0)
@@ -131,7 +131,7 @@ def build(selection: Selection, directory: str | Path, data: Dataset) -> Ensembl
         load_state(model, pool.load_weights(directory, n), source=f"pool trial {n}")
         models.append(model.to(device=data.device, dtype=data.x_val.dtype))
         weights.append(w)
-    return Ensemble(models, weights, regression=data.task == "regression").eval()
+    return Ensemble(models, weights, regression=data.task == "regression").to(data.device).eval()
 
 
 def choose(results: str | Path, completed: dict[int, float], data: Dataset, best_value: float):
