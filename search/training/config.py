@@ -19,6 +19,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "onecycle")  # the lr's shape after warm-up (search.training.schedule)
 WHITENINGS = ("none", "zca")
+NORMS = ("batch", "layer", "none")  # a study's `norm` knob: sets batchnorm or layernorm (or neither)
 MAX_MIX_ALPHA = 10.0  # Beta(alpha, alpha) beyond this is lam = 0.5 to within a few percent
 MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
 
@@ -43,6 +44,9 @@ class TrainConfig:
     dropout: float = 0.0  # probability of zeroing a hidden unit during training
     batchnorm: bool = True  # BatchNorm1d between each hidden Linear and its activation
     bn_momentum: float = 0.1  # PyTorch's convention: weight of the newest batch in running stats
+    # LayerNorm in BatchNorm's place (not with it): each sample normalized over its own units, so
+    # nothing depends on the batch and there are no running statistics.
+    layernorm: bool = False
     # --- optimisation ---
     optimizer: str = "sgd"  # one of OPTIMIZERS
     lr: float = 1e-3  # learning rate, per step
@@ -93,7 +97,9 @@ class TrainConfig:
             problems.append("weight_decay, l1 and momentum must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:
             problems.append("batch_size and epochs must be >= 1")
-        for name in ("hflip", "tta_hflip"):
+        if self.batchnorm and self.layernorm:
+            problems.append("batchnorm and layernorm exclude each other: pick one norm")
+        for name in ("batchnorm", "layernorm", "hflip", "tta_hflip"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int):
@@ -122,6 +128,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def norm(self) -> str:
+        """Which normalization each hidden layer has: "batch", "layer" or "none"."""
+        return "batch" if self.batchnorm else "layer" if self.layernorm else "none"
 
     @property
     def augments(self) -> bool:

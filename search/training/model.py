@@ -28,7 +28,8 @@ ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 def build_mlp(
     config: TrainConfig, *, in_features: int, n_classes: int, image_shape: tuple[int, ...] | None = None
 ) -> nn.Sequential:
-    """Per hidden layer: Linear -> [BatchNorm1d] -> activation -> Dropout; then a Linear head.
+    """Per hidden layer: Linear -> [BatchNorm1d or LayerNorm] -> activation -> Dropout; then a
+    Linear head.
 
     The head returns logits: cross-entropy applies the softmax. With BatchNorm right after it,
     a hidden Linear's bias is redundant (its true gradient is zero, and the engine keeps it so),
@@ -41,6 +42,8 @@ def build_mlp(
         layers.append(nn.Linear(width, out))
         if config.batchnorm:
             layers.append(nn.BatchNorm1d(out, momentum=config.bn_momentum))
+        elif config.layernorm:
+            layers.append(nn.LayerNorm(out))
         layers.append(ACTIVATION_MODULES[config.activation]())
         if config.dropout > 0:
             layers.append(nn.Dropout(config.dropout))
@@ -97,7 +100,7 @@ def member_flops(config: TrainConfig, in_features: int, n_classes: int) -> int:
 
 def param_count(config: TrainConfig, *, in_features: int, n_classes: int) -> int:
     """What `count_params(build_mlp(config, ...))` returns, without building the model."""
-    bn = 2 * sum(config.hidden) if config.batchnorm else 0
+    bn = 2 * sum(config.hidden) if config.batchnorm or config.layernorm else 0
     d = dims(config, in_features, n_classes)
     return member_flops(config, in_features, n_classes) + sum(d[1:]) + bn
 
@@ -106,7 +109,7 @@ def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> st
     """One line naming every layer, e.g. `3072-512(bn,relu,p=0.3)-256(bn,relu,p=0.3)-10`."""
     parts = [str(in_features)]
     for out in config.hidden:
-        tags = (["bn"] if config.batchnorm else []) + [config.activation]
+        tags = {"batch": ["bn"], "layer": ["ln"], "none": []}[config.norm] + [config.activation]
         if config.dropout > 0:
             tags.append(f"p={config.dropout:.2g}")
         parts.append(f"{out}({','.join(tags)})")

@@ -27,6 +27,7 @@ from search.training.config import TrainConfig
 from search.training.model import dims
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
+LN_EPS = 1e-5  # nn.LayerNorm's default
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -48,12 +49,13 @@ class Layout:
     n_classes: int
     widths: tuple[int, ...]  # each hidden layer's padded width
     batchnorm: bool  # any member has BatchNorm: BN weights and running stats exist
+    layernorm: bool = False  # any member has LayerNorm: its weights (in the same entries) exist
 
     def entries(self) -> list[tuple[str, tuple[int, ...]]]:
         out, width = [], self.in_features
         for i, w in enumerate(self.widths):
             out += [(f"w{i}", (width, w)), (f"b{i}", (w,))]
-            if self.batchnorm:
+            if self.batchnorm or self.layernorm:
                 out += [(f"g{i}", (w,)), (f"be{i}", (w,))]
             width = w
         return out + [("wh", (width, self.n_classes)), ("bh", (self.n_classes,))]
@@ -80,17 +82,19 @@ class Layout:
 def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> Layout:
     depth = len(configs[0].hidden)
     widths = tuple(max(c.hidden[i] for c in configs) for i in range(depth))
-    return Layout(in_features, n_classes, widths, any(c.batchnorm for c in configs))
+    return Layout(
+        in_features, n_classes, widths, any(c.batchnorm for c in configs), any(c.layernorm for c in configs)
+    )
 
 
 def member_slices(config: TrainConfig, layout: Layout) -> dict[str, tuple[slice, ...]]:
     """Where a member's own (unpadded) tensors lie inside each padded entry, BN statistics
-    (`rm`, `rv`) included; BN entries only for a member with BatchNorm."""
+    (`rm`, `rv`) included; norm entries only for a member with that norm."""
+    names = {"batch": ("b", "g", "be", "rm", "rv"), "layer": ("b", "g", "be"), "none": ("b",)}[config.norm]
     d = dims(config, layout.in_features, layout.n_classes)
     out: dict[str, tuple[slice, ...]] = {}
     for i in range(len(config.hidden)):
         out[f"w{i}"] = (slice(0, d[i]), slice(0, d[i + 1]))
-        names = ("b", "g", "be", "rm", "rv") if config.batchnorm else ("b",)
         out.update({f"{n}{i}": (slice(0, d[i + 1]),) for n in names})
     out["wh"] = (slice(0, d[-2]), slice(None))
     out["bh"] = (slice(None),)
@@ -113,17 +117,18 @@ def _modules(model: nn.Module, kind: type) -> list:
     return [m for m in model if isinstance(m, kind)]
 
 
-def portable_tensors(model: nn.Module, batchnorm: bool) -> dict[str, torch.Tensor]:
+def portable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """A model built by `build_mlp`, its tensors named as the stack's layout names them (the
     weights as transposed views: the stack keeps them [in, out])."""
-    linears, norms = _modules(model, nn.Linear), _modules(model, nn.BatchNorm1d)
+    linears, norms = _modules(model, nn.Linear), _modules(model, (nn.BatchNorm1d, nn.LayerNorm))
     out = {}
     for i, lin in enumerate(linears[:-1]):
         out[f"w{i}"], out[f"b{i}"] = lin.weight.T, lin.bias
-        if batchnorm:
-            bn = norms[i]
-            out[f"g{i}"], out[f"be{i}"] = bn.weight, bn.bias
-            out[f"rm{i}"], out[f"rv{i}"] = bn.running_mean, bn.running_var
+        if norms:
+            norm = norms[i]
+            out[f"g{i}"], out[f"be{i}"] = norm.weight, norm.bias
+            if isinstance(norm, nn.BatchNorm1d):
+                out[f"rm{i}"], out[f"rv{i}"] = norm.running_mean, norm.running_var
     out["wh"], out["bh"] = linears[-1].weight.T, linears[-1].bias
     return out
 
@@ -147,7 +152,7 @@ class StackedMLP:
         self._prepare()
         with torch.no_grad():
             for row, model in enumerate(models):
-                theirs = portable_tensors(model, self.configs[row].batchnorm)
+                theirs = portable_tensors(model)
                 for name, tensor in self.member_tensors(row).items():
                     tensor.copy_(theirs[name])
 
@@ -168,6 +173,8 @@ class StackedMLP:
         self.all_bn = all(c.batchnorm for c in configs)
         self.no_bn = column([not c.batchnorm for c in configs], dims=2)  # zeroes pre-BN bias grads
         self.bn_momentum = column([c.bn_momentum for c in configs], dims=2)
+        self.has_ln = column([c.layernorm for c in configs]).bool()
+        self.all_ln = all(c.layernorm for c in configs)
         self.keep_p = column([1.0 - c.dropout for c in configs])
         self.dropout = any(c.dropout > 0 for c in configs)
         self.l1 = column([c.l1 for c in configs], dims=1)
@@ -209,6 +216,8 @@ class StackedMLP:
                 z = torch.baddbmm(b.unsqueeze(1), h, w)
             if self.layout.batchnorm:
                 z = self._batchnorm(z, i, train=train)
+            if self.layout.layernorm:
+                z = self._layernorm(z, i)
             z = self._activate(z)
             mask = self._dropout_mask(z, i, drop_gens) if train and self.dropout else self.unit_masks[i]
             h = z if mask is None else z * mask
@@ -238,6 +247,22 @@ class StackedMLP:
             normed = F.batch_norm(channels, rm.reshape(-1), rv.reshape(-1), gamma, beta, eps=BN_EPS)
         normed = normed.view(b, k, w).transpose(0, 1)
         return normed if self.all_bn else torch.where(self.has_bn, normed, z)
+
+    def _layernorm(self, z: torch.Tensor, i: int) -> torch.Tensor:
+        """nn.LayerNorm's arithmetic over each member's own units: a padded member's mean and
+        variance count only its real ones, and its padding gets no gradient through them."""
+        k, _, w = z.shape
+        x = z.to(self.param.dtype)
+        mask = self.unit_masks[i]
+        if mask is None:
+            normed = F.layer_norm(x, (w,), eps=LN_EPS)
+        else:
+            n = mask.sum(2, keepdim=True)
+            x = x * mask
+            centred = (x - x.sum(2, keepdim=True) / n) * mask
+            normed = centred * torch.rsqrt(centred.pow(2).sum(2, keepdim=True) / n + LN_EPS)
+        normed = torch.addcmul(self.views[f"be{i}"].unsqueeze(1), normed, self.views[f"g{i}"].unsqueeze(1))
+        return normed if self.all_ln else torch.where(self.has_ln, normed, z)
 
     def _activate(self, z: torch.Tensor) -> torch.Tensor:
         if len(self.activation_runs) == 1:
@@ -333,7 +358,7 @@ class StackedMLP:
         """Copy member `row`'s weights and running statistics into its portable `model`."""
         with torch.no_grad():
             mine = self.member_tensors(row)
-            for name, tensor in portable_tensors(model, self.configs[row].batchnorm).items():
+            for name, tensor in portable_tensors(model).items():
                 tensor.copy_(mine[name])
             for bn in _modules(model, nn.BatchNorm1d):
                 bn.num_batches_tracked.fill_(steps)

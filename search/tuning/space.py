@@ -27,6 +27,7 @@ from search.training.config import (
     ACTIVATIONS,
     MAX_MIX_ALPHA,
     MAX_TRANSLATE,
+    NORMS,
     OPTIMIZERS,
     SCHEDULES,
     WHITENINGS,
@@ -59,6 +60,7 @@ CHOICE_KNOBS = {
     "activation": ACTIVATIONS,
     "optimizer": OPTIMIZERS,
     "batchnorm": (True, False),
+    "norm": NORMS,  # batch, layer or none: batchnorm's alternative, not beside it
     "schedule": SCHEDULES,
     "hflip": (True, False),
     "tta_hflip": (True, False),
@@ -97,6 +99,8 @@ def parse_space(table: dict[str, Any], *, where: str) -> dict[str, Param]:
     """Validate a `[space]` table; `where` names the file in the one-line error."""
     if not isinstance(table, dict):
         raise UserError(f"{where}: [space] must be a table of knobs")
+    if "batchnorm" in table and "norm" in table:
+        raise UserError(f"{where}: space.batchnorm and space.norm both choose the norm: keep one")
     space = {}
     for name, raw in table.items():
         if name not in KNOBS:
@@ -216,7 +220,7 @@ def sample_config(
     """Draw one config. Knobs a study leaves out keep `defaults` (the TrainConfig defaults).
 
     The space is conditional: `width_i` exists only for i < n_layers, `bn_momentum` only with
-    batchnorm, `momentum` only for sgd and rmsprop, `lr_<optimizer>` only for its optimizer,
+    BatchNorm, `momentum` only for sgd and rmsprop, `lr_<optimizer>` only for its optimizer,
     `zca_eps` only with ZCA, so no param is stored that did nothing.
     """
     base = defaults or TrainConfig()
@@ -231,7 +235,14 @@ def sample_config(
     else:  # keep the default widths, trimmed or padded with the last one
         widths = list(base.hidden) or [256]
         hidden = tuple(widths[min(i, len(widths) - 1)] for i in range(n_layers))
-    batchnorm = draw("batchnorm", base.batchnorm) if n_layers else False
+    if not n_layers:  # a linear model has no hidden layer to normalize
+        batchnorm = layernorm = False
+    elif "norm" in space:
+        norm = draw("norm", base.norm)
+        batchnorm, layernorm = norm == "batch", norm == "layer"
+    else:
+        batchnorm = draw("batchnorm", base.batchnorm)
+        layernorm = base.layernorm and not batchnorm
     optimizer = draw("optimizer", base.optimizer)
     whiten = draw("whiten", base.whiten)
     lr_name = lr_param(optimizer)
@@ -241,6 +252,7 @@ def sample_config(
         activation=draw("activation", base.activation) if n_layers else base.activation,
         dropout=draw("dropout", base.dropout) if n_layers else 0.0,
         batchnorm=batchnorm,
+        layernorm=layernorm,
         bn_momentum=draw("bn_momentum", base.bn_momentum) if batchnorm else base.bn_momentum,
         optimizer=optimizer,
         lr=lr,
@@ -281,6 +293,7 @@ def config_params(config: TrainConfig, space: dict[str, Param], *, epochs: int) 
     refused in one line that names it."""
     offered: dict[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
     offered["n_layers"] = len(config.hidden)
+    offered["norm"] = config.norm
     offered.update({f"width_{i}": w for i, w in enumerate(config.hidden)})
     offered.update({lr_param(o): config.lr for o in OPTIMIZERS})
     recorder = optuna.trial.FixedTrial(offered)
@@ -317,7 +330,7 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
     if config.whiten != "zca":
         inert.append("zca_eps")
     if not config.hidden:
-        inert += ["activation", "dropout", "batchnorm"]
+        inert += ["activation", "dropout", "batchnorm", "layernorm"]
     return tuple(inert)
 
 

@@ -30,6 +30,13 @@ def test_batchnorm_uses_the_sampled_momentum_and_can_be_off():
     assert not any(isinstance(m, nn.BatchNorm1d) for m in without)
 
 
+def test_layernorm_takes_batchnorms_place_between_linear_and_activation():
+    config = TrainConfig(hidden=(8, 6), batchnorm=False, layernorm=True, activation="gelu")
+    kinds = [type(m) for m in build_mlp(config, in_features=4, n_classes=2)]
+    assert kinds == [nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear]
+    assert architecture(config, in_features=4, n_classes=2) == "4-8(ln,gelu)-6(ln,gelu)-2"
+
+
 def test_architecture_string_names_every_layer():
     config = TrainConfig(hidden=(512, 256), dropout=0.3)
     assert architecture(config, in_features=3072, n_classes=10) == (
@@ -42,7 +49,9 @@ def test_architecture_string_names_every_layer():
 def test_param_count_matches_the_built_model_without_building_it():
     from search.training.model import param_count
 
-    for config in (TrainConfig(hidden=()), TrainConfig(hidden=(7, 5), batchnorm=False), TrainConfig()):
+    configs = (TrainConfig(hidden=()), TrainConfig(hidden=(7, 5), batchnorm=False), TrainConfig(),
+               TrainConfig(hidden=(7, 5), batchnorm=False, layernorm=True))  # fmt: skip
+    for config in configs:
         model = build_mlp(config, in_features=12, n_classes=4)
         assert param_count(config, in_features=12, n_classes=4) == count_params(model)
 

@@ -59,6 +59,12 @@ KNOBS = {
     "translate": [dict(translate=0), dict(translate=1), dict(translate=3)],
     "widths": [dict(hidden=(32, 24)), dict(hidden=(8, 40)), dict(hidden=(17, 3))],
     "batchnorm": [dict(batchnorm=True), dict(batchnorm=False), dict(batchnorm=False, activation="tanh")],
+    # a narrower LayerNorm member's mean and variance must count only its own units
+    "norm": [dict(), dict(batchnorm=False, layernorm=True, hidden=(17, 40)), dict(batchnorm=False)],
+    # (a LayerNorm over 3 ReLU units is too ill-conditioned for RTOL: 1e-14 grows 1000-fold an epoch)
+    "layernorm, widths": [
+        dict(batchnorm=False, layernorm=True, hidden=h) for h in ((32, 24), (8, 40), (17, 6))
+    ],
     "ema": [dict(ema=0.0), dict(ema=0.9), dict(ema=0.99, optimizer="adam", lr=3e-3)],
     "mixup, cutmix": [dict(mixup=0.0), dict(mixup=0.4), dict(cutmix=1.0, hflip=True)],
 }

@@ -22,6 +22,9 @@ def digits():
 
 CONFIGS = {
     "sgd, dropout, batchnorm": TrainConfig(hidden=(32, 16), dropout=0.3, optimizer="sgd", lr=0.05, epochs=5),
+    "layernorm, dropout": TrainConfig(
+        hidden=(32, 16), batchnorm=False, layernorm=True, dropout=0.2, optimizer="sgd", lr=0.05, epochs=4
+    ),
     "adam, weight average, mixing": TrainConfig(
         hidden=(32,), optimizer="adam", lr=3e-3, ema=0.9, mixup=0.4, cutmix=1.0, epochs=4, seed=3
     ),

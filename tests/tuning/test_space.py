@@ -190,3 +190,48 @@ def test_a_baseline_the_space_cannot_express_is_refused(change, words):
     assert "baseline" in str(e.value) or "space" in str(e.value)
     for w in words:
         assert w in str(e.value)
+
+
+def test_the_norm_knob_picks_batch_layer_or_no_norm_and_replays():
+    table = {k: v for k, v in SPACE.items() if k != "batchnorm"}
+    space = parse_space({**table, "norm": ["batch", "layer", "none"]}, where="t.toml")
+    seen = set()
+    for trial, c in _sample_many(space, 60):
+        assert c.norm == trial.params["norm"] and not (c.batchnorm and c.layernorm)
+        assert ("bn_momentum" in trial.params) == (trial.params["norm"] == "batch")
+        assert replay_config(trial.params, space, epochs=3, seed=0) == c
+        seen.add(c.norm)
+    assert seen == {"batch", "layer", "none"}
+
+
+def test_a_baseline_with_layernorm_replays_through_the_norm_knob():
+    from search.training.config import TrainConfig
+    from search.tuning.space import config_params
+
+    table = {k: v for k, v in SPACE.items() if k != "batchnorm"}
+    space = parse_space({**table, "norm": ["batch", "layer", "none"]}, where="t.toml")
+    base = TrainConfig(hidden=(64,), batchnorm=False, layernorm=True, optimizer="sgd", lr=0.05,
+                       momentum=0.8, batch_size=32)  # fmt: skip
+    params = config_params(base, space, epochs=3)
+    assert params["norm"] == "layer" and replay_config(params, space, epochs=3, seed=0) == base.replace(epochs=3)
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ({"batchnorm": [True, False], "norm": ["layer"]}, ["space.batchnorm", "space.norm", "keep one"]),
+        ({"norm": ["group"]}, ["space.norm", "group"]),
+    ],
+)
+def test_a_space_with_two_norm_knobs_or_an_unknown_norm_is_refused(table, words):
+    with pytest.raises(UserError) as e:
+        parse_space(table, where="t.toml")
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_a_config_with_both_norms_is_refused():
+    from search.training.config import TrainConfig
+
+    with pytest.raises(UserError, match="exclude each other"):
+        TrainConfig(batchnorm=True, layernorm=True)
