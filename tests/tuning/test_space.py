@@ -213,7 +213,8 @@ def test_a_baseline_with_layernorm_replays_through_the_norm_knob():
     base = TrainConfig(hidden=(64,), batchnorm=False, layernorm=True, optimizer="sgd", lr=0.05,
                        momentum=0.8, batch_size=32)  # fmt: skip
     params = config_params(base, space, epochs=3)
-    assert params["norm"] == "layer" and replay_config(params, space, epochs=3, seed=0) == base.replace(epochs=3)
+    assert params["norm"] == "layer"
+    assert replay_config(params, space, epochs=3, seed=0) == base.replace(epochs=3)
 
 
 @pytest.mark.parametrize(
