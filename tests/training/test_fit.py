@@ -167,8 +167,9 @@ KNOBS = {
     "gelu": dict(activation="gelu"),
     "sigmoid, no batchnorm": dict(activation="sigmoid", batchnorm=False),
     "layernorm": dict(batchnorm=False, layernorm=True),
-    "layernorm, adamw, dropout, ema": dict(batchnorm=False, layernorm=True, optimizer="adamw", lr=3e-3,
-                                           weight_decay=1e-2, dropout=0.2, ema=0.9),
+    "layernorm, adamw, dropout, ema": dict(
+        batchnorm=False, layernorm=True, optimizer="adamw", lr=3e-3, weight_decay=1e-2, dropout=0.2, ema=0.9
+    ),
     "flips and shifts": dict(hflip=True, translate=2),
     "odd last batch": dict(batch_size=100),  # 1,149 rows: a last batch of 49
     "linear model": dict(hidden=()),
