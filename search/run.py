@@ -93,7 +93,7 @@ def _main(argv: Sequence[str] | None) -> int:
         study_name=args.study_name, data_dir=args.data_dir, dataset=args.dataset, epochs=args.epochs,
         sampler=args.sampler, pruner=args.pruner, stack=args.stack, device=args.device, seed=args.seed,
         jobs=args.jobs, heartbeat=args.heartbeat, results_dir=args.results_dir,
-        resume_every=args.resume_every,
+        resume_every=args.resume_every, progress=not args.no_progress,
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
     install_signal_handlers()

@@ -43,11 +43,13 @@ def prepare_run(
     heartbeat: int | None = DEFAULT_HEARTBEAT_S,
     resume_every: float | None = 30.0,
     table: TableSpec | None = None,
+    progress: bool = True,
 ) -> RunOptions:
     """The run's options, everything checked and the data loaded; raises UserError otherwise.
     `table` names a table for a `dataset = "table"` study: with no `study`, the shipped table study
     searches it, in a study named after the file and the target (diamonds-price). Without
-    `trials`, a run adds DEFAULT_TRIALS finished trials, or with a `timeout` as many as fit in it."""
+    `trials`, a run adds DEFAULT_TRIALS finished trials, or with a `timeout` as many as fit in it.
+    `progress`: a bar while a first load decodes the images."""
     spec = load_study(study or ("table" if table is not None else "cifar10")).with_overrides(
         dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack, table=table
     )
@@ -59,7 +61,7 @@ def prepare_run(
     storage_url = check_storage(storage)
     if jobs == 1:
         split_cpu_threads(1)
-    task, metric = preload_data(spec, data_dir=data_dir, device=where, jobs=jobs)  # bad data fails now
+    task, metric = preload_data(spec, data_dir=data_dir, device=where, jobs=jobs, progress=progress)
     if trials is None:
         trials = NO_TRIAL_LIMIT if timeout is not None else DEFAULT_TRIALS
     return RunOptions(

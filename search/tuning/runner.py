@@ -278,15 +278,17 @@ def study_data(spec: StudySpec, *, data_dir: str | None, device, progress: bool 
     )  # fmt: skip
 
 
-def preload_data(spec: StudySpec, *, data_dir: str | None, device, jobs: int) -> tuple[str, str]:
+def preload_data(
+    spec: StudySpec, *, data_dir: str | None, device, jobs: int, progress: bool = True
+) -> tuple[str, str]:
     """Load the study's data before any storage is touched, so bad data changes no database;
     returns its (task, metric). One worker reuses this (memoized) dataset; with several, each
     worker loads its own and this process only decodes (and caches) the images once, on the
     host, then lets them go (a table is read whole: its task and metric come from its target)."""
     if jobs == 1 or spec.dataset == "table":
-        data = study_data(spec, data_dir=data_dir, device=device if jobs == 1 else "cpu", progress=True)
+        data = study_data(spec, data_dir=data_dir, device=device if jobs == 1 else "cpu", progress=progress)
         return data.task, data.metric
-    load_raw(spec.dataset, data_dir=data_dir, progress=True)
+    load_raw(spec.dataset, data_dir=data_dir, progress=progress)
     return "classification", "accuracy"
 
 
