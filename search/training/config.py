@@ -47,6 +47,10 @@ class TrainConfig:
     # LayerNorm in BatchNorm's place (not with it): each sample normalized over its own units, so
     # nothing depends on the batch and there are no running statistics.
     layernorm: bool = False
+    # Hidden layers after the first as pre-norm residual blocks, h + W2 act(W1 norm(h)), an
+    # inverted bottleneck (Bachmann et al. 2023, "Scaling MLPs"): every hidden width equal.
+    residual: bool = False
+    expansion: int = 4  # a block's inner width, in multiples of its width (residual only)
     # --- optimisation ---
     optimizer: str = "sgd"  # one of OPTIMIZERS
     lr: float = 1e-3  # learning rate, per step
@@ -97,9 +101,13 @@ class TrainConfig:
             problems.append("weight_decay, l1 and momentum must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:
             problems.append("batch_size and epochs must be >= 1")
+        if self.residual and len(set(self.hidden)) > 1:
+            problems.append(f"residual blocks need equal hidden widths, got {list(self.hidden)}")
+        if isinstance(self.expansion, bool) or not isinstance(self.expansion, int) or self.expansion < 1:
+            problems.append(f"expansion must be a whole number >= 1, got {self.expansion!r}")
         if self.batchnorm and self.layernorm:
             problems.append("batchnorm and layernorm exclude each other: pick one norm")
-        for name in ("batchnorm", "layernorm", "hflip", "tta_hflip"):
+        for name in ("batchnorm", "layernorm", "residual", "hflip", "tta_hflip"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int):

@@ -125,7 +125,7 @@ def fit_stacked(
         return []
     resume = list(resume) if resume is not None else [None] * len(configs)
     if len({stack_key(c) for c in configs}) > 1:
-        raise ValueError("stacked configs must share depth, batch size, whitening and epochs")
+        raise ValueError("stacked configs must share depth, blocks, batch size, whitening and epochs")
     for c, state in zip(configs, resume, strict=True):
         check_augmentable(c, data.image_shape, data.name)
         if state is not None and state.config != c.to_dict():

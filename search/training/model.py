@@ -28,8 +28,8 @@ ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 def build_mlp(
     config: TrainConfig, *, in_features: int, n_classes: int, image_shape: tuple[int, ...] | None = None
 ) -> nn.Sequential:
-    """Per hidden layer: Linear -> [BatchNorm1d or LayerNorm] -> activation -> Dropout; then a
-    Linear head.
+    """Per hidden layer: Linear -> [BatchNorm1d or LayerNorm] -> activation -> Dropout (with
+    `residual`, each hidden layer after the first a `Block`); then a Linear head.
 
     The head returns logits: cross-entropy applies the softmax. With BatchNorm right after it,
     a hidden Linear's bias is redundant (its true gradient is zero, and the engine keeps it so),
@@ -38,12 +38,13 @@ def build_mlp(
     """
     layers: list[nn.Module] = []
     width = in_features
-    for out in config.hidden:
+    for i, out in enumerate(config.hidden):
+        if config.residual and i:
+            layers.append(Block(config, out))
+            continue
         layers.append(nn.Linear(width, out))
-        if config.batchnorm:
-            layers.append(nn.BatchNorm1d(out, momentum=config.bn_momentum))
-        elif config.layernorm:
-            layers.append(nn.LayerNorm(out))
+        if (norm := _norm(config, out)) is not None:
+            layers.append(norm)
         layers.append(ACTIVATION_MODULES[config.activation]())
         if config.dropout > 0:
             layers.append(nn.Dropout(config.dropout))
@@ -54,6 +55,29 @@ def build_mlp(
             raise UserError(f"tta_hflip needs image data (C, H, W); got shape {image_shape}")
         return MirrorAveraged(*layers, width=image_shape[2])
     return nn.Sequential(*layers)
+
+
+def _norm(config: TrainConfig, width: int) -> nn.Module | None:
+    if config.batchnorm:
+        return nn.BatchNorm1d(width, momentum=config.bn_momentum)
+    return nn.LayerNorm(width) if config.layernorm else None
+
+
+class Block(nn.Module):
+    """A pre-norm inverted-bottleneck residual block: x + fc2(dropout(act(fc1(norm(x))))), its
+    inner width `expansion` times its own. Normalizing the block's input rather than the sum keeps
+    an identity path from the first hidden layer to the head."""
+
+    def __init__(self, config: TrainConfig, width: int):
+        super().__init__()
+        self.norm = _norm(config, width) or nn.Identity()
+        self.fc1 = nn.Linear(width, width * config.expansion)
+        self.act = ACTIVATION_MODULES[config.activation]()
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.fc2 = nn.Linear(width * config.expansion, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.drop(self.act(self.fc1(self.norm(x)))))
 
 
 def mirrored(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -95,21 +119,26 @@ def dims(config: TrainConfig, in_features: int, n_classes: int) -> tuple[int, ..
 def member_flops(config: TrainConfig, in_features: int, n_classes: int) -> int:
     """Multiply-adds of one sample's forward pass through the Linear layers."""
     d = dims(config, in_features, n_classes)
-    return sum(a * b for a, b in zip(d, d[1:], strict=False))
+    if not config.residual or len(config.hidden) < 2:
+        return sum(a * b for a, b in zip(d, d[1:], strict=False))
+    blocks = sum(2 * config.expansion * w * w for w in config.hidden[1:])
+    return in_features * d[1] + blocks + d[-2] * n_classes
 
 
 def param_count(config: TrainConfig, *, in_features: int, n_classes: int) -> int:
     """What `count_params(build_mlp(config, ...))` returns, without building the model."""
-    bn = 2 * sum(config.hidden) if config.batchnorm or config.layernorm else 0
+    norms = 2 * sum(config.hidden) if config.batchnorm or config.layernorm else 0
+    inner = config.expansion * sum(config.hidden[1:]) if config.residual else 0  # blocks' fc1 biases
     d = dims(config, in_features, n_classes)
-    return member_flops(config, in_features, n_classes) + sum(d[1:]) + bn
+    return member_flops(config, in_features, n_classes) + sum(d[1:]) + inner + norms
 
 
 def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> str:
     """One line naming every layer, e.g. `3072-512(bn,relu,p=0.3)-256(bn,relu,p=0.3)-10`."""
     parts = [str(in_features)]
-    for out in config.hidden:
-        tags = {"batch": ["bn"], "layer": ["ln"], "none": []}[config.norm] + [config.activation]
+    for i, out in enumerate(config.hidden):
+        tags = [f"res*{config.expansion}"] if config.residual and i else []
+        tags += {"batch": ["bn"], "layer": ["ln"], "none": []}[config.norm] + [config.activation]
         if config.dropout > 0:
             tags.append(f"p={config.dropout:.2g}")
         parts.append(f"{out}({','.join(tags)})")

@@ -1,8 +1,8 @@
 """Which trials train together: what a stack's members share, how many fit, and where to split.
 
-A stack's members share `stack_key` (depth, batch size, input whitening, epochs); `stack_capacity`
-bounds how many fit in the device's memory; on a CPU, `split_by_width` splits a stack where
-padding costs more than launches.
+A stack's members share `stack_key` (depth, residual blocks, batch size, input whitening,
+epochs); `stack_capacity` bounds how many fit in the device's memory; on a CPU, `split_by_width`
+splits a stack where padding costs more than launches.
 
 A stack pads every layer to its widest member. On a GPU padding is nearly free (a step costs its
 launches); on a CPU padded multiply-adds are real work: 16 digits trials with widths drawn from 16
@@ -36,11 +36,13 @@ MEMORY_SHARE = 0.5  # of the device's free memory, what a stack may plan to use
 
 
 def stack_key(config: TrainConfig, start_epoch: int = 0) -> tuple:
-    """What members of one stack share: depth, batch size, input transforms, epochs, and the
-    epoch they start from (a resumed member stacks with those resumed from the same epoch)."""
+    """What members of one stack share: depth, residual blocks and their expansion, batch size,
+    input transforms, epochs, and the epoch they start from (a resumed member stacks with those
+    resumed from the same epoch)."""
     zca = config.zca_eps if config.whiten == "zca" else None
     inputs = (config.whiten, zca, config.numeric)
-    return (len(config.hidden), config.batch_size, *inputs, config.epochs, start_epoch)
+    blocks = config.expansion if config.residual and len(config.hidden) > 1 else 0
+    return (len(config.hidden), blocks, config.batch_size, *inputs, config.epochs, start_epoch)
 
 
 def member_bytes(config: TrainConfig, data: Dataset) -> int:
@@ -81,13 +83,14 @@ def split_by_width(
     best = [0.0] + [float("inf")] * n  # best[j]: cheapest plan for units[:j]
     cut = [0] * (n + 1)
     batch = configs[0].batch_size
+    expansion = layout_of(configs[:1], in_features, n_classes).expansion  # shared by the stack key
     for j in range(1, n + 1):
         widths, k = [0] * len(configs[0].hidden), 0
         for i in range(j - 1, -1, -1):  # the last group is units[i:j], grown to the left
             for m in units[i]:
                 widths = [max(w, h) for w, h in zip(widths, configs[m].hidden, strict=True)]
             k += len(units[i])
-            padded = Layout(in_features, n_classes, tuple(widths), False).flops()
+            padded = Layout(in_features, n_classes, tuple(widths), False, expansion=expansion).flops()
             cost = best[i] + _step_cost(k, batch, padded)
             if cost < best[j]:
                 best[j], cut[j] = cost, i

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.training.config import TrainConfig
-from search.training.model import dims
+from search.training.model import Block, dims
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
 LN_EPS = 1e-5  # nn.LayerNorm's default
@@ -50,12 +50,21 @@ class Layout:
     widths: tuple[int, ...]  # each hidden layer's padded width
     batchnorm: bool  # any member has BatchNorm: BN weights and running stats exist
     layernorm: bool = False  # any member has LayerNorm: its weights (in the same entries) exist
+    expansion: int = 0  # residual blocks after the first layer, this many times wider inside; 0: none
 
     def entries(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Per plain layer i: w{i} [in, out], b{i}, then its norm's g{i}, be{i}. Per residual block
+        i: the norm of its input (g{i}, be{i}), then w{i} [w, e*w], b{i}, u{i} [e*w, w], c{i}."""
         out, width = [], self.in_features
+        norms = self.batchnorm or self.layernorm
         for i, w in enumerate(self.widths):
+            if self.expansion and i:
+                inner = self.expansion * w
+                out += [(f"g{i}", (w,)), (f"be{i}", (w,))] if norms else []
+                out += [(f"w{i}", (w, inner)), (f"b{i}", (inner,)), (f"u{i}", (inner, w)), (f"c{i}", (w,))]
+                continue
             out += [(f"w{i}", (width, w)), (f"b{i}", (w,))]
-            if self.batchnorm or self.layernorm:
+            if norms:
                 out += [(f"g{i}", (w,)), (f"be{i}", (w,))]
             width = w
         return out + [("wh", (width, self.n_classes)), ("bh", (self.n_classes,))]
@@ -75,16 +84,15 @@ class Layout:
 
     def flops(self) -> int:
         """Multiply-adds of one sample's forward pass through one member's padded layers."""
-        d = (self.in_features, *self.widths, self.n_classes)
-        return sum(a * b for a, b in zip(d, d[1:], strict=False))
+        return sum(math.prod(shape) for _, shape in self.entries() if len(shape) == 2)
 
 
 def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> Layout:
     depth = len(configs[0].hidden)
     widths = tuple(max(c.hidden[i] for c in configs) for i in range(depth))
-    return Layout(
-        in_features, n_classes, widths, any(c.batchnorm for c in configs), any(c.layernorm for c in configs)
-    )
+    expansion = configs[0].expansion if configs[0].residual else 0  # shared: the stack key holds it
+    norms = any(c.batchnorm for c in configs), any(c.layernorm for c in configs)
+    return Layout(in_features, n_classes, widths, *norms, expansion=expansion)
 
 
 def member_slices(config: TrainConfig, layout: Layout) -> dict[str, tuple[slice, ...]]:
@@ -94,8 +102,13 @@ def member_slices(config: TrainConfig, layout: Layout) -> dict[str, tuple[slice,
     d = dims(config, layout.in_features, layout.n_classes)
     out: dict[str, tuple[slice, ...]] = {}
     for i in range(len(config.hidden)):
-        out[f"w{i}"] = (slice(0, d[i]), slice(0, d[i + 1]))
         out.update({f"{n}{i}": (slice(0, d[i + 1]),) for n in names})
+        if layout.expansion and i:  # a block: its norm and output on the stream, w{i} -> inner
+            inner = slice(0, config.expansion * d[i + 1])
+            out[f"w{i}"], out[f"b{i}"] = (slice(0, d[i]), inner), (inner,)
+            out[f"u{i}"], out[f"c{i}"] = (inner, slice(0, d[i + 1])), (slice(0, d[i + 1]),)
+        else:
+            out[f"w{i}"] = (slice(0, d[i]), slice(0, d[i + 1]))
     out["wh"] = (slice(0, d[-2]), slice(None))
     out["bh"] = (slice(None),)
     return out
@@ -120,15 +133,24 @@ def _modules(model: nn.Module, kind: type) -> list:
 def portable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """A model built by `build_mlp`, its tensors named as the stack's layout names them (the
     weights as transposed views: the stack keeps them [in, out])."""
-    linears, norms = _modules(model, nn.Linear), _modules(model, (nn.BatchNorm1d, nn.LayerNorm))
+    linears = _modules(model, nn.Linear)  # the first hidden layer (if any) and the head
+    norms = _modules(model, (nn.BatchNorm1d, nn.LayerNorm))
     out = {}
+
+    def norm_tensors(i: int, norm: nn.Module) -> None:
+        if isinstance(norm, (nn.BatchNorm1d, nn.LayerNorm)):
+            out[f"g{i}"], out[f"be{i}"] = norm.weight, norm.bias
+        if isinstance(norm, nn.BatchNorm1d):
+            out[f"rm{i}"], out[f"rv{i}"] = norm.running_mean, norm.running_var
+
     for i, lin in enumerate(linears[:-1]):
         out[f"w{i}"], out[f"b{i}"] = lin.weight.T, lin.bias
         if norms:
-            norm = norms[i]
-            out[f"g{i}"], out[f"be{i}"] = norm.weight, norm.bias
-            if isinstance(norm, nn.BatchNorm1d):
-                out[f"rm{i}"], out[f"rv{i}"] = norm.running_mean, norm.running_var
+            norm_tensors(i, norms[i])
+    for i, block in enumerate(_modules(model, Block), start=len(linears) - 1):
+        norm_tensors(i, block.norm)
+        out[f"w{i}"], out[f"b{i}"] = block.fc1.weight.T, block.fc1.bias
+        out[f"u{i}"], out[f"c{i}"] = block.fc2.weight.T, block.fc2.bias
     out["wh"], out["bh"] = linears[-1].weight.T, linears[-1].bias
     return out
 
@@ -189,14 +211,22 @@ class StackedMLP:
             else:
                 a = self.activation_runs[-1][1] if self.activation_runs else 0
                 self.activation_runs.append([a, a + 1, c.activation])
-        # Real (unpadded) units of each member per layer, as 0/1 masks [K, 1, width].
-        self.unit_masks = []
-        for i, w in enumerate(layout.widths):
-            mask = torch.zeros(k, 1, w, device=device, dtype=dtype)
-            for row, c in enumerate(configs):
-                mask[row, :, : c.hidden[i]] = 1.0
-            padded = any(c.hidden[i] < w for c in configs)
-            self.unit_masks.append(mask if padded else None)
+
+        # Real (unpadded) units of each member per layer, as 0/1 masks [K, 1, width] (None where
+        # no member is padded); for residual blocks also of their inner layers.
+        def masks(reals: list[int], width: int) -> torch.Tensor | None:
+            mask = torch.zeros(k, 1, width, device=device, dtype=dtype)
+            for row, real in enumerate(reals):
+                mask[row, :, :real] = 1.0
+            return mask if min(reals) < width else None
+
+        self.unit_widths = [[c.hidden[i] for c in configs] for i in range(len(layout.widths))]
+        self.unit_masks = [masks(r, w) for r, w in zip(self.unit_widths, layout.widths, strict=True)]
+        e = layout.expansion
+        self.inner_widths = [[e * r for r in reals] for reals in self.unit_widths]
+        self.inner_masks = [
+            masks(r, e * w) if e else None for r, w in zip(self.inner_widths, layout.widths, strict=True)
+        ]
 
     # ------------------------------------------------------------------ a step
 
@@ -209,6 +239,9 @@ class StackedMLP:
         v, h = self.views, x
         k = len(self.configs)
         for i in range(len(self.layout.widths)):
+            if self.layout.expansion and i:
+                h = self._block(h, i, train=train, drop_gens=drop_gens)
+                continue
             w, b = v[f"w{i}"], v[f"b{i}"]
             if h.dim() == 2:  # one input for all members: one matmul against all their weights
                 z = torch.addmm(b.reshape(-1), h, first).view(len(h), k, -1).transpose(0, 1)
@@ -219,11 +252,28 @@ class StackedMLP:
             if self.layout.layernorm:
                 z = self._layernorm(z, i)
             z = self._activate(z)
-            mask = self._dropout_mask(z, i, drop_gens) if train and self.dropout else self.unit_masks[i]
+            mask = self.unit_masks[i]
+            if train and self.dropout:
+                mask = self._dropout_mask(z, mask, self.unit_widths[i], drop_gens)
             h = z if mask is None else z * mask
         if h.dim() == 2:  # a linear model scoring one input
             h = h.expand(k, *h.shape)
         return torch.baddbmm(v["bh"].unsqueeze(1), h, v["wh"])
+
+    def _block(self, h: torch.Tensor, i: int, *, train: bool, drop_gens) -> torch.Tensor:
+        """Residual block i on the stream h [K, B, width]: h + u(dropout(act(w(norm(h))))). The
+        padding of h stays zero: u's padded output columns and c's padded entries never move."""
+        v, z = self.views, h
+        if self.layout.batchnorm:
+            z = self._batchnorm(z, i, train=train)
+        if self.layout.layernorm:
+            z = self._layernorm(z, i)
+        a = self._activate(torch.baddbmm(v[f"b{i}"].unsqueeze(1), z, v[f"w{i}"]))
+        mask = self.inner_masks[i]
+        if train and self.dropout:
+            mask = self._dropout_mask(a, mask, self.inner_widths[i], drop_gens)
+        a = a if mask is None else a * mask
+        return h + torch.baddbmm(v[f"c{i}"].unsqueeze(1), a, v[f"u{i}"])
 
     def _batchnorm(self, z: torch.Tensor, i: int, *, train: bool) -> torch.Tensor:
         """PyTorch's own batch_norm kernel over K*width channels (one kernel for all members, and
@@ -269,13 +319,15 @@ class StackedMLP:
             return ACTIVATIONS[self.activation_runs[0][2]](z)
         return torch.cat([ACTIVATIONS[name](z[a:b]) for a, b, name in self.activation_runs])
 
-    def _dropout_mask(self, z: torch.Tensor, i: int, gens: list[torch.Generator]) -> torch.Tensor:
-        """0 for dropped and padded units, 1/(1-p) for kept ones; each member's [B, width] draw
-        comes from its own stream."""
-        mask = torch.ones_like(z) if self.unit_masks[i] is None else self.unit_masks[i].expand_as(z).clone()
+    def _dropout_mask(
+        self, z: torch.Tensor, units: torch.Tensor | None, reals: list[int], gens: list[torch.Generator]
+    ) -> torch.Tensor:
+        """0 for dropped and padded units, 1/(1-p) for kept ones; each member's [B, its `reals`
+        units] draw comes from its own stream."""
+        mask = torch.ones_like(z) if units is None else units.expand_as(z).clone()
         for row, c in enumerate(self.configs):
             if c.dropout > 0:
-                mask[row, :, : c.hidden[i]].bernoulli_(1.0 - c.dropout, generator=gens[row])
+                mask[row, :, : reals[row]].bernoulli_(1.0 - c.dropout, generator=gens[row])
         return mask.div_(self.keep_p)
 
     def loss(
@@ -304,15 +356,16 @@ class StackedMLP:
         if partner is not None:
             loss = torch.lerp(per_sample(partner).mean(1), loss, lam[:, 0])
         if self.any_l1:
-            weights = [self.views[f"w{i}"] for i in range(len(self.layout.widths))] + [self.views["wh"]]
+            weights = [v for name, v in self.views.items() if name[0] in "wu" and v.dim() == 3]
             loss = loss + self.l1 * torch.stack([w.abs().sum((1, 2)) for w in weights]).sum(0)
         return loss
 
     def drop_bn_bias_grads(self) -> None:
-        """The gradient of a bias right before BatchNorm is zero: make it so, not rounding noise."""
+        """The gradient of a bias right before BatchNorm is zero: make it so, not rounding noise.
+        In a residual layout only the first layer's: a block's BatchNorm comes before its biases."""
         if not self.layout.batchnorm:
             return
-        for i in range(len(self.layout.widths)):
+        for i in range(1 if self.layout.expansion else len(self.layout.widths)):
             g = self.grads[f"b{i}"]
             g.zero_() if self.all_bn else g.mul_(self.no_bn)
 
@@ -360,8 +413,9 @@ class StackedMLP:
             mine = self.member_tensors(row)
             for name, tensor in portable_tensors(model).items():
                 tensor.copy_(mine[name])
-            for bn in _modules(model, nn.BatchNorm1d):
-                bn.num_batches_tracked.fill_(steps)
+            for bn in model.modules():
+                if isinstance(bn, nn.BatchNorm1d):
+                    bn.num_batches_tracked.fill_(steps)
 
     def keep(self, rows: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
         """Drop the other members, and the padding only they needed; returns the function that

@@ -40,6 +40,7 @@ INT_KNOBS = {
     "width": (1, 65536),
     "batch_size": (1, 1 << 20),
     "translate": (0, MAX_TRANSLATE),
+    "expansion": (1, 64),
 }
 FLOAT_KNOBS = {
     "dropout": (0.0, 0.99),
@@ -55,12 +56,13 @@ FLOAT_KNOBS = {
     "cutmix": (0.0, MAX_MIX_ALPHA),
     "zca_eps": (1e-8, 1e4),
 }
-BOOL_KNOBS = ("batchnorm", "hflip", "tta_hflip")
+BOOL_KNOBS = ("batchnorm", "residual", "hflip", "tta_hflip")
 CHOICE_KNOBS = {
     "activation": ACTIVATIONS,
     "optimizer": OPTIMIZERS,
     "batchnorm": (True, False),
     "norm": NORMS,  # batch, layer or none: batchnorm's alternative, not beside it
+    "residual": (True, False),
     "schedule": SCHEDULES,
     "hflip": (True, False),
     "tta_hflip": (True, False),
@@ -219,7 +221,8 @@ def sample_config(
 ) -> TrainConfig:
     """Draw one config. Knobs a study leaves out keep `defaults` (the TrainConfig defaults).
 
-    The space is conditional: `width_i` exists only for i < n_layers, `bn_momentum` only with
+    The space is conditional: `width_i` exists only for i < n_layers (only `width_0` with
+    residual blocks, which share it; `residual` from 2 layers, `expansion` with it), `bn_momentum` only with
     BatchNorm, `momentum` only for sgd and rmsprop, `lr_<optimizer>` only for its optimizer,
     `zca_eps` only with ZCA, so no param is stored that did nothing.
     """
@@ -230,11 +233,14 @@ def sample_config(
         return default if p is None else _suggest(trial, p, param_name)
 
     n_layers = draw("n_layers", len(base.hidden))
+    residual = draw("residual", base.residual) if n_layers > 1 else base.residual
+    drawn = n_layers if not residual else min(n_layers, 1)  # residual blocks share one width
     if "width" in space:
-        hidden = tuple(draw("width", None, f"width_{i}") for i in range(n_layers))
+        hidden = tuple(draw("width", None, f"width_{i}") for i in range(drawn))
     else:  # keep the default widths, trimmed or padded with the last one
         widths = list(base.hidden) or [256]
-        hidden = tuple(widths[min(i, len(widths) - 1)] for i in range(n_layers))
+        hidden = tuple(widths[min(i, len(widths) - 1)] for i in range(drawn))
+    hidden += hidden[-1:] * (n_layers - drawn)
     if not n_layers:  # a linear model has no hidden layer to normalize
         batchnorm = layernorm = False
     elif "norm" in space:
@@ -253,6 +259,8 @@ def sample_config(
         dropout=draw("dropout", base.dropout) if n_layers else 0.0,
         batchnorm=batchnorm,
         layernorm=layernorm,
+        residual=residual,
+        expansion=draw("expansion", base.expansion) if residual and n_layers > 1 else base.expansion,
         bn_momentum=draw("bn_momentum", base.bn_momentum) if batchnorm else base.bn_momentum,
         optimizer=optimizer,
         lr=lr,
@@ -329,6 +337,10 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
         inert.append("bn_momentum")
     if config.whiten != "zca":
         inert.append("zca_eps")
+    if len(config.hidden) < 2:
+        inert.append("residual")
+    if not config.residual or len(config.hidden) < 2:
+        inert.append("expansion")
     if not config.hidden:
         inert += ["activation", "dropout", "batchnorm", "layernorm"]
     return tuple(inert)
@@ -336,7 +348,7 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
 
 # The params that shape a stacked model as a whole (search.training.fit.stack_key): the
 # members of one stack share them, every other param is per member.
-STACK_PARAMS = ("n_layers", "batch_size", "whiten", "zca_eps", "numeric")
+STACK_PARAMS = ("n_layers", "residual", "expansion", "batch_size", "whiten", "zca_eps", "numeric")
 
 
 def stack_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -44,8 +44,9 @@ def test_a_tiny_epochs_matmul_work_counted_by_hand():
         (TINY, 7, 2),
         (TrainConfig(hidden=()), 7, 2),
         (TrainConfig(hidden=(512, 256), batchnorm=False), 3072, 10),
+        (TrainConfig(hidden=(6, 6, 6), residual=True, expansion=3, batchnorm=False), 7, 2),
     ],
-    ids=["tiny", "linear", "notebook"],
+    ids=["tiny", "linear", "notebook", "residual"],
 )
 def test_an_epochs_matmul_work_is_what_torch_counts_for_a_training_step(config, in_features, n_classes):
     assert epoch_flops(config, in_features, n_classes, 8) == _counted_flops(config, in_features, n_classes, 8)
@@ -82,3 +83,12 @@ def test_the_real_floor_is_a_positive_time_and_its_rate_follows_from_it():
     r = matmul_floor(TrainConfig(hidden=(32,), batch_size=16), 64, 10, 100, torch.device("cpu"))
     assert 0 < r["floor_epoch_s"] < math.inf
     assert r["mm_gflops"] == pytest.approx(r["epoch_gflop"] / r["floor_epoch_s"])
+
+
+@pytest.mark.parametrize("config", [TINY, TrainConfig(hidden=(6, 6, 6), residual=True, expansion=3)])
+def test_the_model_the_layout_and_the_flop_count_agree_on_a_forward_pass(config):
+    from search.training.model import member_flops
+    from search.training.stack import layout_of
+
+    by_shapes = sum(a * b for a, b in layer_shapes(config, 7, 2))
+    assert member_flops(config, 7, 2) == layout_of([config], 7, 2).flops() == by_shapes

@@ -30,7 +30,7 @@ from search.training.augment import Augmenter
 from search.training.config import TrainConfig
 from search.training.fit import DROPOUT_SEED, fit, fit_stacked
 from search.training.mix import MIX_SEED
-from search.training.model import build_mlp
+from search.training.model import Block, build_mlp
 from search.training.schedule import lr_factor
 
 RTOL = 1e-9
@@ -94,6 +94,8 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
     for i, m in enumerate(model):
         if isinstance(m, nn.Dropout):
             model[i] = _Dropout(m.p, drops)
+        if isinstance(m, Block) and isinstance(m.drop, nn.Dropout):
+            m.drop = _Dropout(m.drop.p, drops)
     params = dict(lr=config.lr, weight_decay=config.weight_decay)
     optimizer = {
         "sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **params),
@@ -110,7 +112,7 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
     augment = Augmenter([config], data.image_shape, x) if config.augments else None
     batches = torch.Generator().manual_seed(config.seed)
     mixes = torch.Generator().manual_seed(config.seed + MIX_SEED)
-    linears = [m for m in model if isinstance(m, nn.Linear)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     out = []
     for _ in range(config.epochs):
         model.train()
@@ -167,6 +169,15 @@ KNOBS = {
     "gelu": dict(activation="gelu"),
     "sigmoid, no batchnorm": dict(activation="sigmoid", batchnorm=False),
     "layernorm": dict(batchnorm=False, layernorm=True),
+    "residual blocks, batchnorm, dropout, l1": dict(
+        hidden=(24, 24, 24), residual=True, expansion=2, dropout=0.2, l1=1e-4
+    ),
+    "residual blocks, layernorm, adamw": dict(
+        hidden=(16, 16), residual=True, batchnorm=False, layernorm=True, optimizer="adamw", lr=3e-3
+    ),
+    "residual blocks, no norm, sigmoid": dict(
+        hidden=(16, 16), residual=True, batchnorm=False, activation="sigmoid"
+    ),
     "layernorm, adamw, dropout, ema": dict(
         batchnorm=False, layernorm=True, optimizer="adamw", lr=3e-3, weight_decay=1e-2, dropout=0.2, ema=0.9
     ),

@@ -1,8 +1,11 @@
 """The portable MLP is built from plain values in the documented layer order."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from search.errors import UserError
 from search.training.config import TrainConfig
 from search.training.model import architecture, build_mlp, count_params, mirrored
 
@@ -30,6 +33,20 @@ def test_batchnorm_uses_the_sampled_momentum_and_can_be_off():
     assert not any(isinstance(m, nn.BatchNorm1d) for m in without)
 
 
+def test_residual_blocks_add_an_inverted_bottleneck_of_the_normalized_input():
+    config = TrainConfig(hidden=(6, 6), residual=True, expansion=3, batchnorm=False, layernorm=True)
+    model = build_mlp(config, in_features=4, n_classes=2).eval()
+    stem, norm, act, block, head = model
+    assert (block.fc1.in_features, block.fc1.out_features, block.fc2.out_features) == (6, 18, 6)
+    x = torch.randn(5, 4)
+    h = act(norm(stem(x)))
+    by_hand = h + block.fc2(torch.relu(block.fc1(F.layer_norm(h, (6,), block.norm.weight, block.norm.bias))))
+    assert torch.allclose(model(x), head(by_hand), atol=1e-6)
+    assert architecture(config, in_features=4, n_classes=2) == "4-6(ln,relu)-6(res*3,ln,relu)-2"
+    with pytest.raises(UserError, match="equal hidden widths"):
+        TrainConfig(hidden=(6, 5), residual=True)
+
+
 def test_layernorm_takes_batchnorms_place_between_linear_and_activation():
     config = TrainConfig(hidden=(8, 6), batchnorm=False, layernorm=True, activation="gelu")
     kinds = [type(m) for m in build_mlp(config, in_features=4, n_classes=2)]
@@ -50,7 +67,8 @@ def test_param_count_matches_the_built_model_without_building_it():
     from search.training.model import param_count
 
     configs = (TrainConfig(hidden=()), TrainConfig(hidden=(7, 5), batchnorm=False), TrainConfig(),
-               TrainConfig(hidden=(7, 5), batchnorm=False, layernorm=True))  # fmt: skip
+               TrainConfig(hidden=(7, 5), batchnorm=False, layernorm=True),
+               TrainConfig(hidden=(6, 6, 6), residual=True, expansion=3))  # fmt: skip
     for config in configs:
         model = build_mlp(config, in_features=12, n_classes=4)
         assert param_count(config, in_features=12, n_classes=4) == count_params(model)

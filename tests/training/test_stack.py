@@ -61,6 +61,12 @@ KNOBS = {
     "batchnorm": [dict(batchnorm=True), dict(batchnorm=False), dict(batchnorm=False, activation="tanh")],
     # a narrower LayerNorm member's mean and variance must count only its own units
     "norm": [dict(), dict(batchnorm=False, layernorm=True, hidden=(17, 40)), dict(batchnorm=False)],
+    # residual blocks: a narrower member's stream and inner units padded (sigmoid(0) is not 0)
+    "residual": [
+        dict(hidden=(24, 24, 24), residual=True, expansion=2, dropout=0.2),
+        dict(hidden=(10, 10, 10), residual=True, expansion=2, batchnorm=False, layernorm=True, l1=1e-4),
+        dict(hidden=(16, 16, 16), residual=True, expansion=2, batchnorm=False, activation="sigmoid"),
+    ],
     # (a LayerNorm over 3 ReLU units is too ill-conditioned for RTOL: 1e-14 grows 1000-fold an epoch)
     "layernorm, widths": [
         dict(batchnorm=False, layernorm=True, hidden=h) for h in ((32, 24), (8, 40), (17, 6))
@@ -155,11 +161,20 @@ def test_out_of_memory_splits_the_stack_and_no_epoch_is_reported_twice(digits, m
         assert_same_training(fit(config, digits), result, len(digits.y_val))
 
 
-def test_members_that_differ_in_depth_or_batch_size_are_refused(digits):
-    with pytest.raises(ValueError, match="share depth, batch size"):
-        fit_stacked([BASE, BASE.replace(hidden=(32,))], digits)
-    with pytest.raises(ValueError, match="share depth, batch size"):
-        fit_stacked([BASE, BASE.replace(batch_size=32)], digits)
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(hidden=(32,)),
+        dict(batch_size=32),
+        dict(hidden=(32, 32), residual=True),
+        dict(hidden=(32, 32), residual=True, expansion=2),
+    ],  # fmt: skip
+    ids=["depth", "batch size", "blocks", "expansion"],
+)
+def test_members_that_differ_in_depth_blocks_or_batch_size_are_refused(digits, other):
+    first = BASE.replace(hidden=(32, 32), residual=True) if "expansion" in other else BASE
+    with pytest.raises(ValueError, match="share depth, blocks, batch size"):
+        fit_stacked([first, BASE.replace(**other)], digits)
 
 
 def test_l1_is_the_sum_of_the_weight_matrices_magnitudes_never_biases_or_batchnorm():

@@ -22,6 +22,9 @@ def digits():
 
 CONFIGS = {
     "sgd, dropout, batchnorm": TrainConfig(hidden=(32, 16), dropout=0.3, optimizer="sgd", lr=0.05, epochs=5),
+    "residual blocks, dropout": TrainConfig(
+        hidden=(16, 16, 16), residual=True, expansion=2, dropout=0.2, optimizer="adam", lr=3e-3, epochs=4
+    ),
     "layernorm, dropout": TrainConfig(
         hidden=(32, 16), batchnorm=False, layernorm=True, dropout=0.2, optimizer="sgd", lr=0.05, epochs=4
     ),

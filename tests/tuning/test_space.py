@@ -236,3 +236,21 @@ def test_a_config_with_both_norms_is_refused():
 
     with pytest.raises(UserError, match="exclude each other"):
         TrainConfig(batchnorm=True, layernorm=True)
+
+
+def test_residual_blocks_share_one_width_and_draw_their_expansion_only_when_on():
+    from search.tuning.space import STACK_PARAMS
+
+    space = parse_space({**SPACE, "residual": [True, False], "expansion": [2, 4]}, where="t.toml")
+    seen = set()
+    for trial, c in _sample_many(space, 80):
+        on = trial.params.get("residual", False)
+        assert c.residual == on and ("residual" in trial.params) == (len(c.hidden) > 1)
+        assert ("expansion" in trial.params) == on
+        if on:
+            assert len(set(c.hidden)) == 1 and not any(f"width_{i}" in trial.params for i in (1, 2))
+            assert c.expansion == trial.params["expansion"]
+        assert replay_config(trial.params, space, epochs=3, seed=0) == c
+        seen.add(on)
+    assert seen == {True, False}
+    assert {"residual", "expansion"} <= set(STACK_PARAMS)  # a stack's members share its blocks
