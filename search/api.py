@@ -33,7 +33,6 @@ from search.data.tables import read_table, table_spec
 from search.device import resolve_device
 from search.errors import UserError
 from search.files import atomic_write
-from search.pages import report as reporting
 from search.schema import RESULTS_DIR, study_dir
 from search.storage.connect import DEFAULT_STORAGE, check_storage, open_storage
 from search.training.config import TrainConfig
@@ -142,6 +141,8 @@ def write_report(
     out: str | Path | None = None,
 ) -> list[Path]:
     """`python -m search.report`: the study's self-contained HTML page."""
+    from search.pages import report as reporting  # plotly: loaded for the page only
+
     return [
         reporting.write_report(
             storage_url=storage, study_name=study_name, results_dir=results_dir, out=out

@@ -87,3 +87,12 @@ def test_the_export_command_module_is_the_export_function_too(digits_study_copy)
     s = digits_study_copy
     paths = search.export_best(storage=s.storage_url, results_dir=s.results_dir, device="cpu", progress=False)
     assert any(p.name == "best.json" for p in paths)
+
+
+def test_the_python_api_loads_without_plotly():
+    # plotly draws the report page only: load_best and predict must work where it is missing
+    import subprocess
+    import sys
+
+    code = "import sys, search.api; sys.exit('plotly' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
