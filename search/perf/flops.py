@@ -15,17 +15,9 @@ import time
 import torch
 
 from search.training.config import TrainConfig
+from search.training.model import layer_shapes
 
 REPEATS = 20  # timed calls per shape, after warm-up calls; the median is taken
-
-
-def layer_shapes(config: TrainConfig, in_features: int, n_classes: int) -> list[tuple[int, int]]:
-    """(in, out) of every Linear in forward order; a residual block's two."""
-    if not config.residual or len(config.hidden) < 2:
-        dims = (in_features, *config.hidden, n_classes)
-        return list(zip(dims, dims[1:], strict=False))
-    w, inner = config.hidden[0], config.expansion * config.hidden[0]
-    return [(in_features, w), *[(w, inner), (inner, w)] * (len(config.hidden) - 1), (w, n_classes)]
 
 
 def epoch_flops(config: TrainConfig, in_features: int, n_classes: int, n_samples: int) -> float:

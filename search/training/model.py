@@ -116,13 +116,18 @@ def dims(config: TrainConfig, in_features: int, n_classes: int) -> tuple[int, ..
     return (in_features, *config.hidden, n_classes)
 
 
+def layer_shapes(config: TrainConfig, in_features: int, n_classes: int) -> list[tuple[int, int]]:
+    """(in, out) of every Linear in forward order; a residual block's two."""
+    if not config.residual or len(config.hidden) < 2:
+        d = dims(config, in_features, n_classes)
+        return list(zip(d, d[1:], strict=False))
+    w, inner = config.hidden[0], config.expansion * config.hidden[0]
+    return [(in_features, w), *[(w, inner), (inner, w)] * (len(config.hidden) - 1), (w, n_classes)]
+
+
 def member_flops(config: TrainConfig, in_features: int, n_classes: int) -> int:
     """Multiply-adds of one sample's forward pass through the Linear layers."""
-    d = dims(config, in_features, n_classes)
-    if not config.residual or len(config.hidden) < 2:
-        return sum(a * b for a, b in zip(d, d[1:], strict=False))
-    blocks = sum(2 * config.expansion * w * w for w in config.hidden[1:])
-    return in_features * d[1] + blocks + d[-2] * n_classes
+    return sum(a * b for a, b in layer_shapes(config, in_features, n_classes))
 
 
 def param_count(config: TrainConfig, *, in_features: int, n_classes: int) -> int:

@@ -247,15 +247,8 @@ class StackedMLP:
                 z = torch.addmm(b.reshape(-1), h, first).view(len(h), k, -1).transpose(0, 1)
             else:
                 z = torch.baddbmm(b.unsqueeze(1), h, w)
-            if self.layout.batchnorm:
-                z = self._batchnorm(z, i, train=train)
-            if self.layout.layernorm:
-                z = self._layernorm(z, i)
-            z = self._activate(z)
-            mask = self.unit_masks[i]
-            if train and self.dropout:
-                mask = self._dropout_mask(z, mask, self.unit_widths[i], drop_gens)
-            h = z if mask is None else z * mask
+            z = self._activate(self._normalize(z, i, train=train))
+            h = self._masked(z, self.unit_masks[i], self.unit_widths[i], train=train, drop_gens=drop_gens)
         if h.dim() == 2:  # a linear model scoring one input
             h = h.expand(k, *h.shape)
         return torch.baddbmm(v["bh"].unsqueeze(1), h, v["wh"])
@@ -263,17 +256,22 @@ class StackedMLP:
     def _block(self, h: torch.Tensor, i: int, *, train: bool, drop_gens) -> torch.Tensor:
         """Residual block i on the stream h [K, B, width]: h + u(dropout(act(w(norm(h))))). The
         padding of h stays zero: u's padded output columns and c's padded entries never move."""
-        v, z = self.views, h
+        v, z = self.views, self._normalize(h, i, train=train)
+        a = self._activate(torch.baddbmm(v[f"b{i}"].unsqueeze(1), z, v[f"w{i}"]))
+        a = self._masked(a, self.inner_masks[i], self.inner_widths[i], train=train, drop_gens=drop_gens)
+        return h + torch.baddbmm(v[f"c{i}"].unsqueeze(1), a, v[f"u{i}"])
+
+    def _normalize(self, z: torch.Tensor, i: int, *, train: bool) -> torch.Tensor:
+        """Layer i's norm for the members that have one (each path leaves the others' rows be)."""
         if self.layout.batchnorm:
             z = self._batchnorm(z, i, train=train)
-        if self.layout.layernorm:
-            z = self._layernorm(z, i)
-        a = self._activate(torch.baddbmm(v[f"b{i}"].unsqueeze(1), z, v[f"w{i}"]))
-        mask = self.inner_masks[i]
+        return self._layernorm(z, i) if self.layout.layernorm else z
+
+    def _masked(self, z, units: torch.Tensor | None, reals: list[int], *, train: bool, drop_gens):
+        """z with padded units zeroed and, in training, dropout applied."""
         if train and self.dropout:
-            mask = self._dropout_mask(a, mask, self.inner_widths[i], drop_gens)
-        a = a if mask is None else a * mask
-        return h + torch.baddbmm(v[f"c{i}"].unsqueeze(1), a, v[f"u{i}"])
+            units = self._dropout_mask(z, units, reals, drop_gens)
+        return z if units is None else z * units
 
     def _batchnorm(self, z: torch.Tensor, i: int, *, train: bool) -> torch.Tensor:
         """PyTorch's own batch_norm kernel over K*width channels (one kernel for all members, and
