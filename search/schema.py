@@ -21,6 +21,7 @@ ATTR_SEED = "seed"  # the seed it trained with (weight init, batch order, dropou
 ATTR_REASON = "reason"  # why it was pruned or failed, in words
 ATTR_WORKER = "worker"  # host:pid:index of the worker that ran it
 ATTR_BASELINE = "baseline"  # True on the study file's baseline trial: trained to the end, never pruned
+ATTR_START = "warm_start"  # True on a trial the study file's [[start]] enqueued (pruned like any)
 ATTR_FIRST_ATTEMPT = "first_attempt"  # the number of the trial a retry repeats (its own, if none)
 ATTR_RESUMED = "resumed_from_epoch"  # a retry that carried on from its first attempt's saved state
 ATTR_STACK_ID = "stack_id"  # the number of the first trial of the stack it trained in

@@ -12,6 +12,7 @@ training, the median pruner (some trials end early), every user attr the objecti
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from contextlib import closing
@@ -21,6 +22,12 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+
+from search.device import PRECISION_ENV
+
+# float32 unless asked otherwise: tests compare engines row for row, and whether `auto` picks bf16
+# depends on the CPU. tests/test_device.py and the bf16 tests set it where they check bf16.
+os.environ.setdefault(PRECISION_ENV, "fp32")
 
 from search.tuning.runner import RunOptions, run_search
 from search.tuning.study_file import load_study

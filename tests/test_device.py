@@ -51,3 +51,43 @@ def test_fused_optimizers_where_the_device_has_them():
     assert dev.optimizer_flags(torch.device("cuda"), "adamw") == {"fused": True}
     assert dev.optimizer_flags(torch.device("cuda"), "rmsprop") == {"foreach": True}
     assert dev.optimizer_flags(torch.device("cpu"), "sgd") == {"fused": True}
+
+
+@pytest.mark.parametrize(
+    "choice, cpu_bf16, expected",
+    [
+        ("auto", True, {"cpu": True, "cuda": True, "mps": False}),
+        ("auto", False, {"cpu": False, "cuda": True, "mps": False}),
+        ("fp32", True, {"cpu": False, "cuda": False, "mps": False}),
+        ("bf16", False, {"cpu": True, "cuda": True, "mps": False}),
+    ],
+)
+def test_bf16_where_the_hardware_multiplies_in_it_unless_told(monkeypatch, choice, cpu_bf16, expected):
+    monkeypatch.setenv(dev.PRECISION_ENV, choice)
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: cpu_bf16)
+    got = {kind: dev.reduced_precision(torch.device(kind)) for kind in expected}
+    assert got == expected
+    assert dev.compute_dtype(torch.device("cpu")) == (torch.bfloat16 if expected["cpu"] else torch.float32)
+
+
+def test_autocast_on_a_bf16_cpu_multiplies_in_bf16(monkeypatch):
+    monkeypatch.setenv(dev.PRECISION_ENV, "bf16")
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with dev.autocast(torch.device("cpu")):
+        assert (a @ b).dtype == torch.bfloat16
+    monkeypatch.setenv(dev.PRECISION_ENV, "fp32")
+    with dev.autocast(torch.device("cpu")):
+        assert (a @ b).dtype == torch.float32
+
+
+def test_an_unknown_precision_is_refused_in_one_line_before_any_training(monkeypatch):
+    monkeypatch.setenv(dev.PRECISION_ENV, "fp16")
+    with pytest.raises(UserError, match="SEARCH_PRECISION='fp16': expected one of auto, fp32, bf16"):
+        dev.resolve_device("cpu")
+
+
+def test_torch_still_has_the_cpu_bf16_probes():
+    """search.device.cpu_has_bf16 reads torch.cpu's private probes; without them every CPU
+    trains in float32 (slower on AVX512-BF16 and AMX machines, never wrong)."""
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        assert callable(getattr(torch.cpu, name, None)), f"torch {torch.__version__} dropped torch.cpu.{name}"

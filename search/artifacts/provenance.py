@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import search
-from search.device import describe
+from search.device import compute_dtype, describe
 
 UNKNOWN = "unknown"
 # Distribution names (as pip knows them) of the packages whose versions change results.
@@ -93,6 +93,7 @@ def collect(*, prog: str, argv: Sequence[str] | None, device: torch.device | str
         "versions": package_versions(),
         "device": describe(device),
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "precision": str(compute_dtype(device)).removeprefix("torch."),  # what the matmuls ran in
         "command": command_line(prog, argv),
         "cwd": str(Path.cwd()),
         "host": socket.gethostname(),

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from search.device import compute_dtype
 from search.training.config import TrainConfig
 from search.training.model import layer_shapes
 
@@ -49,7 +50,7 @@ def matmul_floor(
     """The epoch's matmuls timed with `torch.mm` at their shapes: floor seconds and GFLOP/s."""
     bs = config.batch_size
     batches = max(1, n_samples // bs)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what autocast trains in
+    dtype = compute_dtype(device)  # what autocast trains in
     floor = 0.0
     for i, (a, b) in enumerate(layer_shapes(config, in_features, n_classes)):
         x = torch.randn(bs, a, device=device, dtype=dtype)

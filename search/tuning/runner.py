@@ -26,7 +26,15 @@ from optuna.trial import TrialState
 from search.data.datasets import Dataset, import_loaders, load_dataset, load_raw
 from search.device import resolve_device, split_cpu_threads, worker_device
 from search.errors import UserError
-from search.schema import ATTR_BASELINE, ATTR_REASON, ATTR_SECONDS, RESULTS_DIR, RESUME_DIR, study_dir
+from search.schema import (
+    ATTR_BASELINE,
+    ATTR_REASON,
+    ATTR_SECONDS,
+    ATTR_START,
+    RESULTS_DIR,
+    RESUME_DIR,
+    study_dir,
+)
 from search.storage.connect import open_storage, open_worker_storage
 from search.training.fit import import_lazy_parts
 from search.tuning import pool
@@ -112,6 +120,9 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
         baseline = opts.spec.baseline_params()
         if baseline is not None and n_before == 0:  # a new study: the baseline is its trial 0
             study.enqueue_trial(baseline, user_attrs={ATTR_BASELINE: True})
+        if n_before == 0:  # then the warm start's configs, in the file's order
+            for params in opts.spec.start_params():
+                study.enqueue_trial(params, user_attrs={ATTR_START: True})
     # A fresh seed per run and per worker: a resumed random search must not replay old params.
     seed = opts.seed * 7919 + n_before * 31 + worker
     study.sampler = make_sampler(

@@ -23,6 +23,10 @@
     hidden = [512, 256]
     ...                     # any search.training.config.TrainConfig field but epochs and seed
 
+    [[start]]               # optional, repeatable: full configs a new study tries next (a
+    hidden = [1536, 1086]   # warm start from an earlier study's best), pruned like any trial
+    ...
+
 `--study NAME` looks for `studies/NAME.toml` in the working directory, then beside the package;
 `--study PATH` reads that file. The study's name (and so the Optuna study name) is the file's stem.
 """
@@ -94,6 +98,7 @@ class StudySpec:
     # (search.tuning.pool): the disk bound is this many copies of the space's largest model.
     ensemble: int = 16
     baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
+    start: tuple[TrainConfig, ...] = ()  # the [[start]] tables, enqueued after it
     table: TableSpec | None = None  # dataset "table": its files, target and columns
 
     def baseline_params(self) -> dict[str, Any] | None:
@@ -101,6 +106,10 @@ class StudySpec:
         if self.baseline is None:
             return None
         return config_params(self.baseline, self.space, epochs=self.epochs)
+
+    def start_params(self) -> list[dict[str, Any]]:
+        """The [[start]] configs as this space's params (checked when the file is read)."""
+        return [config_params(c, self.space, epochs=self.epochs) for c in self.start]
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         """Apply command-line overrides (None means "not given"), re-checking them."""
@@ -143,9 +152,11 @@ def load_study(name_or_path: str) -> StudySpec:
 
 def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
     where = str(path)
-    unknown = set(doc) - {"study", "space", "baseline"}
+    unknown = set(doc) - {"study", "space", "baseline", "start"}
     if unknown:
-        raise UserError(f"{where}: unknown table(s) {sorted(unknown)}; allowed: [study], [space], [baseline]")
+        raise UserError(
+            f"{where}: unknown table(s) {sorted(unknown)}; allowed: [study], [space], [baseline], [[start]]"
+        )
     table = doc.get("study", {})
     if not isinstance(table, dict):
         raise UserError(f"{where}: [study] must be a table")
@@ -182,29 +193,39 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
         path=path,
         space=parse_space(raw_space, where=where),
         raw_space=raw_space,
-        baseline=_parse_baseline(doc.get("baseline"), where=where),
+        baseline=_parse_config(doc.get("baseline"), where=where, what="[baseline]"),
+        start=_parse_start(doc.get("start"), where=where),
         **values,
     )
     _check_study_values(spec, where=where)
     return spec
 
 
-def _parse_baseline(table: Any, *, where: str) -> TrainConfig | None:
+def _parse_start(tables: Any, *, where: str) -> tuple[TrainConfig, ...]:
+    if tables is None:
+        return ()
+    if not isinstance(tables, list):
+        raise UserError(f"{where}: start must be an array of tables ([[start]]), one per config")
+    return tuple(_parse_config(t, where=where, what=f"[[start]] #{i + 1}") for i, t in enumerate(tables))
+
+
+def _parse_config(table: Any, *, where: str, what: str) -> TrainConfig | None:
+    """A [baseline] or [[start]] table: a full config but its epochs and seed (the study's)."""
     if table is None:
         return None
     if not isinstance(table, dict):
-        raise UserError(f"{where}: [baseline] must be a table of config fields")
+        raise UserError(f"{where}: {what} must be a table of config fields")
     fields = set(TrainConfig.__dataclass_fields__) - {"extra", "epochs", "seed"}
     unknown = set(table) - fields
     if unknown:
         raise UserError(
-            f"{where}: baseline.{sorted(unknown)[0]}: unknown field; allowed: {', '.join(sorted(fields))} "
+            f"{where}: {what} {sorted(unknown)[0]}: unknown field; allowed: {', '.join(sorted(fields))} "
             "(epochs and seed come from the study)"
         )
     try:
         return TrainConfig.from_dict(table)
     except UserError as e:
-        raise UserError(f"{where}: [baseline]: {e}") from None
+        raise UserError(f"{where}: {what}: {e}") from None
 
 
 def _check_study_values(spec: StudySpec, *, where: str) -> None:
@@ -227,6 +248,11 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
             spec.baseline_params()
         except UserError as e:
             raise UserError(f"{where}: [baseline] {e}") from None
+    for i, config in enumerate(spec.start):
+        try:
+            config_params(config, spec.space, epochs=spec.epochs)
+        except UserError as e:
+            raise UserError(f"{where}: [[start]] #{i + 1} {e}") from None
     if spec.dataset == "table":
         for knob, neutral in IMAGE_ONLY.items():
             param = spec.space.get(knob)

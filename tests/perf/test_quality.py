@@ -154,14 +154,14 @@ def test_the_training_subset_is_drawn_at_random_not_the_first_rows():
 
 
 def test_a_shorter_budget_keeps_the_first_rung_at_its_share_of_the_epochs():
-    cifar = load_study("cifar10")  # its first rung: epoch 4 of 12, a third of the way in
-    assert (cifar.epochs, cifar.min_epochs) == (12, 4)
-    assert shortened(cifar, 6).min_epochs == 2
-    assert shortened(cifar, 6).epochs == 6
-    assert shortened(cifar, 2).min_epochs == 1  # never before the first epoch
-    assert shortened(cifar, 12).min_epochs == 4
-    assert shortened(cifar, 9).min_epochs == 3  # 4 * 9 / 12
-    assert shortened(cifar, 5).min_epochs == 2  # 4 * 5 / 12 = 1.67, rounded
-    assert shortened(cifar, 24).min_epochs == 8  # a longer budget moves the rung out as well
+    cifar = load_study("cifar10")  # its first rung: epoch 4 of 24, a sixth of the way in
+    assert (cifar.epochs, cifar.min_epochs) == (24, 4)
+    assert shortened(cifar, 12).min_epochs == 2
+    assert shortened(cifar, 12).epochs == 12
+    assert shortened(cifar, 3).min_epochs == 1  # never before the first epoch
+    assert shortened(cifar, 24).min_epochs == 4
+    assert shortened(cifar, 18).min_epochs == 3  # 4 * 18 / 24
+    assert shortened(cifar, 15).min_epochs == 2  # 4 * 15 / 24 = 2.5, rounded to even
+    assert shortened(cifar, 48).min_epochs == 8  # a longer budget moves the rung out as well
     digits = load_study("digits")
     assert shortened(digits, 4).min_epochs == digits.min_epochs  # 0: the pruner's own default

@@ -255,6 +255,19 @@ def test_same_seed_trains_the_same_model_on_cpu(digits):
         assert ka == kb and torch.equal(va, vb)
 
 
+def test_bf16_on_the_cpu_trains_in_bf16_to_float32s_accuracy(digits, monkeypatch):
+    """SEARCH_PRECISION=bf16 (auto's choice on AVX512-BF16 and AMX CPUs) changes the arithmetic,
+    so the weights differ from float32's, but not what the model learns."""
+    config = TrainConfig(hidden=(64, 32), optimizer="adamw", lr=3e-3, epochs=6, seed=2)
+    monkeypatch.setenv("SEARCH_PRECISION", "fp32")
+    full = fit(config, digits)
+    monkeypatch.setenv("SEARCH_PRECISION", "bf16")
+    half = fit(config, digits)
+    assert not torch.allclose(full.model[0].weight, half.model[0].weight, atol=1e-4)
+    assert half.model[0].weight.dtype == torch.float32  # the master weights stay float32
+    assert half.val_score > 0.9 and abs(half.val_score - full.val_score) < 0.03
+
+
 def test_on_epoch_sees_every_epoch_and_can_stop_training(digits):
     seen = []
 

@@ -104,6 +104,23 @@ def test_a_new_study_starts_with_its_baseline_trained_to_the_end(tmp_path):
     )
 
 
+def test_a_new_study_tries_its_start_configs_right_after_the_baseline(tmp_path):
+    from test_study_file import BASELINE_STUDY, START
+
+    path = tmp_path / "w.toml"
+    path.write_text(BASELINE_STUDY + START)
+    url = f"sqlite:///{tmp_path}/s.db"
+    opts = RunOptions(spec=load_study(str(path)), storage_url=url, study_name="w", trials=4, device="cpu",
+                      results_dir=tmp_path, heartbeat_s=None)  # fmt: skip
+    run_search(opts)
+    trials = optuna.load_study(study_name="w", storage=url).trials
+    assert [t.params for t in trials[1:3]] == opts.spec.start_params()
+    assert [bool(t.user_attrs.get("warm_start")) for t in trials] == [False, True, True, False]
+    run_search(opts)  # resuming enqueues them no more
+    trials = optuna.load_study(study_name="w", storage=url).trials
+    assert len(trials) == 8 and sum(bool(t.user_attrs.get("warm_start")) for t in trials) == 2
+
+
 def test_the_timeout_stops_the_running_trial_after_the_epoch_it_passes_in(tmp_path):
     import time
 

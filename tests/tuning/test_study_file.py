@@ -95,13 +95,53 @@ def test_a_baseline_table_is_read_and_checked_against_the_space(tmp_path):
     "old, new, words",
     [
         ("lr = 0.05\n", "lr = 0.9\n", ["[baseline]", "lr_sgd"]),
-        ("hidden = [32]", "hidden = [32]\ncolour = 1", ["baseline.colour", "unknown field"]),
-        ("hidden = [32]", "hidden = [32]\nepochs = 3", ["baseline.epochs", "come from the study"]),
+        ("hidden = [32]", "hidden = [32]\ncolour = 1", ["[baseline] colour", "unknown field"]),
+        ("hidden = [32]", "hidden = [32]\nepochs = 3", ["[baseline] epochs", "come from the study"]),
         ('optimizer = "sgd"\nlr', 'optimizer = "lbfgs"\nlr', ["[baseline]", "lbfgs"]),
     ],
 )
 def test_a_bad_baseline_is_refused_in_one_line(tmp_path, old, new, words):
     text = BASELINE_STUDY.replace("[baseline]", "[baseline]\n").replace(old, new)
+    with pytest.raises(UserError) as e:
+        load_study(_write(tmp_path, text))
+    assert "\n" not in str(e.value) and "s.toml" in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+START = """
+[[start]]
+hidden = [64, 16]
+optimizer = "adam"
+lr = 0.003
+
+[[start]]
+hidden = [48]
+optimizer = "sgd"
+lr = 0.1
+"""
+
+
+def test_start_tables_are_read_in_order_as_params_of_the_space(tmp_path):
+    spec = load_study(_write(tmp_path, BASELINE_STUDY + START))
+    assert spec.start_params() == [
+        {"n_layers": 2, "width_0": 64, "width_1": 16, "optimizer": "adam", "lr_adam": 0.003},
+        {"n_layers": 1, "width_0": 48, "optimizer": "sgd", "lr_sgd": 0.1},
+    ]
+
+
+@pytest.mark.parametrize(
+    "old, new, words",
+    [
+        ("lr = 0.1\n", "lr = 0.9\n", ["[[start]] #2", "lr_sgd"]),
+        ("hidden = [48]", "hidden = [48]\nseed = 3", ["[[start]] #2 seed", "come from the study"]),
+        ("[[start]]\nhidden = [64, 16]", "[start]\nhidden = [64, 16]", ["[[start]]", "array of tables"]),
+    ],
+)
+def test_a_bad_start_config_is_refused_in_one_line(tmp_path, old, new, words):
+    text = BASELINE_STUDY + START.replace(old, new, 1)
+    if words[1] == "array of tables":
+        text = BASELINE_STUDY + "\n[start]\nhidden = [64, 16]\n"
     with pytest.raises(UserError) as e:
         load_study(_write(tmp_path, text))
     assert "\n" not in str(e.value) and "s.toml" in str(e.value)
