@@ -3,6 +3,7 @@
     python -m search.bench                  the notebook's DataLoader loop against search's fit
     python -m search.bench --suite          the one-call GPU check (bench, then timed searches)
     python -m search.bench --augment        what flips, shifts, one-cycle and label smoothing cost
+    python -m search.bench --precision      an epoch under float32 against bf16 autocast
     python -m search.bench --quality        TPE + pruning against random at the same wall time
     python -m search.bench --stack          a search at stack 1, 4, 16 and 64: trials per hour, best
     python -m search.bench --storage-load --storage postgresql://...   16 workers, direct and proxied

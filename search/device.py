@@ -10,6 +10,7 @@ import contextlib
 import functools
 import gc
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -83,8 +84,26 @@ def reduced_precision(device: torch.device) -> bool:
     return device.type == "cuda" or cpu_has_bf16()
 
 
+_forced: list[str] = []  # forced_precision's choice, innermost last
+
+
+@contextlib.contextmanager
+def forced_precision(choice: str) -> Iterator[None]:
+    """Within the block, `choice` (one of PRECISIONS) whatever SEARCH_PRECISION says: for a bench
+    that times both precisions in one process."""
+    if choice not in PRECISIONS:
+        raise UserError(f"precision {choice!r}: expected one of {', '.join(PRECISIONS)}")
+    _forced.append(choice)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
 def precision_choice() -> str:
     """SEARCH_PRECISION as given (auto when unset); a value outside PRECISIONS is a UserError."""
+    if _forced:
+        return _forced[-1]
     choice = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
     if choice not in PRECISIONS:
         raise UserError(f"{PRECISION_ENV}={choice!r}: expected one of {', '.join(PRECISIONS)}")

@@ -91,3 +91,16 @@ def test_torch_still_has_the_cpu_bf16_probes():
     trains in float32 (slower on AVX512-BF16 and AMX machines, never wrong)."""
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         assert callable(getattr(torch.cpu, name, None)), f"torch {torch.__version__} dropped torch.cpu.{name}"
+
+
+def test_a_forced_precision_wins_over_the_environment_inside_its_block_only(monkeypatch):
+    monkeypatch.setenv(dev.PRECISION_ENV, "fp32")
+    cpu = torch.device("cpu")
+    with dev.forced_precision("bf16"):
+        assert dev.reduced_precision(cpu)
+        with dev.forced_precision("fp32"):
+            assert not dev.reduced_precision(cpu)
+        assert dev.reduced_precision(cpu)
+    assert not dev.reduced_precision(cpu)
+    with pytest.raises(UserError, match="expected one of"), dev.forced_precision("half"):
+        pass

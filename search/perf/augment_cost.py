@@ -16,6 +16,7 @@ import torch
 
 from search.data.datasets import Dataset
 from search.device import describe
+from search.perf.alternate import alternate, quartiles, ratios
 from search.training.config import TrainConfig
 from search.training.fit import fit
 
@@ -28,15 +29,13 @@ def run_augment_bench(
     """Alternated plain and augmented fits of `config`; every figure in a JSON-ready dict."""
     plain_cfg = config.replace(epochs=2)  # one warm-up epoch, one measured
     aug_cfg = plain_cfg.replace(**AUGMENTED)
-    plain_s: list[float] = []
-    aug_s: list[float] = []
-    for r in range(rounds):
-        order = [("plain", plain_cfg, plain_s), ("augmented", aug_cfg, aug_s)]
-        for name, cfg, times in order if r % 2 == 0 else order[::-1]:
-            result = fit(cfg, data)
-            times.append(result.history[-1].seconds)
-            progress(f"round {r + 1}/{rounds} {name}: {times[-1]:.3f} s per epoch")
-    ratios = [a / p for a, p in zip(aug_s, plain_s, strict=True)]
+    times = alternate(
+        [("plain", lambda: fit(plain_cfg, data).history[-1].seconds),
+         ("augmented", lambda: fit(aug_cfg, data).history[-1].seconds)],
+        rounds=rounds, progress=progress,
+    )  # fmt: skip
+    plain_s, aug_s = times["plain"], times["augmented"]
+    rs = ratios(aug_s, plain_s)
     return {
         "device": describe(data.device),
         "torch": torch.__version__,
@@ -52,18 +51,11 @@ def run_augment_bench(
         "augmented_epoch_times_s": aug_s,
         "plain_epoch_s": statistics.median(plain_s),
         "augmented_epoch_s": statistics.median(aug_s),
-        "ratios": ratios,
-        "augment_overhead": statistics.median(ratios) - 1.0,
+        "ratios": rs,
+        "augment_overhead": statistics.median(rs) - 1.0,
         # the middle half of the rounds' overheads: how far one round's figure is to be trusted
-        "augment_overhead_quartiles": [q - 1.0 for q in _quartiles(ratios)],
+        "augment_overhead_quartiles": [q - 1.0 for q in quartiles(rs)],
     }
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
 
 
 def format_augment(r: dict[str, Any]) -> str:

@@ -27,12 +27,13 @@ from search.perf.augment_cost import format_augment, run_augment_bench
 from search.perf.images import ARCHIVE, load_bench_data, prepare_images
 from search.perf.notebook import SUITE_BUDGET_S, BenchOptions, format_bench, run_bench
 from search.perf.overhead import format_overhead, run_overhead
+from search.perf.precision import format_precision, run_precision_bench
 from search.perf.quality import format_quality, plot_quality, random_subset, run_quality, shortened
 from search.perf.stack_speed import STACKS, format_stack_bench, run_stack_bench
 from search.training.config import OPTIMIZERS
 from search.tuning.study_file import load_study
 
-KINDS = ("bench", "suite", "augment", "quality", "overhead", "stack", "storage-load", "tables")
+KINDS = ("bench", "suite", "augment", "precision", "quality", "overhead", "stack", "storage-load", "tables")
 QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
 
 
@@ -105,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         metavar="N",
         default=5,
-        help="--augment, --overhead, --stack, --storage-load: alternated rounds",
+        help="--augment, --precision, --overhead, --stack, --storage-load: alternated rounds",
     )
     g.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
 
@@ -130,6 +131,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--augment",
         action="store_true",
         help="time an epoch with flips, shifts, one-cycle and label smoothing against a plain one",
+    )
+
+    g = p.add_argument_group("--precision: what bf16 buys an epoch")
+    g.add_argument(
+        "--precision",
+        action="store_true",
+        help="time an epoch under float32 and under bf16 autocast, alternated --rounds times "
+        "(SEARCH_PRECISION=auto picks bf16 on CUDA and on CPUs with bf16 matmuls)",
     )
 
     g = p.add_argument_group("--overhead: what the search adds around training")
@@ -280,6 +289,10 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
             data = load_bench_data(images, resolve_device(opts.device), opts.limit)
             result = run_augment_bench(opts.config(), data, rounds=request.rounds, progress=progress)
             return result, format_augment(result)
+        if request.kind == "precision":
+            data = load_bench_data(images, resolve_device(opts.device), opts.limit)
+            result = run_precision_bench(opts.config(), data, rounds=request.rounds, progress=progress)
+            return result, format_precision(result)
         if request.kind == "quality":  # a random subset: the first rows of a tree hold few classes
             data = random_subset(load_bench_data(images, resolve_device(opts.device), None), opts.limit)
             seeds = tuple(range(request.quality_seeds))
