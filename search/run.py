@@ -26,8 +26,9 @@ from search.data.targets import METRICS, TASKS
 from search.errors import UserError
 from search.schema import RESULTS_DIR
 from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
+from search.tuning.interrupts import Terminated, signals_unwind
 from search.tuning.run import bar_events, bar_total, prepare_run
-from search.tuning.runner import install_signal_handlers, run_search
+from search.tuning.runner import run_search
 from search.tuning.study_file import PRUNERS, SAMPLERS
 from search.tuning.summary import format_summary
 
@@ -96,17 +97,17 @@ def _main(argv: Sequence[str] | None) -> int:
         resume_every=args.resume_every, progress=not args.no_progress,
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our bar and summary say it better
-    install_signal_handlers()
     bar = tqdm(total=bar_total(opts), desc=opts.study_name, unit="trial", disable=args.no_progress or None,
                dynamic_ncols=True)  # fmt: skip
     try:
-        summary = run_search(
-            opts, on_event=bar_events(bar, on_failure=lambda m: bar.write(m, file=sys.stderr))
-        )
+        with signals_unwind():
+            summary = run_search(
+                opts, on_event=bar_events(bar, on_failure=lambda m: bar.write(m, file=sys.stderr))
+            )
     except KeyboardInterrupt as e:  # interrupted outside a trial (opening the study, say)
         bar.close()
         print("interrupted", file=sys.stderr)
-        return EXIT_SIGTERM if type(e).__name__ == "Terminated" else EXIT_SIGINT
+        return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
     finally:
         bar.close()
     print(format_summary(summary, jobs=args.jobs))

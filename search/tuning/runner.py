@@ -13,7 +13,6 @@ import dataclasses
 import multiprocessing as mp
 import os
 import queue as queue_mod
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from search.schema import (
 )
 from search.storage.connect import open_storage, open_worker_storage
 from search.training.fit import import_lazy_parts
-from search.tuning import pool
+from search.tuning import interrupts, pool
 from search.tuning.binding import check_resumable, study_attrs
 from search.tuning.objective import Objective
 from search.tuning.recovery import fail_orphans, retry_dead_local_workers, retry_trials
@@ -47,21 +46,6 @@ from search.tuning.study_file import StudySpec
 from search.tuning.summary import RunSummary, WorkerReport, summarize
 
 MAX_CONSECUTIVE_FAILURES = 5
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so Optuna marks the running trial FAIL on its way out."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
-def install_signal_handlers() -> None:
-    """Ctrl-C and SIGTERM both unwind through the running trial (even if SIGINT was ignored
-    when we started, as for a background job of a non-interactive shell)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 @dataclass(frozen=True)
@@ -245,6 +229,7 @@ def run_worker(
             emit(TrialEvent(worker, frozen.number, frozen.state.name, frozen.value, reason))
 
         while deadline is None or time.time() < deadline:
+            interrupts.check()
             if not slots.claim(worker):
                 break
             if snapshot is not None:
@@ -257,7 +242,7 @@ def run_worker(
                 report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"
                 break
     except KeyboardInterrupt as e:
-        report.interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        report.interrupted = interrupts.caught(e)
     except UserError as e:
         report.error = str(e)
     finally:
@@ -271,10 +256,7 @@ def run_worker(
 
 
 def _worker_process(opts, worker, slots, events, reports, deadline) -> None:
-    # The parent owns Ctrl-C: it stops each worker with SIGTERM, once, so a second signal
-    # cannot land while a worker is recording its interrupted trial.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    interrupts.install_worker_handlers()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     split_cpu_threads(opts.jobs)
     report = run_worker(opts, worker, slots, events.put, deadline)
@@ -315,6 +297,7 @@ def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | Non
         reports = [run_worker(opts, 0, _Slots(opts.trials), emit, deadline)]
     else:
         reports = _run_processes(opts, emit, deadline)
+        retry_dead_local_workers(study)  # a killed worker's trial: FAIL and retried now, not next run
     summary = summarize(opts.study_name, opts.storage_url, storage, reports, time.perf_counter() - started)
     if opts.save_best:
         kept, outputs = pool.disk_bytes(pool.pool_dir(study_dir(opts.results_dir, opts.study_name)))
@@ -323,6 +306,24 @@ def run_search(opts: RunOptions, *, on_event: Callable[[TrialEvent], None] | Non
 
 
 MAX_RESPAWNS = 3  # per worker slot: a worker that keeps dying points at a real problem
+STOP_GRACE_S = 60.0  # for a stopped worker to record its interrupted trial before it is killed
+
+
+def stop_workers(procs: dict[int, mp.process.BaseProcess], grace: float) -> list[int]:
+    """SIGTERM the live workers, give them `grace` seconds in all to record their interrupted
+    trials, then kill the rest: a child left alive would hold the command open at exit
+    (multiprocessing joins its children). Returns the keys of the killed."""
+    for p in procs.values():
+        if p.is_alive():
+            p.terminate()
+    end = time.monotonic() + grace
+    for p in procs.values():
+        p.join(timeout=max(0.0, end - time.monotonic()))
+    killed = [i for i, p in procs.items() if p.is_alive()]
+    for i in killed:
+        procs[i].kill()
+        procs[i].join()
+    return killed
 
 
 def _run_processes(opts: RunOptions, emit, deadline) -> list[WorkerReport]:
@@ -361,6 +362,7 @@ def _run_processes(opts: RunOptions, emit, deadline) -> list[WorkerReport]:
 
     try:
         while True:
+            interrupts.check()
             drain(block=0.2)
             collect()
             for i, p in list(procs.items()):
@@ -380,14 +382,10 @@ def _run_processes(opts: RunOptions, emit, deadline) -> list[WorkerReport]:
             if not any(p.is_alive() for p in procs.values()):
                 break
     except KeyboardInterrupt as e:
-        interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        for p in procs.values():
-            if p.is_alive():
-                p.terminate()
-        for p in procs.values():
-            p.join(timeout=60)
-    for p in procs.values():
-        p.join(timeout=5)
+        interrupted = interrupts.caught(e)
+    finally:  # stopped, crashed or done: no worker outlives this call
+        for i in stop_workers(procs, STOP_GRACE_S):
+            reports.setdefault(i, WorkerReport(worker=i, error=f"worker {i} did not stop; killed"))
     drain()
     collect()
     for i, p in procs.items():

@@ -32,6 +32,7 @@ from search.schema import ATTR_REASON, ATTR_STACK_ID, ATTR_STACK_PADDING, ATTR_S
 from search.storage.running import fail_stale, heartbeats
 from search.training.fit import EpochMetrics, fit_stacked
 from search.training.plan import split_by_width, stack_capacity, stack_key
+from search.tuning import interrupts
 from search.tuning.objective import Begun, Objective
 from search.tuning.space import stack_params
 from search.tuning.strategy import should_prune
@@ -138,6 +139,7 @@ def _train(
         for i, m in metrics.items():  # every member reports before any is judged
             group[i].trial.report(m.val_score, m.epoch)
             group[i].begun.reported[m.epoch] = m.val_score
+        interrupts.check()  # a signal a finalizer swallowed mid-epoch stops the stack here
         if objective.deadline is not None and time.time() >= objective.deadline:
             for i in metrics:  # the run's time is up: every member ends after this epoch
                 group[i].begun.out_of_time = True

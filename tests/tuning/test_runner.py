@@ -1,9 +1,13 @@
 """The run's bookkeeping: slots count finished trials, overhead is measured from trial records."""
 
+import multiprocessing as mp
+import signal
+import time
+
 import optuna
 from optuna.trial import TrialState
 
-from search.tuning.runner import RunOptions, _Slots, run_search
+from search.tuning.runner import RunOptions, _Slots, run_search, stop_workers
 from search.tuning.study_file import load_study
 from search.tuning.summary import RunSummary, WorkerReport
 
@@ -137,3 +141,26 @@ def test_the_timeout_stops_the_running_trial_after_the_epoch_it_passes_in(tmp_pa
     (trial,) = optuna.load_study(study_name="d", storage=url).trials
     assert trial.state == TrialState.PRUNED and 1 <= len(trial.intermediate_values) < 200
     assert trial.user_attrs["reason"].startswith("stopped when the run's time ran out after epoch")
+
+
+def _sleep(on_sigterm, ready):
+    signal.signal(signal.SIGTERM, on_sigterm)  # not whatever handler this test process holds
+    ready.release()
+    time.sleep(60)
+
+
+def test_stop_workers_kills_a_worker_that_ignores_sigterm_and_spares_one_that_stops():
+    ctx = mp.get_context("fork")  # the targets need not be importable
+    ready = ctx.Semaphore(0)
+    procs = {
+        i: ctx.Process(target=_sleep, args=(h, ready)) for i, h in enumerate((signal.SIG_DFL, signal.SIG_IGN))
+    }
+    for p in procs.values():
+        p.start()
+    assert ready.acquire(timeout=30) and ready.acquire(timeout=30)
+    try:
+        assert stop_workers(procs, grace=1.0) == [1]
+        assert procs[0].exitcode == -signal.SIGTERM and procs[1].exitcode == -signal.SIGKILL
+    finally:
+        for p in procs.values():
+            p.kill()
