@@ -43,9 +43,9 @@ def test_a_worker_ignores_ctrl_c_and_unwinds_on_sigterm():
     try:
         interrupts.install_worker_handlers()
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-        with pytest.raises(interrupts.Terminated):
+        with pytest.raises(interrupts.Terminated) as e:
             signal.raise_signal(signal.SIGTERM)
+        assert interrupts.caught(e.value) == "SIGTERM"
     finally:
         for s, h in before.items():
             signal.signal(s, h)
-        interrupts._pending.clear()
