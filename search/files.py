@@ -3,18 +3,35 @@
 Every file the project writes for later (checkpoints, a trial's saved state, exports, pages,
 pictures, the decoded-image cache) goes through `atomic_write`: the bytes go to a temporary file
 in the same folder, are flushed to the disk, and the file is renamed over the old one, so a
-reader (or a process killed mid-write) sees the old file or the new one, never a mix.
+reader (or a process killed mid-write) sees the old file or the new one, never a mix. The file
+gets the mode a plain `open` would give it (0666 less the umask), so a report or an export is
+readable by whoever the user's umask lets read it.
+
+Imports nothing that only POSIX has: `locked` takes its lock through `filelock` (flock on POSIX,
+msvcrt on Windows), so every command imports on Windows too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+import filelock
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask. Reading it means setting it, so threads take turns."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes | str) -> Path:
@@ -33,6 +50,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object] | bytes 
                 write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600, whatever the umask
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -48,9 +66,5 @@ def locked(directory: str | Path) -> Iterator[None]:
     filesystem) take turns."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with filelock.FileLock(directory / ".lock"):
+        yield

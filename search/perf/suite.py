@@ -170,9 +170,8 @@ def _run_group(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: flo
         _, err = proc.communicate(timeout=timeout_s)
         return proc.returncode, err
     except subprocess.TimeoutExpired:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
+        for sig, wait in ((signal.SIGTERM, 20), (_SIGKILL, 5)):
+            _signal_group(proc, sig)
             try:
                 proc.communicate(timeout=wait)
                 break
@@ -180,10 +179,21 @@ def _run_group(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: flo
                 continue
         return None, f"stopped after {timeout_s:.0f} s (suite budget)"
     except BaseException:  # Ctrl-C: take the search and its workers down with us
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _signal_group(proc, _SIGKILL)
         proc.wait()
         raise
+
+
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL; its SIGTERM kills
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the process group `proc` leads (POSIX), or to `proc` alone (Windows)."""
+    with contextlib.suppress(ProcessLookupError):
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
 
 
 def format_suite(r: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def retry_dead_local_workers(study: optuna.Study) -> int:
 
 
 def _alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        # Windows' os.kill(pid, 0) terminates the process; leave a dead worker's trial to the
+        # heartbeat, which fails it after two missed beats.
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
