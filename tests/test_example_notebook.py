@@ -1,5 +1,6 @@
-"""The example notebook runs top to bottom on digits, headlessly, and writes what it says it writes."""
+"""The example notebooks, English and Spanish, run top to bottom on digits and write what they say."""
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -9,21 +10,46 @@ nbclient = pytest.importorskip(
 )
 nbformat = pytest.importorskip("nbformat")
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "search_mlp.ipynb"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ENGLISH = EXAMPLES / "search_mlp.ipynb"
+SPANISH = EXAMPLES / "busqueda_mlp.ipynb"
+
+# Each notebook with the lines it prints itself; "precision" is scikit-learn's report, the same in both.
+NOTEBOOKS = [
+    pytest.param(ENGLISH, ("best validation accuracy", "precision", "skipping CIFAR-10"), id="english"),
+    pytest.param(SPANISH, ("mejor exactitud de validación", "precision", "se omite CIFAR-10"), id="spanish"),
+]
 
 
-def test_the_committed_notebook_holds_no_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("notebook", [ENGLISH, SPANISH], ids=["english", "spanish"])
+def test_the_committed_notebook_holds_no_outputs(notebook):
+    nb = nbformat.read(notebook, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+def _called(source):
+    """The dotted names a cell calls (comments and string text ignored, f-string expressions kept)."""
+    return {ast.unparse(node.func) for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)}
+
+
+def test_the_spanish_notebook_runs_what_the_english_one_runs():
+    english = nbformat.read(ENGLISH, as_version=4)
+    spanish = nbformat.read(SPANISH, as_version=4)
+    assert [c.cell_type for c in spanish.cells] == [c.cell_type for c in english.cells]
+    assert spanish.metadata.kernelspec == english.metadata.kernelspec
+    for number, (en, es) in enumerate(zip(english.cells, spanish.cells, strict=True)):
+        if en.cell_type == "code":
+            assert _called(es.source) == _called(en.source), f"cell {number}"
+
+
 @pytest.mark.slow
-def test_the_notebook_runs_every_cell_and_writes_the_export(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("notebook", "expected"), NOTEBOOKS)
+def test_the_notebook_runs_every_cell_and_writes_the_export(notebook, expected, tmp_path, monkeypatch):
     monkeypatch.setenv("NOTEBOOK_TRIALS", "12")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("SEARCH_CIFAR_DIR", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
@@ -38,4 +64,5 @@ def test_the_notebook_runs_every_cell_and_writes_the_export(tmp_path, monkeypatc
         assert (out / name).is_file(), name
     assert (tmp_path / "notebook.db").is_file()
     text = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
-    assert "best validation accuracy" in text and "precision" in text and "skipping CIFAR-10" in text
+    for line in expected:
+        assert line in text, line
