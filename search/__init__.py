@@ -19,7 +19,7 @@ import os as _os
 # 1.68 s when idle. Every `python -m search.*` imports this package before torch.
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-__version__ = "0.1.0"
+from search.version import __version__ as __version__  # noqa: E402  # after GOMP_SPINCOUNT
 
 __all__ = [
     "BestModel", "MLPSearchClassifier", "MLPSearchRegressor", "UserError", "export_best", "load_best",

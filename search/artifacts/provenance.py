@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-import search
 from search.device import compute_dtype, describe
+from search.version import __version__
 
 UNKNOWN = "unknown"
 # Distribution names (as pip knows them) of the packages whose versions change results.
@@ -31,7 +31,7 @@ GIT_TIMEOUT_S = 10  # a hung git (network filesystem, lock) must not hang an exp
 
 def source_root() -> Path:
     """The checkout the running `search` package was imported from (its parent folder)."""
-    return Path(search.__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]  # search/artifacts/provenance.py -> the checkout
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -73,7 +73,7 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = UNKNOWN
     if versions["search"] == UNKNOWN:  # running from a checkout that was never pip-installed
-        versions["search"] = search.__version__
+        versions["search"] = __version__
     return versions
 
 

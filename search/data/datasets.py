@@ -7,13 +7,13 @@ A search runs many trials in one process, so `load_dataset` is memoized; reading
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from search.data.dataset import Dataset
 from search.data.image_files import (
     CIFAR_TRAIN_FILES,
     HOLDOUT_SEED,
@@ -22,64 +22,11 @@ from search.data.image_files import (
     load_tree,
     read_cifar_pickles,
 )
-from search.data.targets import TargetScale
 from search.errors import first_line
 
 DATASETS = ("cifar10", "digits", "imagefolder", "table")
 IMAGE_DATASETS = DATASETS[:3]
 CIFAR_DIR = "cifar-10-batches-py"
-
-
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """What the trainer consumes; every tensor already lives on the training device."""
-
-    name: str
-    classes: tuple[str, ...]  # class names; () for regression
-    image_shape: tuple[int, int, int] | None  # (C, H, W); None for a table
-    mean: tuple[float, ...]  # per channel, [0, 1] pixel units, from the train split only (images)
-    std: tuple[float, ...]
-    x_train: torch.Tensor = field(repr=False)  # float32 [N, features], normalized (C,H,W order)
-    y_train: torch.Tensor = field(repr=False)  # int64 [N] class indices, or float32 standardized target
-    x_val: torch.Tensor = field(repr=False)
-    y_val: torch.Tensor = field(repr=False)
-    x_test: torch.Tensor = field(repr=False)
-    y_test: torch.Tensor = field(repr=False)
-    split_seed: int
-    val_fraction: float
-    task: str = "classification"  # or "regression" (search.data.targets)
-    metric: str = "accuracy"  # what a trial's value scores (search.data.targets.METRICS)
-    target: TargetScale | None = None  # regression: how y_* were standardized from the target
-    table: Any = field(default=None, repr=False)  # search.data.tables.Table: rows and preprocessing
-    numeric: str = "standard"  # a table's numeric transform that x_* were encoded with
-
-    @property
-    def in_features(self) -> int:
-        return int(self.x_train.shape[1])
-
-    @property
-    def n_classes(self) -> int:
-        """The model's outputs: one per class, or one value for regression."""
-        return 1 if self.task == "regression" else len(self.classes)
-
-    def variant(self, numeric: str) -> Dataset:
-        """This table encoded with another numeric transform (memoized); images are their own."""
-        if self.table is None or numeric == self.numeric:
-            return self
-        from search.data.tables import encoded
-
-        return encoded(self, numeric)
-
-    @property
-    def device(self) -> torch.device:
-        return self.x_train.device
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized rows [N, C*H*W] -> pixels [N, C, H, W] in [0, 1] on the CPU, for pictures."""
-        x = x.detach().to("cpu", torch.float32).reshape(-1, *self.image_shape)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (x * std + mean).clamp_(0.0, 1.0)
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from search.data.datasets import Dataset
+from search.data.dataset import Dataset
 from search.data.image_files import HOLDOUT_SEED, DataError
 from search.data.numeric import NUMERICS
 from search.data.targets import DEFAULT_METRIC, METRICS, TASKS, TargetScale, infer_task, wants_log
@@ -74,6 +74,10 @@ class Table:
             made = make_transformer(numeric, self.numeric, self.categorical, rows=len(train))
             self.transformers[numeric] = made.fit(train)
         return self.transformers[numeric]
+
+    def encoded(self, data: Dataset, numeric: str) -> Dataset:
+        """`data` (this table's) encoded with the `numeric` transform: `Dataset.variant`."""
+        return encoded(data, numeric)
 
     def encode(self, numeric: str, frame) -> np.ndarray:
         fitted = self.transformer(numeric)
