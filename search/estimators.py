@@ -30,6 +30,7 @@ from search.artifacts.predict import Predictor, Preprocess
 from search.data.tables import TableSpec, load_table
 from search.device import resolve_device
 from search.errors import UserError
+from search.schema import ATTR_BASELINE, ATTR_SEED
 from search.training.fit import fit as fit_config
 from search.tuning.objective import Objective
 from search.tuning.runner import run_trials
@@ -90,7 +91,7 @@ class _MLPSearch(BaseEstimator):
         )  # fmt: skip
         baseline = spec.baseline_params()
         if baseline is not None and not study.trials:
-            study.enqueue_trial(baseline, user_attrs={"baseline": True})
+            study.enqueue_trial(baseline, user_attrs={ATTR_BASELINE: True})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             verbosity = optuna.logging.get_verbosity()
@@ -104,7 +105,7 @@ class _MLPSearch(BaseEstimator):
         if not done:
             raise RuntimeError(f"no trial of the search completed ({len(study.trials)} tried)")
         best = max(done, key=lambda t: t.value)
-        config = replay_config(best.params, spec.space, epochs=spec.epochs, seed=best.user_attrs["seed"])
+        config = replay_config(best.params, spec.space, epochs=spec.epochs, seed=best.user_attrs[ATTR_SEED])
         result = fit_config(config, data.variant(config.numeric), include_val=True)
         if result.diverged:
             raise RuntimeError(f"refitting the best config on every row diverged: {result.diverged}")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from search import cli
 from search.artifacts.evaluation import best_config, read_best
 from search.posthoc.retrain import PROG, mean_line, retrain, seed_line
-from search.schema import RETRAIN_DIR
+from search.schema import ATTR_DEVICE, RETRAIN_DIR
 from search.training.fit import EpochMetrics
 
 # ---------------------------------------------------------------------------- command line
@@ -66,7 +66,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if done.reproduced is True:
         lines.append(f"seed {first} reproduced the trial's validation {metric} {value:.4f} exactly")
     elif done.reproduced is False:
-        device_then = done.best.get("trial_user_attrs", {}).get("device", "?")
+        device_then = done.best.get("trial_user_attrs", {}).get(ATTR_DEVICE, "?")
         lines.append(
             f"seed {first} did not reproduce the trial's validation {metric} {value:.4f} "
             f"(the search trained on {device_then}, this on {device})"

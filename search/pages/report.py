@@ -23,7 +23,17 @@ from plotly.offline import get_plotlyjs
 from search.errors import UserError
 from search.files import atomic_write
 from search.pages.sections import extra_sections, short_params
-from search.schema import ATTR_SECONDS, REPORT_HTML, RESULTS_DIR, STUDY_EPOCHS, STUDY_METRIC, study_dir
+from search.schema import (
+    ATTR_ARCH,
+    ATTR_PARAMS,
+    ATTR_SECONDS,
+    REPORT_HTML,
+    RESULTS_DIR,
+    STUDY_DATASET,
+    STUDY_EPOCHS,
+    STUDY_METRIC,
+    study_dir,
+)
 from search.storage.connect import redacted
 from search.tuning.finished import open_finished
 from search.tuning.space_edges import EdgeWarning, edge_warnings, study_space
@@ -132,9 +142,9 @@ def best_table(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> str:
             t.number,
             f"{t.value:.4f}",
             short_params(t.params),
-            a.get("architecture", ""),
-            f"{a['n_params']:,}" if isinstance(a.get("n_params"), int) else "",
-            f"{a['train_seconds']:.2f}" if isinstance(a.get("train_seconds"), (int, float)) else "",
+            a.get(ATTR_ARCH, ""),
+            f"{a[ATTR_PARAMS]:,}" if isinstance(a.get(ATTR_PARAMS), int) else "",
+            f"{a[ATTR_SECONDS]:.2f}" if isinstance(a.get(ATTR_SECONDS), (int, float)) else "",
         )
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     head = "".join(
@@ -264,10 +274,10 @@ def _summary(
     seconds = sum(float(t.user_attrs.get(ATTR_SECONDS) or 0) for t in trials)
     warn_items = "".join(f"<li>{esc(w.message())}</li>" for w in edges)
     return (
-        f"<p>Dataset <b>{esc(str(attrs.get('dataset', '?')))}</b>, "
-        f"{esc(str(attrs.get('epochs', '?')))} epochs per trial; {len(trials)} trials ({states}); "
+        f"<p>Dataset <b>{esc(str(attrs.get(STUDY_DATASET, '?')))}</b>, "
+        f"{esc(str(attrs.get(STUDY_EPOCHS, '?')))} epochs per trial; {len(trials)} trials ({states}); "
         f"{seconds:.0f} s of training.<br>Best: trial {best.number}, value <b>{best.value:.4f}</b>, "
-        f"{esc(str(best.user_attrs.get('architecture', '')))}<br>"
+        f"{esc(str(best.user_attrs.get(ATTR_ARCH, '')))}<br>"
         + (f"{esc(gain)}<br>" if (gain := baseline_gain(trials, best.value)) else "")
         + f'<span class="muted">storage {esc(redacted(url))}; '
         f"written {datetime.now().isoformat(timespec='seconds')}</span></p>"

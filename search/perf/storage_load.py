@@ -40,6 +40,7 @@ MEASURING = "search-storage-load"  # application_name of this process's own conn
 
 
 def _objective(trial: optuna.Trial) -> float:
+    from search.schema import ATTR_WORKER
     from search.storage.running import publish
 
     lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
@@ -49,7 +50,7 @@ def _objective(trial: optuna.Trial) -> float:
     publish(trial)  # as the search's objective does after sampling
     for step in range(1, STEPS + 1):
         trial.report(lr * step, step)
-    trial.set_user_attr("worker", f"{os.getpid()}")
+    trial.set_user_attr(ATTR_WORKER, f"{os.getpid()}")
     return lr
 
 

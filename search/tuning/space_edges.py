@@ -17,6 +17,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
 from search.errors import UserError
+from search.schema import STUDY_SPACE
 from search.tuning.space import FLOAT_KNOBS, INT_KNOBS, Param, parse_space
 
 EDGE_MARGIN = 0.1  # within 10% of a range's span (log span for log ranges) is "at the bound"
@@ -97,7 +98,7 @@ def edge_warnings(
 
 def study_space(study: optuna.Study, trials: Sequence[FrozenTrial]) -> dict[str, Param]:
     """The ranges searched: the study file's [space] stored by search.run, else Optuna's own."""
-    raw = study.user_attrs.get("space")
+    raw = study.user_attrs.get(STUDY_SPACE)
     if isinstance(raw, dict) and raw:
         try:
             return parse_space(raw, where=f"study {study.study_name}")
