@@ -53,7 +53,7 @@ def test_search_export_and_predict_a_table(tables, tmp_path, capsys, file, targe
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/s.db")
     assert study.user_attrs["task"] == task and study.user_attrs["table"]["train"] == str(data)
     out = tmp_path / "results" / name
-    for f in ("best.json", "model.pt", "preprocess.pkl", "importance.png", picture, "test_report.txt"):
+    for f in ("best.json", "model.pt", "preprocess.skops", "importance.png", picture, "test_report.txt"):
         assert (out / f).is_file(), f
     report = json.loads((out / "test_report.json").read_text())
     assert report["metric"] == ("accuracy" if task == "classification" else "r2")

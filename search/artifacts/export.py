@@ -49,6 +49,7 @@ from search.schema import (
     MODEL_PT,
     MODEL_TXT,
     PREPROCESS_PKL,
+    PREPROCESS_SKOPS,
     REPORT_JSON,
     REPORT_TXT,
     STUDY_DATASET,
@@ -275,7 +276,8 @@ def export_study(
         "provenance": best["provenance"],
     }
     if data.table is not None:  # the preprocessing travels with the model; a table's pictures
-        files.append(Preprocess.of(data, numeric).save(out / PREPROCESS_PKL).name)
+        files.append(Preprocess.of(data, numeric).save(out / PREPROCESS_SKOPS).name)
+        (out / PREPROCESS_PKL).unlink(missing_ok=True)  # an older export's pickle: never left to open
         predictor = Predictor(model, Preprocess.of(data, numeric), data.device)
         truth = evaluation.targets if data.task == "regression" else data.y_test.cpu().numpy()
         importance = permutation_importance(predictor, data.table.frames["test"], truth, data.metric)

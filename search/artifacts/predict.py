@@ -1,18 +1,23 @@
 """Predictions from an exported table model: the library behind `python -m search.predict`.
 
 An export of a table study holds, beside best.json and model.pt, the fitted preprocessing
-(`preprocess.pkl`: the ColumnTransformer of the trial's numeric transform, the input columns, the
-classes as the target column held them, and the regression target's scale), so a `Predictor`
-takes raw rows: a DataFrame (or a CSV or Parquet file) with the training table's columns, matched
-by name and in any order; missing values and unseen categories are handled as in training.
-The pickle is this project's own artifact: load it only from a results folder you trust.
+(`preprocess.skops`: the ColumnTransformer of the trial's numeric transform, in skops' format,
+and as JSON text the input columns, the classes as the target column held them, and the
+regression target's scale), so a `Predictor` takes raw rows: a DataFrame (or a CSV or Parquet
+file) with the training table's columns, matched by name and in any order; missing values and
+unseen categories are handled as in training.
+
+Loading the file runs no code from it: skops builds only scikit-learn's and NumPy's types it
+trusts and the few names in TRUSTED_TYPES, and a file that names any other type is refused
+before anything in it is built. An export from before this format (a `preprocess.pkl`, a
+pickle, which could run anything when loaded) is never opened: export the study again.
 """
 
 from __future__ import annotations
 
 import copy
-import io
-import pickle
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,20 @@ from search.data.tables import read_table
 from search.data.targets import TargetScale
 from search.errors import UserError, first_line
 from search.files import atomic_write
-from search.schema import BEST_JSON, MODEL_PT, PREDICTIONS_CSV, PREPROCESS_PKL
+from search.schema import BEST_JSON, MODEL_PT, PREDICTIONS_CSV, PREPROCESS_PKL, PREPROCESS_SKOPS
 
-FORMAT = 1  # preprocess.pkl's layout version
+FORMAT = 2  # preprocess.skops's layout version (1 was preprocess.pkl, a pickle: never read now)
+
+# The types beyond skops' defaults (scikit-learn's estimators, builtins, NumPy arrays) that an
+# export's ColumnTransformer holds, as skops.io.get_untrusted_types reports them for an export of
+# every numeric transform in search.data.numeric (numeric, categorical, boolean and missing
+# columns): NumPy's dtype objects, and the two module-level functions search.data.tables hands
+# to FunctionTransformer. Loading builds nothing else; never pass trusted=True.
+TRUSTED_TYPES = (
+    "numpy.dtype",
+    "search.data.tables._as_text",  # the categorical columns' cast to text
+    "search.data.tables.smooth_clip",  # the `robust` transform's soft clip
+)
 
 
 @dataclass
@@ -52,24 +68,95 @@ class Preprocess:
         )  # fmt: skip
 
     def save(self, path: Path) -> Path:
-        buffer = io.BytesIO()
-        pickle.dump({"format": FORMAT, "preprocess": self}, buffer)
-        return atomic_write(path, buffer.getvalue())
+        """`path` (preprocess.skops): the transformer in skops' format, the rest as JSON text."""
+        import skops.io
+
+        meta = {
+            "columns": list(self.columns), "task": self.task,
+            "classes": [_class_to_json(c) for c in self.classes],
+            "target": None if self.target is None else dataclasses.asdict(self.target),
+            "target_name": self.target_name,
+        }  # fmt: skip
+        state = {"format": FORMAT, "meta": json.dumps(meta), "transformer": self.transformer}
+        return atomic_write(path, skops.io.dumps(state))
+
+
+def _class_to_json(value) -> Any:
+    """A class value as JSON that gives the same value back (type included): Python's str, int,
+    float and bool as themselves; NumPy's scalars, pandas' Timestamps and Timedeltas tagged; any
+    other type as its text (the label the model was trained on)."""
+    if type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biufU":
+        return {"numpy": value.dtype.str, "value": value.item()}
+    import pandas as pd
+
+    if isinstance(value, pd.Timestamp):
+        return {"timestamp": value.isoformat(), "tz": None if value.tz is None else str(value.tz)}
+    if isinstance(value, pd.Timedelta):
+        return {"timedelta": value.isoformat()}
+    return {"text": str(value)}
+
+
+def _class_from_json(value) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if "numpy" in value:
+        dtype = np.dtype(value["numpy"])
+        if dtype.kind not in "biufU":
+            raise ValueError(f"a class of NumPy type {dtype} is not one an export writes")
+        return dtype.type(value["value"])
+    import pandas as pd
+
+    if "timestamp" in value:
+        stamp = pd.Timestamp(value["timestamp"])
+        return stamp.tz_convert(value["tz"]) if value["tz"] and stamp.tz is not None else stamp
+    if "timedelta" in value:
+        return pd.Timedelta(value["timedelta"])
+    return str(value["text"])
 
 
 def load_preprocess(path: Path) -> Preprocess:
+    """The preprocessing in `path` (an export's preprocess.skops), built only from trusted types:
+    a file that names any other type is refused, one line, before anything in it is built."""
+    old = path.parent / PREPROCESS_PKL
+    if not path.is_file() and old.is_file():
+        raise UserError(
+            f"{path.parent}: the export predates safe loading (its {PREPROCESS_PKL} is a pickle, "
+            "which could run code, and is not opened); run python -m search.export again"
+        )
     if not path.is_file():
         raise UserError(f"{path} does not exist: the folder holds no table model's export")
+    import skops.io
+
+    not_ours = f"{path}: not a preprocess file of python -m search.export"
     try:
-        with open(path, "rb") as fh:
-            raw = pickle.load(fh)  # noqa: S301  # the project's own artifact (see the docstring)
+        untrusted = skops.io.get_untrusted_types(file=path)  # reads the schema, builds nothing
     except Exception as e:
+        raise UserError(f"{not_ours} ({first_line(e)})") from None
+    refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if refused:
         raise UserError(
-            f"{path}: not a preprocess file of python -m search.export ({first_line(e)})"
-        ) from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            f"{path}: refused, it names type(s) an export never holds ({', '.join(refused[:8])}"
+            f"{', ...' if len(refused) > 8 else ''}); nothing in it was loaded or run"
+        )
+    try:
+        state = skops.io.load(path, trusted=list(TRUSTED_TYPES))
+    except Exception as e:
+        raise UserError(f"{not_ours} ({first_line(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: written by another version of search; export the study again")
-    return raw["preprocess"]
+    try:
+        meta = json.loads(state["meta"])
+        target = meta["target"]
+        return Preprocess(
+            transformer=state["transformer"], columns=[str(c) for c in meta["columns"]],
+            task=str(meta["task"]), classes=[_class_from_json(c) for c in meta["classes"]],
+            target=None if target is None else TargetScale(**target),
+            target_name=str(meta["target_name"]),
+        )  # fmt: skip
+    except Exception as e:
+        raise UserError(f"{not_ours} ({first_line(e)})") from None
 
 
 @dataclass
@@ -125,7 +212,7 @@ def load_predictor(folder: str | Path, *, device: str | torch.device = "cpu") ->
     best = read_best(folder / BEST_JSON)
     if best.get("dataset") != "table":
         raise UserError(f"--model {folder}: a {best.get('dataset')} model takes images, not table rows")
-    pre = load_preprocess(folder / PREPROCESS_PKL)
+    pre = load_preprocess(folder / PREPROCESS_SKOPS)
     n_inputs = len(pre.transformer.get_feature_names_out())
     n_out = 1 if pre.task == "regression" else len(pre.classes)
     model = load_model(best, folder / MODEL_PT, in_features=n_inputs, n_classes=n_out, device=device)
