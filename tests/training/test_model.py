@@ -47,10 +47,25 @@ def test_residual_blocks_add_an_inverted_bottleneck_of_the_normalized_input():
         TrainConfig(hidden=(6, 5), residual=True)
 
 
-def test_layernorm_takes_batchnorms_place_between_linear_and_activation():
+def test_layernorm_normalizes_each_row_over_its_units_between_linear_and_activation():
     config = TrainConfig(hidden=(8, 6), batchnorm=False, layernorm=True, activation="gelu")
-    kinds = [type(m) for m in build_mlp(config, in_features=4, n_classes=2)]
-    assert kinds == [nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear]
+    model = build_mlp(config, in_features=4, n_classes=2).train()
+    for m in model.modules():  # non-trivial affine parameters, so a skipped scale would show
+        if isinstance(m, nn.LayerNorm):
+            nn.init.uniform_(m.weight, 0.5, 2.0)
+            nn.init.uniform_(m.bias, -1.0, 1.0)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    x = torch.randn(5, 4)
+    h = x
+    for lin, norm in zip(linears, norms, strict=False):  # by hand: standardize each row, scale, shift
+        z = h @ lin.weight.T + lin.bias
+        z = (z - z.mean(1, keepdim=True)) / torch.sqrt(z.var(1, unbiased=False, keepdim=True) + norm.eps)
+        h = F.gelu(z * norm.weight + norm.bias)
+    by_hand = h @ linears[-1].weight.T + linears[-1].bias
+    assert torch.allclose(model(x), by_hand, atol=1e-5)
+    # unlike BatchNorm, a row's output does not depend on the rest of its batch, even in training
+    assert torch.allclose(model(x[:2]), model(x)[:2], atol=1e-6)
     assert architecture(config, in_features=4, n_classes=2) == "4-8(ln,gelu)-6(ln,gelu)-2"
 
 
