@@ -40,6 +40,7 @@ from search.tuning.finished import open_finished
 from search.tuning.run import bar_events, bar_total, prepare_run
 from search.tuning.runner import run_search
 from search.tuning.study_file import load_study
+from search.tuning.trials import value_of
 
 
 def optimize(
@@ -77,10 +78,9 @@ def optimize(
             raise UserError("data and target go together: the table and the column to predict")
         name = study_name or (f"{Path(data).stem}-{target}" if isinstance(data, (str, Path)) else "table")
         folder = study_dir(results_dir, name) / "data"
-        table = table_spec(
-            _on_disk(data, folder / "train.parquet"), target, test=_on_disk(test, folder / "test.parquet"),
-            task=task, metric=metric,
-        )  # fmt: skip
+        train_path = _on_disk(data, folder / "train.parquet")
+        test_path = None if test is None else _on_disk(test, folder / "test.parquet")
+        table = table_spec(train_path, target, test=test_path, task=task, metric=metric)
         study_name = name
     opts = prepare_run(
         table=table,
@@ -99,10 +99,10 @@ def optimize(
     )
 
 
-def _on_disk(table, path: Path) -> str | None:
+def _on_disk(table, path: Path) -> str:
     """A path to the table: its own, or where an in-memory one is written (if not there already)."""
-    if table is None or isinstance(table, (str, Path)):
-        return None if table is None else str(table)
+    if isinstance(table, (str, Path)):
+        return str(table)
     frame = read_table(table)
     frame.columns = [str(c) for c in frame.columns]
     buffer = io.BytesIO()
@@ -216,12 +216,13 @@ def load_best(
         found = exporting.retrain_weights(trial, config, data, why=found)
     model, numeric, members = found.model.eval(), config.numeric, None
     folder = study_dir(results_dir, name)
-    selection, ens = ensemble.choose(folder, study.completed(), data, trial.value)
+    value = value_of(trial)
+    selection, ens = ensemble.choose(folder, study.completed(), data, value)
     if ens is not None:
         model, numeric, members = ens, selection.numeric, selection.weights
     pre = Preprocess.of(data, numeric) if data.table is not None else None
     return BestModel(
-        name, trial.number, trial.value, config, model, data.mean, data.std, data.classes, data, pre, members
+        name, trial.number, value, config, model, data.mean, data.std, data.classes, data, pre, members
     )
 
 

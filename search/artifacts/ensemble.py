@@ -15,6 +15,7 @@ input, so the selection runs within each transform's trials and the best group w
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def select(entries: list[pool.Entry], data: Dataset, *, steps: int = STEPS) -> S
     for numeric, group in groups.items():
         group = sorted(group, key=lambda e: (-e.value, e.trial_number))
         outputs = torch.stack([e.outputs for e in group]).to(y.device)
-        how = dict(task=data.task, metric=data.metric, target=data.target)
+        how: dict[str, Any] = dict(task=data.task, metric=data.metric, target=data.target)
         counts, score, _ = greedy(outputs, y, steps=steps, **how)
         _, (single,) = losses_and_scores(outputs[:1], y, **how)
         chosen = {group[i].trial_number: c for i, c in enumerate(counts) if c}
@@ -104,7 +105,9 @@ class Ensemble(nn.Module):
     """Members' weighted mean probability, as log-probabilities (or their weighted mean output,
     for regression); takes what every member takes: the rows of one numeric transform."""
 
-    def __init__(self, models: list[nn.Module], weights: list[float], *, regression: bool):
+    weights: torch.Tensor  # a buffer: the members' weights, summing to 1
+
+    def __init__(self, models: Sequence[nn.Module], weights: list[float], *, regression: bool):
         super().__init__()
         self.members = nn.ModuleList(models)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float64))

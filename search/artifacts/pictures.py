@@ -44,6 +44,8 @@ FRAME = "#bbbbbb"  # light grey, so a white image still shows its edges
 RED = (214, 0, 0)
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, right/bottom exclusive
+Labels = Sequence[int] | np.ndarray | torch.Tensor  # class indices, one per image
+Scores = Sequence[float] | np.ndarray | torch.Tensor  # a number per image
 
 
 class Cell(NamedTuple):
@@ -134,9 +136,8 @@ def sample_grid(data: Dataset, *, n: int = 16, split: str = "train", seed: int =
 
 
 def predictions_grid(
-    images: torch.Tensor, true: Sequence[int], pred: Sequence[int], classes: Sequence[str], *, n: int = 32,
-    seed: int = 0,
-) -> Image.Image:  # fmt: skip
+    images: torch.Tensor, true: Labels, pred: Labels, classes: Sequence[str], *, n: int = 32, seed: int = 0
+) -> Image.Image:
     """n images captioned "true / pred", wrong ones in red: a seeded sample, not the first n, since
     an image-tree test split is ordered by class; shown in their original order."""
     images = torch.as_tensor(images)
@@ -159,7 +160,7 @@ def error_caption(true: str, pred: str, confidence: float) -> str:
 
 
 def most_confident_errors(
-    true: Sequence[int], pred: Sequence[int], confidence: Sequence[float], *, n: int = 16
+    true: Sequence[int], pred: Sequence[int], confidence: Scores, *, n: int = 16
 ) -> list[int]:
     """Indices of the mistakes (true != pred), most confident first (ties: lower index first)."""
     if n < 1:
@@ -173,8 +174,8 @@ def most_confident_errors(
 
 
 def errors_grid(
-    images: torch.Tensor, true: Sequence[int], pred: Sequence[int], confidence: Sequence[float],
-    classes: Sequence[str], *, n: int = 16,
+    images: torch.Tensor, true: Labels, pred: Labels, confidence: Scores, classes: Sequence[str], *,
+    n: int = 16,
 ) -> Image.Image:  # fmt: skip
     """The n most confident mistakes, most confident first, captioned "true -> pred (97%)"."""
     images = torch.as_tensor(images)
@@ -190,8 +191,8 @@ def errors_grid(
 
 
 def write_prediction_figures(
-    *, images: torch.Tensor, true: Sequence[int], pred: Sequence[int], confidence: Sequence[float],
-    classes: Sequence[str], out_dir: str | Path,
+    *, images: torch.Tensor, true: Labels, pred: Labels, confidence: Scores, classes: Sequence[str],
+    out_dir: str | Path,
 ) -> dict[str, Path]:  # fmt: skip
     """Write predictions.png and errors.png into out_dir; {"predictions": path, "errors": path}.
     `images`: the de-normalized test images; `confidence`: the softmax probability of each `pred`."""

@@ -58,6 +58,7 @@ class Dataset:
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized rows [N, C*H*W] -> pixels [N, C, H, W] in [0, 1] on the CPU, for pictures."""
+        assert self.image_shape is not None, f"{self.name} is a table: it has no images"
         x = x.detach().to("cpu", torch.float32).reshape(-1, *self.image_shape)
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)

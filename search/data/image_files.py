@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -243,8 +244,17 @@ def _read_cache(path: Path) -> RawImages | None:
 
 
 def _write_cache(path: Path, raw: RawImages) -> None:
-    arrays = dict(train_x=raw.train_x, train_y=raw.train_y, test_x=raw.test_x, test_y=raw.test_y)
+    def write(fh: IO[bytes]) -> None:  # keywords spelled out: numpy's stub reads a ** dict as allow_pickle
+        np.savez(
+            fh,
+            train_x=raw.train_x,
+            train_y=raw.train_y,
+            test_x=raw.test_x,
+            test_y=raw.test_y,
+            classes=np.array(raw.classes, dtype=str),
+        )
+
     try:  # a file object, so np.savez does not append ".npz"; a concurrent reader sees all or nothing
-        atomic_write(path, lambda fh: np.savez(fh, **arrays, classes=np.array(raw.classes, dtype=str)))
+        atomic_write(path, write)
     except OSError as e:  # an unwritable cache slows the next load; it must not fail this one
         warnings.warn(f"cannot write decode cache {path}: {first_line(e)}", stacklevel=3)

@@ -43,21 +43,23 @@ class StudyRow:
 def study_row(study: optuna.Study) -> StudyRow:
     trials = study.get_trials(deepcopy=False)
     states = state_counts(trials)
-    ended = [t for t in trials if t.datetime_start and t.datetime_complete]
+    ended = [
+        (t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete
+    ]
     best = None
     if len(study.directions) == 1:
         best = best_complete(trials, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
     wall = None
     if ended:
         first = min(t.datetime_start for t in trials if t.datetime_start)
-        wall = (max(t.datetime_complete for t in ended) - first).total_seconds()
+        wall = (max(end for _, end in ended) - first).total_seconds()
     return StudyRow(
         name=study.study_name,
         states=states,
         best_value=best.value if best else None,
         best_number=best.number if best else None,
         best_params=dict(best.params) if best else {},
-        trial_seconds=sum((t.datetime_complete - t.datetime_start).total_seconds() for t in ended),
+        trial_seconds=sum((end - start).total_seconds() for start, end in ended),
         wall_seconds=wall,
         baseline_value=base.value if (base := baseline_trial(trials)) else None,
     )

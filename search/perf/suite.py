@@ -149,8 +149,8 @@ def run_study(
         values = [t.value for t in done if t.state.name == "COMPLETE" and t.value is not None]
         out["best"] = max(values) if values else None
         if done:
-            first = min(t.datetime_start for t in done)
-            span = (max(t.datetime_complete for t in done) - first).total_seconds()
+            first = min(t.datetime_start for t in done if t.datetime_start)  # all have both: narrows
+            span = (max(t.datetime_complete for t in done if t.datetime_complete) - first).total_seconds()
             out["trials_span_s"] = span
             out["trials_per_hour"] = len(done) / span * 3600 if span > 0 else None
             seconds = [float(t.user_attrs.get(ATTR_SECONDS, 0.0)) for t in done]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from search.storage.connect import open_storage, redacted
 from search.training.fit import EpochMetrics, fit
 from search.training.model import architecture
 from search.tuning.finished import open_finished
-from search.tuning.trials import complete_trials, counts_text
+from search.tuning.trials import complete_trials, counts_text, value_of
 
 PROG = "python -m search.audit"
 FORMAT = 1  # audit.json's layout version
@@ -289,11 +289,11 @@ def _payload(
     n: int,
     seed: int,
 ) -> dict[str, Any]:
-    values = [t.value for t in complete_trials(trials)]
+    values = [value_of(t) for t in complete_trials(trials)]
     median, threshold = statistics.median(values), top_threshold(values)
     rows = [a.as_dict(median, threshold) for a in audited]
-    finished = [a for a in audited if a.value is not None]
-    top = max(finished, key=lambda a: a.value, default=None)
+    finished = [(a.value, a) for a in audited if a.value is not None]
+    top_value, top = max(finished, key=lambda pair: pair[0], default=(None, None))
     n_audited = len(audited)
     above = sum(r["above_median"] for r in rows)
     in_top = sum(r["in_top10"] for r in rows)
@@ -322,15 +322,15 @@ def _payload(
         "in_top10": in_top,
         "false_prune_rate_median": above / n_audited,
         "false_prune_rate_top10": in_top / n_audited,
-        "best_audited_value": top.value if top else None,
+        "best_audited_value": top_value,
         "best_audited_trial": top.number if top else None,
-        "regret": top.value - best.value if top else None,
+        "regret": top_value - value_of(best) if top_value is not None else None,
         "all_reproduced_prefix": all(a.reproduced_prefix for a in audited),
         "trials": rows,
     }
 
 
-def finding_lines(p: dict[str, Any]) -> list[str]:
+def finding_lines(p: Mapping[str, Any]) -> list[str]:
     """audit.json's findings in words: the false-prune counts and the regret."""
     c, n = p["completed"], p["n_audited"]
     lines = [

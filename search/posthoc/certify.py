@@ -112,12 +112,17 @@ class Candidate:
         return any(f.val_score is None for f in self.fits)
 
     @property
+    def _scores(self) -> list[float]:
+        """The seeds' validation scores, those that diverged left out."""
+        return [v for v in self.val_values if v is not None]
+
+    @property
     def val_mean_std(self) -> tuple[float, float]:
-        return (math.nan, math.nan) if self.diverged else mean_std(self.val_values)
+        return (math.nan, math.nan) if self.diverged else mean_std(self._scores)
 
     def as_dict(self) -> dict[str, Any]:
         mean, std = self.val_mean_std
-        ci = None if self.diverged else t_interval(self.val_values)
+        ci = None if self.diverged else t_interval(self._scores)
         return {
             "trial_number": self.trial.number,
             "search_rank": self.search_rank,

@@ -138,6 +138,7 @@ def retrain(
         result = fit(cfg, data, on_epoch=report, include_val=full)
         if result.diverged:
             raise UserError(f"seed {cfg.seed} diverged: {result.diverged}; this config is unstable")
+        assert result.model is not None  # a finished fit holds its model
         done.runs.append(
             SeedRun(
                 seed=cfg.seed,
@@ -164,6 +165,7 @@ def _retrain_ensemble(done: Retrained, data, saved, seeds: int, epochs, *, on_ep
             result = fit(cfg, data, include_val=done.full, on_epoch=report)
             if result.diverged:
                 raise UserError(f"a member with seed {cfg.seed} diverged: {result.diverged}")
+            assert result.model is not None  # a finished fit holds its model
             models.append(result.model)
         model = ensembles.Ensemble(models, weights, regression=data.task == "regression").eval()
         val = None if done.full else score_split(model, data, "val", saved["numeric"])
@@ -177,6 +179,7 @@ def _write(done: Retrained, *, data_sizes: tuple[int, int], argv, device) -> Non
     first = done.runs[0]
     assert first.model is not None
     if done.members:
+        assert isinstance(first.model, ensembles.Ensemble)  # _retrain_ensemble's
         trials = [m["trial_number"] for m in done.members]
         configs = [TrainConfig.from_dict(m["config"]) for m in done.members]
         ensembles.save(out / ENSEMBLE_PT, first.model, trials, configs, configs[0].numeric, half=False)

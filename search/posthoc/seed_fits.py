@@ -38,6 +38,7 @@ class SeedFit:
 
 def _fit_one(config: TrainConfig, data: Dataset) -> SeedFit:
     result = fit(config, data)
+    assert result.model is not None  # a finished fit holds its model
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, buffer)
     return SeedFit(
@@ -85,13 +86,13 @@ def run_fits(
     jobs = 1: in this process, on `data`. jobs > 1: in that many spawned workers, each loading
     the study's data once (on `data`'s device) with `threads` torch threads.
     """
-    done: list[SeedFit | None] = [None] * len(configs)
+    done: dict[int, SeedFit] = {}  # index in `configs` -> its fit
     if jobs == 1 or len(configs) <= 1:
         for i, config in enumerate(configs):
             done[i] = _fit_one(config, data)
             if on_fit is not None:
                 on_fit(i, done[i])
-        return done  # type: ignore[return-value]
+        return [done[i] for i in range(len(configs))]
     ctx = mp.get_context("spawn")  # CUDA cannot be forked; spawn also isolates torch's threads
     split = {k: binding[k] for k in ("dataset", "val_fraction", "split_seed")}
     pool = ProcessPoolExecutor(
@@ -107,7 +108,7 @@ def run_fits(
                 on_fit(i, done[i])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return done  # type: ignore[return-value]
+    return [done[i] for i in range(len(configs))]
 
 
 def load_weights(config: TrainConfig, fit_: SeedFit, data: Dataset) -> torch.nn.Module:

@@ -70,6 +70,7 @@ class PaddedImages:
             if not self.t:
                 return self.rows.index_select(0, rows)
             dy = dx = torch.zeros_like(rows)
+        assert dx is not None, "dy and dx come together"
         start = rows * self.image_size - dy * self.wp - dx
         windows = self.windows.index_select(0, (start.view(-1, 1) + self.base).view(-1))
         return windows.view(len(rows), -1)
@@ -122,8 +123,8 @@ class Augmenter:
         b, device = idx.shape[1], idx.device
         flips, dys, dxs = [], [], []
         for flip, t, g in zip(self.flips, self.ts, self.gens, strict=True):
-            coin = torch.rand(b, device=device, generator=g) < 0.5 if flip else None
-            flips.append(coin * self.n if flip else idx.new_zeros(b))
+            coin = (torch.rand(b, device=device, generator=g) < 0.5) if flip else None
+            flips.append(coin * self.n if coin is not None else idx.new_zeros(b))
             if t:
                 span = 2 * t + 1
                 dy, dx = _offsets(torch.randint(0, span * span, (b,), device=device, generator=g), t)

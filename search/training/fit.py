@@ -141,7 +141,7 @@ def fit_stacked(
 class _Member:
     index: int  # position in fit_stacked's `configs`
     config: TrainConfig
-    model: nn.Module  # the portable model: its initial weights, and the trained ones when it leaves
+    model: nn.Sequential  # the portable model: its initial weights, and the trained ones when it leaves
     batches: torch.Generator  # each epoch's batch order
     dropout: torch.Generator
     state: TrainState | None  # where it resumes from
@@ -215,7 +215,10 @@ class _StackRun:
             device, x.dtype, regression=data.task == "regression",
         )  # fmt: skip
         optimizer = MemberOptimizers(configs, stack.param, stack.grad, epochs * n_batches, first * n_batches)
-        augment = Augmenter(configs, data.image_shape, x) if any(c.augments for c in configs) else None
+        augment = None
+        if any(c.augments for c in configs):
+            assert data.image_shape is not None  # check_augmentable refused augments without images
+            augment = Augmenter(configs, data.image_shape, x)
         mixer = Mixer(configs, data.image_shape) if any(c.mixes for c in configs) else None
         for row, m in enumerate(members):
             if m.state is not None:
@@ -322,6 +325,7 @@ class _StackRun:
         the whitening folded into its first layer computes for mirrored inputs."""
         if self.mirror is None:
             c, base = self.configs[0], self.data.variant(self.configs[0].numeric)
+            assert base.image_shape is not None  # check_augmentable refused tta_hflip without images
             x = mirrored(base.x_val, base.image_shape[2])
             if c.whiten == "zca":
                 mean, w = zca_matrix(base, c.zca_eps)

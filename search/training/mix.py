@@ -58,6 +58,7 @@ class Mixer:
             lam = float(betaincinv(alpha, alpha, torch.rand((), dtype=torch.float64, generator=g).item()))
             perms.append(torch.randperm(b, generator=g))
             if cut:
+                assert self.image_shape is not None, "CutMix needs images (check_augmentable)"
                 _, h, w = self.image_shape
                 cy, cx = int(torch.randint(0, h, (), generator=g)), int(torch.randint(0, w, (), generator=g))
                 boxes[row] = top, bottom, left, right = cut_box(lam, h, w, cy, cx)
@@ -65,12 +66,13 @@ class Mixer:
             lams.append(lam)
         perm = torch.stack(perms).to(x.device)
         partner_x = x.gather(1, perm.unsqueeze(2).expand_as(x))
-        lam = torch.tensor(lams, dtype=x.dtype).to(x.device).view(k, 1)
+        lam_k = torch.tensor(lams, dtype=x.dtype).to(x.device).view(k, 1)
         blend = [r for r, (mixup, _) in enumerate(self.alphas) if mixup and r not in boxes]
         out = x.clone()
         if blend:
-            out[blend] = torch.lerp(partner_x[blend], x[blend], lam[blend].unsqueeze(2))
+            out[blend] = torch.lerp(partner_x[blend], x[blend], lam_k[blend].unsqueeze(2))
         for row, (top, bottom, left, right) in boxes.items():
+            assert self.image_shape is not None  # a box comes only from CutMix, on images
             images, partners = out[row].view(b, *self.image_shape), partner_x[row].view(b, *self.image_shape)
             images[:, :, top:bottom, left:right] = partners[:, :, top:bottom, left:right]
-        return out, y.gather(1, perm), lam
+        return out, y.gather(1, perm), lam_k

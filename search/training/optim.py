@@ -13,6 +13,7 @@ average is saved, resumed and narrowed with the stack exactly as Adam's moments 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.optim.adam import adam
@@ -37,9 +38,10 @@ class _MemberState:
         self.step = torch.zeros((), dtype=torch.float32, device=like.device)  # Adam's and RMSprop's count
 
     def buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        if self.tensors.get(name) is None:
-            self.tensors[name] = torch.zeros_like(like)
-        return self.tensors[name]
+        tensor = self.tensors.get(name)
+        if tensor is None:
+            tensor = self.tensors[name] = torch.zeros_like(like)
+        return tensor
 
 
 class MemberOptimizers:
@@ -65,7 +67,7 @@ class MemberOptimizers:
         for k, m in enumerate(self.members):
             c, p, g = m.config, self.param[k], self.grad[k]
             lr = c.lr * lr_factor(c.schedule, c.warmup, self.steps, self.total_steps)
-            common = dict(lr=lr, weight_decay=c.weight_decay, maximize=False, **m.flags)
+            common: dict[str, Any] = dict(lr=lr, weight_decay=c.weight_decay, maximize=False, **m.flags)
             if c.optimizer == "sgd":
                 bufs = [m.tensors.get("momentum_buffer")]  # None: the first step creates it
                 sgd([p], [g], bufs, momentum=c.momentum, dampening=0.0, nesterov=False, **common)
@@ -92,7 +94,7 @@ class MemberOptimizers:
 
     def averages(self) -> dict[int, torch.Tensor]:
         """Row -> its weights' moving average, for the members that keep one."""
-        return {k: m.tensors["ema"] for k, m in enumerate(self.members) if m.tensors.get("ema") is not None}
+        return {k: ema for k, m in enumerate(self.members) if (ema := m.tensors.get("ema")) is not None}
 
     def buffers(self, row: int) -> dict[str, torch.Tensor]:
         """Member `row`'s optimizer state, each a [P] row of the stack's layout."""

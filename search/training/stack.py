@@ -29,7 +29,7 @@ from search.training.model import Block, dims
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
 LN_EPS = 1e-5  # nn.LayerNorm's default
 
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "leaky_relu": F.leaky_relu,
     "elu": F.elu,
@@ -55,7 +55,8 @@ class Layout:
     def entries(self) -> list[tuple[str, tuple[int, ...]]]:
         """Per plain layer i: w{i} [in, out], b{i}, then its norm's g{i}, be{i}. Per residual block
         i: the norm of its input (g{i}, be{i}), then w{i} [w, e*w], b{i}, u{i} [e*w, w], c{i}."""
-        out, width = [], self.in_features
+        out: list[tuple[str, tuple[int, ...]]] = []
+        width = self.in_features
         norms = self.batchnorm or self.layernorm
         for i, w in enumerate(self.widths):
             if self.expansion and i:
@@ -123,24 +124,26 @@ def transfer(src: torch.Tensor, src_layout: Layout, dst: torch.Tensor, dst_layou
             shared = tuple(
                 slice(0, min(x, y)) for x, y in zip(a[name].shape[1:], view.shape[1:], strict=True)
             )
-            view[(slice(None), *shared)].copy_(a[name][(slice(None), *shared)])
+            region = (slice(None), *shared)
+            view[region].copy_(a[name][region])
 
 
-def _modules(model: nn.Module, kind: type) -> list:
+def _modules(model: nn.Sequential, kind: type | tuple[type, ...]) -> list:
     return [m for m in model if isinstance(m, kind)]
 
 
-def portable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def portable_tensors(model: nn.Sequential) -> dict[str, torch.Tensor]:
     """A model built by `build_mlp`, its tensors named as the stack's layout names them (the
     weights as transposed views: the stack keeps them [in, out])."""
     linears = _modules(model, nn.Linear)  # the first hidden layer (if any) and the head
     norms = _modules(model, (nn.BatchNorm1d, nn.LayerNorm))
-    out = {}
+    out: dict[str, torch.Tensor] = {}
 
     def norm_tensors(i: int, norm: nn.Module) -> None:
         if isinstance(norm, (nn.BatchNorm1d, nn.LayerNorm)):
             out[f"g{i}"], out[f"be{i}"] = norm.weight, norm.bias
         if isinstance(norm, nn.BatchNorm1d):
+            assert norm.running_mean is not None and norm.running_var is not None  # build_mlp tracks them
             out[f"rm{i}"], out[f"rv{i}"] = norm.running_mean, norm.running_var
 
     for i, lin in enumerate(linears[:-1]):
@@ -159,7 +162,7 @@ class StackedMLP:
     """The members' weights as rows of `param` [K, P], their gradients as rows of `grad`."""
 
     def __init__(
-        self, configs: list[TrainConfig], models: list[nn.Module], layout: Layout, device, dtype, *,
+        self, configs: list[TrainConfig], models: list[nn.Sequential], layout: Layout, device, dtype, *,
         regression: bool = False,
     ):  # fmt: skip
         self.configs, self.layout, self.regression = list(configs), layout, regression
@@ -204,13 +207,14 @@ class StackedMLP:
         self.any_l1 = any(c.l1 > 0 for c in configs)
         self.any_smoothing = any(c.label_smoothing > 0 for c in configs)
         self.smoothing = column([c.label_smoothing for c in configs], dims=2)
-        self.activation_runs = []
+        self.activation_runs: list[tuple[int, int, str]] = []  # (first row, end row, activation)
         for c in configs:
             if self.activation_runs and self.activation_runs[-1][2] == c.activation:
-                self.activation_runs[-1][1] += 1
+                start, end, activation = self.activation_runs[-1]
+                self.activation_runs[-1] = (start, end + 1, activation)
             else:
                 a = self.activation_runs[-1][1] if self.activation_runs else 0
-                self.activation_runs.append([a, a + 1, c.activation])
+                self.activation_runs.append((a, a + 1, c.activation))
 
         # Real (unpadded) units of each member per layer, as 0/1 masks [K, 1, width] (None where
         # no member is padded); for residual blocks also of their inner layers.
@@ -405,7 +409,7 @@ class StackedMLP:
             out[name] = src[name][row][where]
         return out
 
-    def write_member(self, row: int, model: nn.Module, steps: int) -> None:
+    def write_member(self, row: int, model: nn.Sequential, steps: int) -> None:
         """Copy member `row`'s weights and running statistics into its portable `model`."""
         with torch.no_grad():
             mine = self.member_tensors(row)
@@ -413,6 +417,7 @@ class StackedMLP:
                 tensor.copy_(mine[name])
             for bn in model.modules():
                 if isinstance(bn, nn.BatchNorm1d):
+                    assert bn.num_batches_tracked is not None  # build_mlp's BatchNorm tracks its statistics
                     bn.num_batches_tracked.fill_(steps)
 
     def keep(self, rows: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -32,7 +32,7 @@ from search.training.config import TrainConfig
 from search.training.model import architecture, param_count
 from search.tuning.binding import load_bound_dataset, study_binding
 from search.tuning.space import parse_space, replay_config, trial_seed
-from search.tuning.trials import best_complete, counts_text
+from search.tuning.trials import best_complete, counts_text, value_of
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Finished:
 
     def completed(self) -> dict[int, float]:
         """Each COMPLETE trial's number and value."""
-        return {t.number: t.value for t in self.trials if t.state == TrialState.COMPLETE}
+        return {t.number: value_of(t) for t in self.trials if t.state == TrialState.COMPLETE}
 
     def best(self) -> FrozenTrial:
         """The COMPLETE trial with the highest value; among equals the earliest, as the search's

@@ -116,6 +116,7 @@ class Objective:
             trial.set_user_attr(ATTR_REASON, reason)
             raise optuna.TrialPruned(reason)
         if self.checkpoint_dir is not None:
+            assert result.model is not None  # a finished fit holds its model
             best_weights.save_if_best(
                 self.checkpoint_dir,
                 value=result.val_score,

@@ -171,7 +171,7 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
         if (
             not isinstance(raw, typ)
             or isinstance(raw, bool)
-            or typ is list
+            or isinstance(raw, list)  # typ is list: raw passed the isinstance above
             and not all(isinstance(v, str) for v in raw)
         ):
             raise UserError(f"{where}: study.{key}: expected {typ.__name__} (of column names), got {raw!r}")
@@ -182,18 +182,19 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
     if given and values["dataset"] != "table":
         raise UserError(f'{where}: study.{sorted(given)[0]} belongs to dataset = "table" studies')
     if given.get("train") is not None and given.get("target") is not None:
-        values["table"] = TableSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+        spec_fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+        values["table"] = TableSpec(**spec_fields)
     elif given:
         raise UserError(f"{where}: a table study names both study.train and study.target (or neither)")
     if values["dataset"] is None:
         raise UserError(f"{where}: study.dataset is required; allowed: {', '.join(DATASETS)}")
-    raw_space = doc.get("space", {})
+    raw_space, baseline = doc.get("space", {}), doc.get("baseline")
     spec = StudySpec(
         name=name,
         path=path,
         space=parse_space(raw_space, where=where),
         raw_space=raw_space,
-        baseline=_parse_config(doc.get("baseline"), where=where, what="[baseline]"),
+        baseline=None if baseline is None else _parse_config(baseline, where=where, what="[baseline]"),
         start=_parse_start(doc.get("start"), where=where),
         **values,
     )
@@ -209,10 +210,8 @@ def _parse_start(tables: Any, *, where: str) -> tuple[TrainConfig, ...]:
     return tuple(_parse_config(t, where=where, what=f"[[start]] #{i + 1}") for i, t in enumerate(tables))
 
 
-def _parse_config(table: Any, *, where: str, what: str) -> TrainConfig | None:
+def _parse_config(table: Any, *, where: str, what: str) -> TrainConfig:
     """A [baseline] or [[start]] table: a full config but its epochs and seed (the study's)."""
-    if table is None:
-        return None
     if not isinstance(table, dict):
         raise UserError(f"{where}: {what} must be a table of config fields")
     fields = set(TrainConfig.__dataclass_fields__) - {"extra", "epochs", "seed"}

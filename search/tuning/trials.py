@@ -34,11 +34,17 @@ def complete_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
 
 
+def value_of(t: FrozenTrial) -> float:
+    """The value of a trial `complete_trials` keeps (a COMPLETE one)."""
+    assert t.value is not None, f"trial {t.number} has no value"
+    return t.value
+
+
 def best_complete(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> FrozenTrial | None:
     """The best COMPLETE trial; among equals the earliest, as the search's checkpoint keeps it
     (it is replaced only by a strictly better trial)."""
     pick = max if maximize else min
-    return pick(complete_trials(trials), key=lambda t: t.value, default=None)
+    return pick(complete_trials(trials), key=value_of, default=None)
 
 
 def best_trials(
@@ -49,7 +55,7 @@ def best_trials(
     minimum: int = TOP_MIN,
 ) -> list[FrozenTrial]:
     """The top `fraction` of COMPLETE trials (at least `minimum` of them), best first."""
-    complete = sorted(complete_trials(trials), key=lambda t: t.value, reverse=maximize)
+    complete = sorted(complete_trials(trials), key=value_of, reverse=maximize)
     return complete[: max(minimum, math.ceil(fraction * len(complete)))]
 
 
