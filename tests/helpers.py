@@ -55,3 +55,17 @@ def as_float64(data):
     return dataclasses.replace(
         data, x_train=data.x_train.double(), x_val=data.x_val.double(), x_test=data.x_test.double()
     )
+
+
+def _internals_allowed() -> bool:
+    from search.optuna_versions import internals_allowed
+
+    return internals_allowed()
+
+
+# A test of an Optuna internal itself (batched writes, the snapshot sampler, Optuna's heartbeat
+# thread): it has nothing to check where search takes the public path.
+needs_internals = pytest.mark.skipif(
+    not _internals_allowed(),
+    reason="Optuna internals off (SEARCH_OPTUNA_INTERNALS=off or an Optuna search was not tested on)",
+)

@@ -10,6 +10,8 @@ as the run's own summary computes it). A part that does not cut either is not wo
     no-batch    Optuna's RDBStorage for every write and read
     no-snapshot Optuna's own TPESampler and MedianPruner reading the storage per question
     neither     both of the above
+    public      every Optuna internal off (SEARCH_OPTUNA_INTERNALS=off): the path a newer Optuna
+                than search was tested with takes (search.optuna_versions)
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import sys
 import tempfile
 from typing import Any
 
-VARIANTS = ("both", "no-batch", "no-snapshot", "neither")
+VARIANTS = ("both", "no-batch", "no-snapshot", "neither", "public")
 
 # Runs in a child process: switch the parts off, run the search, print its summary as JSON.
 _CHILD = r"""
 import json, sys, time
 variant, trials, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-import functools
+import functools, os
+if variant == "public":
+    os.environ["SEARCH_OPTUNA_INTERNALS"] = "off"
 from search.tuning import runner, strategy
 if variant in ("no-batch", "neither"):
     runner.open_worker_storage = functools.partial(runner.open_worker_storage, batched=False)

@@ -45,6 +45,8 @@ import sqlalchemy.orm
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
+from search.optuna_versions import internals_allowed
+
 try:  # Optuna's private pieces this builds on; without them the runner uses plain storage.
     from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
     from optuna.storages._rdb import models
@@ -58,8 +60,9 @@ STALE_CHECK_S = 5.0  # look for dead workers' trials at most this often (or each
 
 
 def available() -> bool:
-    """Whether this Optuna has the storage internals `BatchedStorage` writes through."""
-    return _CachedStorage is not None
+    """Whether this Optuna has the storage internals `BatchedStorage` writes through, and they may
+    be used (search.optuna_versions)."""
+    return _CachedStorage is not None and internals_allowed()
 
 
 @dataclass

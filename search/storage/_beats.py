@@ -22,9 +22,13 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import BaseHeartbeat
 
 from search.schema import ATTR_BEAT
+
+try:  # the internal that lets Optuna's own heartbeat thread drive the beats
+    from optuna.storages._heartbeat import BaseHeartbeat
+except ImportError:  # pragma: no cover - an Optuna that moved it: the public path below
+    BaseHeartbeat = None
 
 OPTUNA_INTERNAL = (
     "optuna.storages._heartbeat.BaseHeartbeat, and the heartbeat thread Study.optimize runs for it"
@@ -33,9 +37,10 @@ OPTUNA_INTERNAL = (
 _log = logging.getLogger(__name__)
 
 
-class BeatingProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
-    """Optuna's gRPC storage client, recording a heartbeat for each running trial every
-    `heartbeat_s` seconds while `Study.optimize` runs it."""
+class ProxyBeats(optuna.storages.GrpcStorageProxy):
+    """Optuna's gRPC storage client with a heartbeat: `record_heartbeat` writes one beat of a
+    running trial. On the public path (search.optuna_versions) search.storage.running's own
+    thread calls it; `BeatingProxy` lets Optuna's heartbeat machinery call it too."""
 
     def __init__(self, *, host: str, port: int, heartbeat_s: int):
         super().__init__(host=host, port=port)
@@ -46,7 +51,7 @@ class BeatingProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
             self.set_trial_system_attr(trial_id, ATTR_BEAT, {"at": time.time(), "every": self.heartbeat_s})
         except UpdateFinishedTrialError:
             pass  # the trial ended (or was failed as silent) between two beats
-        except Exception as e:  # noqa: BLE001  # a raise would end Optuna's beat thread for good
+        except Exception as e:  # noqa: BLE001  # a raise would end the beat thread for good
             # The proxy restarting, a network blip: the next beat may get through, and a trial
             # stays alive for two intervals without one.
             _log.warning("heartbeat of trial id %s not recorded: %s", trial_id, e)
@@ -59,6 +64,21 @@ class BeatingProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self):
         return None
+
+
+if BaseHeartbeat is not None:
+
+    class BeatingProxy(ProxyBeats, BaseHeartbeat):
+        """`ProxyBeats` that Optuna's heartbeat thread (`Study.optimize`, or
+        search.storage.running on the internals path) beats every `heartbeat_s` seconds."""
+
+
+def beating_client(*, host: str, port: int, heartbeat_s: int, internals: bool) -> ProxyBeats:
+    """The proxy client whose running trials beat: `BeatingProxy` where Optuna's internals may be
+    used, else `ProxyBeats`."""
+    if internals and BaseHeartbeat is not None:
+        return BeatingProxy(host=host, port=port, heartbeat_s=heartbeat_s)
+    return ProxyBeats(host=host, port=port, heartbeat_s=heartbeat_s)
 
 
 def beat_of(trial: optuna.trial.FrozenTrial) -> tuple[Any, float] | None:

@@ -18,6 +18,7 @@ import warnings
 import optuna
 
 from search.errors import UserError
+from search.optuna_versions import internals_allowed
 from search.storage._grpc_check import require_grpc
 
 SCHEME = "grpc"
@@ -69,13 +70,15 @@ def check_reachable(url: str) -> str:
 
 
 def _client(host: str, port: int, heartbeat_s: int | None = None) -> optuna.storages.GrpcStorageProxy:
-    from search.storage._beats import BeatingProxy  # imports gRPC, which only grpc:// needs
+    from search.storage._beats import beating_client  # imports gRPC, which only grpc:// needs
 
     with warnings.catch_warnings():
         # The proxy is marked experimental in Optuna; the warning tells our users nothing.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat_s:
-            return BeatingProxy(host=host, port=port, heartbeat_s=heartbeat_s)
+            return beating_client(
+                host=host, port=port, heartbeat_s=heartbeat_s, internals=internals_allowed()
+            )
         return optuna.storages.GrpcStorageProxy(host=host, port=port)
 
 

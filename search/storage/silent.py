@@ -44,7 +44,7 @@ class SilentTrials:
         now, beating, failed = self._clock(), set(), []
         for name in optuna.get_all_study_names(storage):
             try:
-                study = optuna.load_study(study_name=name, storage=storage)
+                study = running.bind(optuna.load_study(study_name=name, storage=storage), storage)
                 trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             except KeyError:  # deleted since it was listed
                 continue

@@ -9,11 +9,16 @@ is left alone, and the test then fails, naming the Optuna version.
 
 from __future__ import annotations
 
+from search.optuna_versions import internals_allowed
+
 OPTUNA_INTERNAL = "optuna.samplers._tpe._truncnorm._log_ndtr"
 
 
 def use_compiled_log_ndtr() -> bool:
-    """Swap SciPy's `log_ndtr` into TPE; returns whether the swap is in place."""
+    """Swap SciPy's `log_ndtr` into TPE; returns whether the swap is in place (never where
+    Optuna's internals are off, search.optuna_versions)."""
+    if not internals_allowed():
+        return False
     try:
         from optuna.samplers._tpe import _truncnorm
         from scipy.special import log_ndtr

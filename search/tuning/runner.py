@@ -34,6 +34,7 @@ from search.schema import (
     RESUME_DIR,
     study_dir,
 )
+from search.storage import running
 from search.storage.connect import open_storage, open_worker_storage
 from search.training.fit import import_lazy_parts
 from search.tuning import interrupts, pool
@@ -94,6 +95,7 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
             opts.spec.pruner, opts.spec.epochs, snapshot=snapshot, min_epochs=opts.spec.min_epochs
         ),
     )
+    running.bind(study, storage)  # the public path's way to the storage (search.storage.running)
     attrs = study_attrs(opts.spec, opts.data_dir, opts.seed, task=opts.task, metric=opts.metric)
     if opts.study_name in existing:
         n_before = len(study.get_trials(deepcopy=False))

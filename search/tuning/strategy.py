@@ -2,6 +2,8 @@
 
 TPE and the median pruner read the study's trials through one snapshot per trial
 (search.tuning._snapshot); TPE's log Φ runs on SciPy's compiled code (search.tuning._tpe_log_ndtr).
+Where Optuna's internals are off (search.optuna_versions) TPE is Optuna's own, unwrapped; the
+median pruner's snapshot uses only the public API and stays.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import warnings
 
 import optuna
 
+from search.optuna_versions import internals_allowed
 from search.tuning._snapshot import SnapshotPruner, SnapshotSampler, TrialsAtStart, should_prune, snapshot_of
 from search.tuning._tpe_log_ndtr import use_compiled_log_ndtr
 
@@ -32,6 +35,8 @@ def make_sampler(
         tpe = optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup_trials
         )
+    if not internals_allowed():  # the snapshot answers TPE's private reads: Optuna's own TPE then
+        return tpe
     return SnapshotSampler(tpe, snapshot or TrialsAtStart())
 
 

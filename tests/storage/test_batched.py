@@ -8,6 +8,7 @@ import warnings
 import optuna
 import pytest
 import sqlalchemy
+from helpers import needs_internals
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -282,6 +283,7 @@ def test_a_batched_storage_survives_pickling_with_its_held_writes(tmp_path):
     assert _plain(tmp_path / "b.db").get_trial(trial._trial_id).intermediate_values == {1: 0.5}
 
 
+@needs_internals
 def test_the_optuna_internals_batched_storage_writes_through_are_still_there():
     from optuna.storages import _cached_storage
 

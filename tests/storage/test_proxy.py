@@ -15,9 +15,12 @@ from search.storage.connect import check_storage, dashboard_command, open_readon
 
 pytest.importorskip("grpc", reason="grpc:// needs the grpc extra: pip install -e '.[grpc]'")
 
+from helpers import needs_internals  # noqa: E402
+
+from search.optuna_versions import internals_allowed  # noqa: E402
 from search.perf.storage_load import free_port  # noqa: E402
 from search.schema import ATTR_BEAT  # noqa: E402
-from search.storage._beats import OPTUNA_INTERNAL, BeatingProxy  # noqa: E402
+from search.storage._beats import OPTUNA_INTERNAL, BeatingProxy, ProxyBeats  # noqa: E402
 from search.storage.serve import start_proxy  # noqa: E402
 from search.storage.silent import SilentTrials  # noqa: E402
 
@@ -60,12 +63,14 @@ def test_workers_get_a_beating_client_and_readers_a_plain_one(served):
     url, _ = served
     assert check_storage(url) == url
     worker, reader = open_storage(url, heartbeat_s=7), open_readonly(url)
-    assert isinstance(worker, BeatingProxy) and worker.get_heartbeat_interval() == 7
+    assert isinstance(worker, ProxyBeats) and worker.get_heartbeat_interval() == 7
+    assert isinstance(worker, BeatingProxy) == internals_allowed()  # Optuna's own thread beats it
     assert type(reader) is optuna.storages.GrpcStorageProxy
     assert type(open_storage(url, heartbeat_s=None)) is optuna.storages.GrpcStorageProxy
     assert "GrpcStorageProxy(host='127.0.0.1', port=" in dashboard_command(url)
 
 
+@needs_internals
 def test_a_trial_through_the_proxy_beats_every_interval_while_it_runs(served):
     url, behind = served
     name = f"beats-{uuid.uuid4().hex[:6]}"
@@ -88,15 +93,20 @@ def test_a_trial_through_the_proxy_beats_every_interval_while_it_runs(served):
     assert all(b["every"] == 1 for b in seen) and study.trials[0].state == TrialState.COMPLETE
 
 
+# A worker as search runs one (search.tuning.stacking): its trial beats through running.heartbeats,
+# Optuna's heartbeat thread where the internals are on, its own thread where they are off.
 _WORKER = """
 import sys, time, optuna
+from search.storage import running
 from search.storage.connect import open_storage
-study = optuna.load_study(study_name=sys.argv[2], storage=open_storage(sys.argv[1], heartbeat_s=1))
+storage = open_storage(sys.argv[1], heartbeat_s=1)
+study = running.bind(optuna.load_study(study_name=sys.argv[2], storage=storage), storage)
 def objective(trial):
     trial.suggest_float("x", 0, 1)
     trial.set_user_attr("worker", "far:1:0")
-    print("started", flush=True)
-    time.sleep(600)
+    with running.heartbeats(study, [trial]):
+        print("started", flush=True)
+        time.sleep(600)
 study.optimize(objective, n_trials=1)
 """
 

@@ -1,10 +1,12 @@
 """The one module that touches a running trial's storage still finds Optuna's internals."""
 
 import optuna
+from helpers import needs_internals
 
 from search.storage import running
 
 
+@needs_internals
 def test_the_private_door_still_opens():
     study = optuna.create_study()
     trial = study.ask()

@@ -4,11 +4,13 @@ from their saved epoch."""
 import optuna
 from optuna.trial import TrialState
 
+from search.storage import running
 from search.tuning.recovery import fail_orphans
 
 
 def test_fail_orphans_ends_only_this_workers_running_trials_with_a_reason():
-    study = optuna.create_study(direction="maximize")
+    storage = optuna.storages.InMemoryStorage()
+    study = running.bind(optuna.create_study(storage=storage, direction="maximize"), storage)
     mine, other, done = study.ask(), study.ask(), study.ask()
     mine.set_user_attr("worker", "host:1:0")
     other.set_user_attr("worker", "host:2:0")

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import optuna
+from helpers import needs_internals
 from optuna.trial import TrialState
 
 from search.tuning import _snapshot
@@ -64,6 +65,7 @@ def test_snapshot_pruner_reads_the_trials_once_per_trial():
     assert len(reads) == 1
 
 
+@needs_internals
 def test_sampler_and_pruner_share_one_read_of_the_trials_per_trial():
     snapshot = TrialsAtStart()
     study = optuna.create_study(
@@ -160,6 +162,7 @@ def test_nan_median_is_numpys_nanpercentile_bit_for_bit():
             assert repr(nan_median(odd)) == repr(float(np.nanpercentile(odd, 50)))
 
 
+@needs_internals
 def test_tpe_still_reads_its_trials_through_the_internal_the_snapshot_answers(monkeypatch):
     """The snapshot works only while TPE asks `Study._get_trials`: if an Optuna release reads the
     trials another way, the search would silently go back to one SQL read per question."""

@@ -120,7 +120,7 @@ def test_slots_grant_a_stack_what_is_left():
 
 def test_stacked_trials_beat_their_heartbeat_while_they_train(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/h.db", heartbeat_s=1)
-    study = optuna.create_study(storage=storage, direction="maximize")
+    study = running.bind(optuna.create_study(storage=storage, direction="maximize"), storage)
     beating, silent = study.ask(), study.ask()
     try:
         with running.heartbeats(study, [beating, silent]):

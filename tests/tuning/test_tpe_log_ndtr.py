@@ -2,10 +2,12 @@
 
 import numpy as np
 import optuna
+from helpers import needs_internals
 
 from search.tuning._tpe_log_ndtr import OPTUNA_INTERNAL, use_compiled_log_ndtr
 
 
+@needs_internals
 def test_compiled_log_ndtr_agrees_with_optunas_own():
     from optuna.samplers._tpe import _truncnorm
 
