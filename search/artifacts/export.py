@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ from search.training.fit import EpochCallback, fit
 from search.training.model import architecture, build_mlp, count_params
 from search.tuning import best_weights, pool
 from search.tuning.finished import open_finished
+from search.tuning.trials import value_of
 
 PROG = "python -m search.export"
 FORMAT = 1  # best.json's layout version; bump when a key changes meaning
@@ -109,13 +110,14 @@ def checkpoint_weights(
     # are some other model's.
     same_kind = torch.device(str(trial.user_attrs.get(ATTR_DEVICE, "cpu"))).type == data.device.type
     rows = 20.0 if reduced_precision(data.device) else 2.5
-    tolerance = rows / len(data.y_val) + 1e-4 * max(1.0, abs(trial.value)) if same_kind else 0.01
-    if abs(val - trial.value) > tolerance:
+    value = value_of(trial)  # the study's best: a COMPLETE trial
+    tolerance = rows / len(data.y_val) + 1e-4 * max(1.0, abs(value)) if same_kind else 0.01
+    if abs(val - value) > tolerance:
         raise UserError(
             f"{path} scores validation {data.metric} {val:.4f} but trial {trial.number} "
-            f"reported {trial.value:.4f}: these are not its weights; pass --retrain"
+            f"reported {value:.4f}: these are not its weights; pass --retrain"
         )
-    check = "the trial's, exactly" if val == trial.value else f"the trial had {trial.value:.4f}"
+    check = "the trial's, exactly" if val == value else f"the trial had {value:.4f}"
     return Weights(
         model,
         "checkpoint",
@@ -130,6 +132,7 @@ def retrain_weights(
     result = fit(config, data, on_epoch=on_epoch)
     if result.diverged:
         raise UserError(f"retraining trial {trial.number} diverged: {result.diverged}")
+    assert result.model is not None  # a finished fit holds its model
     val = result.val_score
     trained_on = trial.user_attrs.get(ATTR_DEVICE, "?")
     check = "the trial's, exactly"
@@ -223,7 +226,7 @@ def export_study(
     if not isinstance(found, Weights):  # no usable checkpoint: the config and seed retrain it
         found = retrain_weights(trial, config, data, why=found, on_epoch=on_epoch)
     weights = found
-    selection, ens = ensemble.choose(ckpt_dir, study.completed(), data, trial.value)
+    selection, ens = ensemble.choose(ckpt_dir, study.completed(), data, value_of(trial))
     # The test split is touched once per model, after every choice was made on validation.
     single_eval = evaluate_test(weights.model, data, config.numeric)
     model, numeric = (ens, selection.numeric) if ens is not None else (weights.model, config.numeric)
@@ -275,6 +278,7 @@ def export_study(
         "ensemble": best["ensemble"],
         "provenance": best["provenance"],
     }
+    figures: Iterable[Path]
     if data.table is not None:  # the preprocessing travels with the model; a table's pictures
         files.append(Preprocess.of(data, numeric).save(out / PREPROCESS_SKOPS).name)
         (out / PREPROCESS_PKL).unlink(missing_ok=True)  # an older export's pickle: never left to open

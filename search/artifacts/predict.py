@@ -195,6 +195,7 @@ class Predictor:
     def predict(self, rows) -> np.ndarray:
         out = self.outputs(rows)
         if self.preprocess.task == "regression":
+            assert self.preprocess.target is not None  # a regression model saves its target's scale
             return self.preprocess.target.inverse(out[:, 0].double().cpu().numpy())
         return np.asarray(self.classes, dtype=object)[out.argmax(1).cpu().numpy()]
 

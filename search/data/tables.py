@@ -53,7 +53,8 @@ class TableSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TableSpec:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 @dataclass(eq=False)
@@ -297,6 +298,7 @@ def _names(names) -> str:
 def y_tensor(y: np.ndarray, task: str, target: TargetScale | None, device) -> torch.Tensor:
     if task == "classification":
         return torch.as_tensor(y, dtype=torch.int64, device=device)
+    assert target is not None  # load_table fits a regression target's scale
     return torch.as_tensor(target.forward(y.astype(np.float64)), dtype=torch.float32, device=device)
 
 

@@ -27,12 +27,13 @@ DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2"}
 MAX_INFERRED_CLASSES = 20  # a whole-number target with at most this many values is a class label
 
 
-def infer_task(values: np.ndarray, *, is_numeric: bool) -> str:
+def infer_task(values: np.ndarray | None, *, is_numeric: bool) -> str:
     """The rule the README states: a target that is not numeric (text, categories, booleans) is a
     class label; a numeric one is too when every value is a whole number and there are at most
     MAX_INFERRED_CLASSES distinct values; any other numeric target is regressed."""
     if not is_numeric:
         return "classification"
+    assert values is not None, "a numeric target has values"
     finite = values[np.isfinite(values)]
     whole = bool(np.all(np.equal(np.mod(finite, 1), 0)))
     return "classification" if whole and len(np.unique(finite)) <= MAX_INFERRED_CLASSES else "regression"

@@ -66,7 +66,8 @@ def learning_curves_figure(
         ),
     }
     other = ("failed / running", dict(color="rgba(127,127,127,0.8)", width=1, dash="dot"))
-    best = (best_trials(trials, maximize=maximize, minimum=1) or [None])[0]
+    top = best_trials(trials, maximize=maximize, minimum=1)
+    best = top[0] if top else None
     shown: set[str] = set()
     for t in sorted(trials, key=lambda t: t is best):  # the best trial last: drawn on top
         if not t.intermediate_values:
@@ -111,8 +112,8 @@ def importance_figure(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tup
             f"trials; this study has {len(complete)}."
         )
     if len(searched) < 2:
-        names = ", ".join(searched) or "none"
-        return None, f"Only {len(searched)} searched parameter ({names}): nothing to rank."
+        listed = ", ".join(searched) or "none"
+        return None, f"Only {len(searched)} searched parameter ({listed}): nothing to rank."
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         imp = optuna.importance.get_param_importances(study)

@@ -70,6 +70,7 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
     if request.kind == "storage-load":  # no training, no device
         from search.perf.storage_load import format_storage_load, run_storage_load
 
+        assert request.storage is not None  # search.bench refuses --storage-load without --storage
         result = run_storage_load(
             request.storage, workers=request.load_workers, trials=request.load_trials,
             rounds=request.rounds, progress=progress,
@@ -109,6 +110,7 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
         if request.kind == "quality":  # a random subset: the first rows of a tree hold few classes
             data = random_subset(load_bench_data(images, resolve_device(opts.device), None), opts.limit)
             seeds = tuple(range(request.quality_seeds))
+            assert spec is not None  # loaded above, before the images
             result = run_quality(spec, data, budget_s=request.quality_budget, seeds=seeds, progress=progress)
             if request.json_path:
                 result["plot"] = str(plot_quality(result, Path(request.json_path).with_suffix(".png")))

@@ -80,7 +80,7 @@ class _ConnectionCounter(threading.Thread):
         )
         with self.engine.connect() as conn:
             while not self._done.is_set():
-                self.peak = max(self.peak, int(conn.execute(query, {"measuring": MEASURING}).scalar()))
+                self.peak = max(self.peak, int(conn.execute(query, {"measuring": MEASURING}).scalar_one()))
                 conn.rollback()  # a fresh snapshot of pg_stat_activity on the next read
                 self._done.wait(SAMPLE_EVERY_S)
 
@@ -97,7 +97,7 @@ class _ConnectionCounter(threading.Thread):
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
         )
         with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar())
+            return int(conn.execute(query).scalar_one())
 
 
 def run_load(
@@ -170,6 +170,7 @@ def start_serve(db_url: str) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "search.serve", "--storage", db_url, "--port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    assert proc.stdout is not None  # stdout=PIPE
     said = []
     for line in proc.stdout:  # a warning may come first
         if line.startswith("grpc://"):

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy
@@ -52,7 +52,9 @@ try:  # Optuna's private pieces this builds on; without them the runner uses pla
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 except ImportError:  # pragma: no cover - a future Optuna that moved them
-    _CachedStorage = None
+    _INTERNALS_IMPORTED = False
+else:
+    _INTERNALS_IMPORTED = True
 
 FLUSH_EVERY_S = 2.0  # a running trial's writes reach the database at least this often
 REREAD_S = 0.1  # reads of a study's trials this close together share one database read
@@ -62,7 +64,7 @@ STALE_CHECK_S = 5.0  # look for dead workers' trials at most this often (or each
 def available() -> bool:
     """Whether this Optuna has the storage internals `BatchedStorage` writes through, and they may
     be used (search.optuna_versions)."""
-    return _CachedStorage is not None and internals_allowed()
+    return _INTERNALS_IMPORTED and internals_allowed()
 
 
 @dataclass
@@ -98,10 +100,13 @@ class _Own:
         )
 
 
-_Base = _CachedStorage if _CachedStorage is not None else object
+if TYPE_CHECKING:  # the base class `available()` requires, when BatchedStorage is used at all
+    _Base = _CachedStorage
+else:  # an Optuna without it: a class that is never instantiated (available() is False)
+    _Base = _CachedStorage if _INTERNALS_IMPORTED else object
 
 
-class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
+class BatchedStorage(_Base):
     """Optuna's cached RDB storage, holding back the writes to this process's running trials,
     and answering reads of them from memory."""
 
@@ -409,7 +414,11 @@ class BatchedStorage(_Base):  # type: ignore[misc, valid-type]
                 batch = {tid: self._pending.pop(tid) for tid in trial_ids if tid in self._pending}
             if not batch and then is None:
                 return
-            checked = list(batch) if then is None else list(dict.fromkeys([*batch, *trial_ids]))
+            if then is None:
+                checked = list(batch)
+            else:
+                assert trial_ids is not None  # `then` ends the trials it comes with (`_finish`)
+                checked = list(dict.fromkeys([*batch, *trial_ids]))
             try:
                 with _create_scoped_session(self._backend.scoped_session) as session:
                     for tid in checked:

@@ -28,7 +28,9 @@ from search.schema import ATTR_BEAT
 try:  # the internal that lets Optuna's own heartbeat thread drive the beats
     from optuna.storages._heartbeat import BaseHeartbeat
 except ImportError:  # pragma: no cover - an Optuna that moved it: the public path below
-    BaseHeartbeat = None
+    HAS_BASE_HEARTBEAT = False
+else:
+    HAS_BASE_HEARTBEAT = True
 
 OPTUNA_INTERNAL = (
     "optuna.storages._heartbeat.BaseHeartbeat, and the heartbeat thread Study.optimize runs for it"
@@ -66,7 +68,7 @@ class ProxyBeats(optuna.storages.GrpcStorageProxy):
         return None
 
 
-if BaseHeartbeat is not None:
+if HAS_BASE_HEARTBEAT:
 
     class BeatingProxy(ProxyBeats, BaseHeartbeat):
         """`ProxyBeats` that Optuna's heartbeat thread (`Study.optimize`, or
@@ -76,7 +78,7 @@ if BaseHeartbeat is not None:
 def beating_client(*, host: str, port: int, heartbeat_s: int, internals: bool) -> ProxyBeats:
     """The proxy client whose running trials beat: `BeatingProxy` where Optuna's internals may be
     used, else `ProxyBeats`."""
-    if internals and BaseHeartbeat is not None:
+    if internals and HAS_BASE_HEARTBEAT:
         return BeatingProxy(host=host, port=port, heartbeat_s=heartbeat_s)
     return ProxyBeats(host=host, port=port, heartbeat_s=heartbeat_s)
 

@@ -26,7 +26,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -40,6 +40,12 @@ OPTUNA_INTERNAL = (
 
 # The storage each study was opened with, for the public path (a Study does not expose it).
 _BOUND: weakref.WeakKeyDictionary[optuna.Study, optuna.storages.BaseStorage] = weakref.WeakKeyDictionary()
+
+
+class _Beating(Protocol):
+    """A storage with Optuna's heartbeat interface (an RDBStorage, search.storage._beats')."""
+
+    def record_heartbeat(self, trial_id: int) -> None: ...
 
 
 def bind(study: optuna.Study, storage: Any) -> optuna.Study:
@@ -90,7 +96,9 @@ def heartbeats(study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None
 
         with contextlib.ExitStack() as stack:
             for t in trials:
-                stack.enter_context(get_heartbeat_thread(t._trial_id, study._storage))
+                # Optuna annotates BaseHeartbeatThread.__exit__'s exc_type as type[Exception], narrower
+                # than the context-manager protocol's type[BaseException]: it is one all the same.
+                stack.enter_context(get_heartbeat_thread(t._trial_id, study._storage))  # type: ignore[arg-type]
             yield
         return
     storage = _BOUND.get(study)
@@ -99,13 +107,14 @@ def heartbeats(study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None
         yield
         return
     ids = [_trial_id(storage, study, t) for t in trials]
+    beating = cast(_Beating, storage)  # a storage with a heartbeat interval records heartbeats
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             for trial_id in ids:
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    storage.record_heartbeat(trial_id)
+                    beating.record_heartbeat(trial_id)
             if stop.wait(interval):
                 return
 

@@ -56,6 +56,7 @@ def served_storage(url: str) -> optuna.storages.BaseStorage:
     Optuna's cache alone, since the server's Python, not the database, is what limits the proxy.
     """
     backend = open_storage(url, heartbeat_s=None)
+    assert isinstance(backend, optuna.storages.RDBStorage)  # servable_url refuses proxy URLs
     if _batched.available():
         return _batched.BatchedStorage(backend)
     return optuna.storages.get_storage(backend)
@@ -112,8 +113,8 @@ def serve(
         stop_holding = getattr(storage, "stop_holding", None)
         if stop_holding is not None:  # the proxy answers until the process exits: hold nothing
             stop_holding()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return "SIGTERM" if got[0] == signal.SIGTERM else "SIGINT"
 
 

@@ -56,7 +56,11 @@ class TrialsAtStart:
                 self._trials, self._completed, self._medians = self._others.pop(key)
             else:
                 primed, self._primed = self._primed, None
-                self._trials = primed[1] if self._fits(primed, key) else study.get_trials(deepcopy=False)
+                self._trials = (
+                    primed[1]
+                    if primed is not None and self._fits(primed, key)
+                    else study.get_trials(deepcopy=False)
+                )
                 self._completed = [t for t in self._trials if t.state == TrialState.COMPLETE]
                 self._medians = {}
             self._key = key
