@@ -129,7 +129,10 @@ def build(selection: Selection, directory: str | Path, data: Dataset) -> Ensembl
     for n, w in selection.weights.items():
         config = selection.configs[n]
         model = build_mlp(
-            config, in_features=data.in_features, n_classes=data.n_classes, image_shape=data.image_shape
+            config,
+            in_features=data.variant(config.numeric).in_features,
+            n_classes=data.n_classes,
+            image_shape=data.image_shape,
         )
         load_state(model, pool.load_weights(directory, n), source=f"pool trial {n}")
         models.append(model.to(device=data.device, dtype=data.x_val.dtype))

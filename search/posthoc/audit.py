@@ -212,7 +212,9 @@ def audit_study(
             ATTR_SEED: config.seed,
             ATTR_DEVICE: str(data.device),
             ATTR_EPOCHS: result.epochs_run,
-            ATTR_ARCH: architecture(config, in_features=data.in_features, n_classes=data.n_classes),
+            ATTR_ARCH: architecture(
+                config, in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes
+            ),
             ATTR_SECONDS: round(result.train_seconds, 4),
         }
         if result.diverged:

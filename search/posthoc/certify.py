@@ -297,7 +297,9 @@ def _best_json(done: Certified, attrs, storage_url, data: Dataset, data_dir, mod
         "metric": data.metric,
         "params": dict(w.trial.params),
         "config": config.to_dict(),
-        "architecture": architecture(config, in_features=data.in_features, n_classes=data.n_classes),
+        "architecture": architecture(
+            config, in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes
+        ),
         "n_params": count_params(model),
         **data_fields(attrs, data_dir, data),
         "weights": "certified",

@@ -113,7 +113,10 @@ def run_fits(
 
 def load_weights(config: TrainConfig, fit_: SeedFit, data: Dataset) -> torch.nn.Module:
     model = build_mlp(
-        config, in_features=data.in_features, n_classes=data.n_classes, image_shape=data.image_shape
+        config,
+        in_features=data.variant(config.numeric).in_features,
+        n_classes=data.n_classes,
+        image_shape=data.image_shape,
     )
     state = torch.load(io.BytesIO(fit_.state), map_location="cpu", weights_only=True)
     load_state(model, state, source=f"the weights of seed {fit_.seed}")

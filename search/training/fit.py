@@ -183,7 +183,7 @@ class _StackRun:
             c, state = self.configs[i], self.resume[i]
             torch.manual_seed(c.seed)
             model = build_mlp(
-                c, in_features=data.in_features, n_classes=data.n_classes, image_shape=data.image_shape
+                c, in_features=self.source.in_features, n_classes=data.n_classes, image_shape=data.image_shape
             )
             model = model.to(device=device, dtype=dtype)
             batches = torch.Generator(device=device).manual_seed(c.seed)
@@ -211,7 +211,7 @@ class _StackRun:
         n_batches = max(1, n // bs + (1 if n % bs > 1 else 0))
         first = members[0].state.epoch if members[0].state is not None else 0
         stack = StackedMLP(
-            configs, [m.model for m in members], layout_of(configs, data.in_features, data.n_classes),
+            configs, [m.model for m in members], layout_of(configs, self.source.in_features, data.n_classes),
             device, x.dtype, regression=data.task == "regression",
         )  # fmt: skip
         optimizer = MemberOptimizers(configs, stack.param, stack.grad, epochs * n_batches, first * n_batches)
@@ -241,7 +241,7 @@ class _StackRun:
             epoch_started = time.perf_counter()
             k = len(members)
             padded_work += stack.layout.flops() * k
-            real_work += sum(member_flops(m.config, data.in_features, data.n_classes) for m in members)
+            real_work += sum(member_flops(m.config, self.source.in_features, data.n_classes) for m in members)
             orders = torch.stack([torch.randperm(n, device=device, generator=m.batches) for m in members])
             loss_sum.zero_()
             drop_gens = [m.dropout for m in members]
@@ -269,7 +269,7 @@ class _StackRun:
             epoch_seconds = time.perf_counter() - epoch_started
             self._charge(members, epoch_seconds)
 
-            rows = max(1, EVAL_ELEMENTS // (k * max((*stack.layout.widths, data.in_features))))
+            rows = max(1, EVAL_ELEMENTS // (k * max((*stack.layout.widths, self.source.in_features))))
             with stack.weights_from(optimizer.averages()):  # members with `ema` score the average
                 outputs = stack.predict(self.source.x_val, rows)
                 flips = [row for row, m in enumerate(members) if m.config.tta_hflip]

@@ -49,8 +49,9 @@ def member_bytes(config: TrainConfig, data: Dataset) -> int:
     """A generous estimate of one member's memory in a stack: weights, gradient and optimizer
     state (float32), plus one batch's activations and inputs kept for the backward pass."""
     states = 1 if config.optimizer == "sgd" else 2
-    weights = 4 * param_count(config, in_features=data.in_features, n_classes=data.n_classes) * (2 + states)
-    activations = 4 * config.batch_size * (8 * sum(config.hidden) + 3 * data.in_features + 4 * data.n_classes)
+    width = data.variant(config.numeric).in_features  # a piecewise-linear encoding is wider
+    weights = 4 * param_count(config, in_features=width, n_classes=data.n_classes) * (2 + states)
+    activations = 4 * config.batch_size * (8 * sum(config.hidden) + 3 * width + 4 * data.n_classes)
     return weights + activations
 
 

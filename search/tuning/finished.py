@@ -76,7 +76,7 @@ class Finished:
         space = parse_space(attrs[STUDY_SPACE], where=f"study {self.name!r}")
         seed = trial.user_attrs.get(ATTR_SEED, trial_seed(int(attrs.get(STUDY_SEED, 0)), trial.number))
         config = replay_config(dict(trial.params), space, epochs=int(attrs[STUDY_EPOCHS]), seed=int(seed))
-        shape = dict(in_features=data.in_features, n_classes=data.n_classes)
+        shape = dict(in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes)
         arch, n_params = architecture(config, **shape), param_count(config, **shape)
         drift = []
         if ATTR_ARCH in trial.user_attrs and trial.user_attrs[ATTR_ARCH] != arch:

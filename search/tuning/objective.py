@@ -93,7 +93,7 @@ class Objective:
                 trial.report(m["val_score"], m["epoch"])
                 reported[m["epoch"]] = m["val_score"]
             trial.set_user_attr(ATTR_RESUMED, resume.epoch)
-        shape = dict(in_features=self.data.in_features, n_classes=self.data.n_classes)
+        shape = dict(in_features=self.data.variant(config.numeric).in_features, n_classes=self.data.n_classes)
         trial.set_user_attr(ATTR_SEED, seed)
         trial.set_user_attr(ATTR_ARCH, architecture(config, **shape))
         trial.set_user_attr(ATTR_PARAMS, param_count(config, **shape))

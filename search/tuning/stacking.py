@@ -95,7 +95,8 @@ def run_stack(
         for group in groups.values():
             configs = [m.begun.config for m in group]
             earlier: list[dict[int, float]] = []  # what this group's completed sub-stacks reported
-            for part in split_by_width(configs, data.in_features, data.n_classes, data.device):
+            width = data.variant(configs[0].numeric).in_features  # numeric is in the stack key
+            for part in split_by_width(configs, width, data.n_classes, data.device):
                 sub = [group[i] for i in sorted(part)]  # in the order they were asked
                 stacks.append((len(sub), _train(study, objective, sub, tell_done, earlier)))
                 earlier += [m.begun.reported for m in sub if m.trial.number in completed]
