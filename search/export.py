@@ -1,7 +1,8 @@
 """`python -m search.export`: turn a study's best trial into files a user can take away.
 
 Writes into results/<study>/ (or --out): best.json, model.pt, model.txt, test_report.txt/.json,
-trials.csv, predictions.png and errors.png (search.artifacts.export says what each holds).
+trials.csv, predictions.png and errors.png (search.artifacts.export says what each holds); with
+--quantize int8 and --half also model-int8.pt and model-half.pt (search.artifacts.smaller).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from search import cli
 from search.artifacts.evaluation import score_line
 from search.artifacts.export import PROG, export_study
+from search.artifacts.smaller import QUANTIZE
 
 DESCRIPTION = (
     "Export a study's best trial: best.json, model.pt, model.txt, test_report.{txt,json} and trials.csv."
@@ -25,6 +27,17 @@ def build_parser() -> cli.ArgumentParser:
         "--retrain",
         action="store_true",
         help="retrain the best config with its seed instead of using the search's weights",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        help="also write model-int8.pt: the Linear layers dynamically quantized (CPU), with its test "
+        "figure, size and latency beside the float model's",
+    )
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="also write model-half.pt: the weights in float16, with its test figure, size and latency",
     )
     cli.add_training_flags(p)
     return p
@@ -43,7 +56,7 @@ def _main(argv: Sequence[str] | None) -> int:
         done = export_study(
             storage_url=storage_url, study_name=args.study_name, out_dir=args.out,
             results_dir=args.results_dir, device=device, data_dir=args.data_dir, retrain=args.retrain,
-            argv=argv, on_epoch=on_epoch,
+            argv=argv, on_epoch=on_epoch, quantize=args.quantize, half=args.half,
         )  # fmt: skip
     ev = done.evaluation
     lines = [
@@ -51,6 +64,7 @@ def _main(argv: Sequence[str] | None) -> int:
         done.weights.note,
         *done.ensemble_lines,
         score_line(ev),
+        *done.smaller_lines,
     ]
     return cli.finish(lines, done.files, done.out_dir)
 

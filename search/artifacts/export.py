@@ -24,7 +24,7 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from search.artifacts import ensemble, provenance
+from search.artifacts import ensemble, provenance, smaller
 from search.artifacts.evaluation import (
     Evaluation,
     evaluate_test,
@@ -197,6 +197,7 @@ class Exported:
     out_dir: Path
     files: list[str]
     ensemble_lines: list[str] = field(default_factory=list)  # what the selection found, for people
+    smaller_lines: list[str] = field(default_factory=list)  # --quantize, --half: what each file costs
 
 
 def export_study(
@@ -210,7 +211,11 @@ def export_study(
     retrain: bool = False,
     argv: Sequence[str] | None = None,
     on_epoch: EpochCallback | None = None,
+    quantize: str | None = None,
+    half: bool = False,
 ) -> Exported:
+    if quantize not in (None, *smaller.QUANTIZE):
+        raise UserError(f"--quantize {quantize!r}: expected one of {', '.join(smaller.QUANTIZE)}")
     if out_dir is not None:
         check_out_dir(Path(out_dir))
     study = open_finished(storage_url, study_name)
@@ -296,7 +301,14 @@ def export_study(
     write_reports(out, evaluation, header=header, meta=meta)
     write_trials_csv(out / TRIALS_CSV, study.trials)
     files += [p.name for p in figures]
-    return Exported(name, trial, config, weights, evaluation, out, files, lines)
+    # The smaller files: the single trial's model, scored against its own float figure.
+    small = smaller.write(out, weights.model, config, data, single_eval, int8=quantize == "int8", half=half,
+                          trial=trial.number, ensemble=ens is not None)  # fmt: skip
+    if small.record is not None:
+        best["smaller"] = small.record
+        write_json(out / BEST_JSON, best)
+    files += small.files
+    return Exported(name, trial, config, weights, evaluation, out, files, lines, small.lines)
 
 
 # ---------------------------------------------------------------------------- helpers
