@@ -98,7 +98,10 @@ def checkpoint_weights(
     if saved.get("trial_number") != trial.number:
         return f"the checkpoint in {directory} holds trial {saved.get('trial_number')}"
     model = build_mlp(
-        config, in_features=data.in_features, n_classes=data.n_classes, image_shape=data.image_shape
+        config,
+        in_features=data.variant(config.numeric).in_features,
+        n_classes=data.n_classes,
+        image_shape=data.image_shape,
     )
     load_state(model, saved.get("state_dict"), source=str(path))
     model.to(data.device)
@@ -239,7 +242,8 @@ def export_study(
 
     out = Path(out_dir) if out_dir is not None else study_dir(results_dir, name)
     out.mkdir(parents=True, exist_ok=True)
-    arch = architecture(config, in_features=data.in_features, n_classes=data.n_classes)
+    shape = dict(in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes)
+    arch = architecture(config, **shape)
     best = {
         "format": FORMAT,
         "study": name,
