@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.data.datasets import Dataset
-from search.data.targets import TargetScale, losses_and_scores
+from search.data.targets import TargetScale, losses_and_scores, regression_figures
 from search.errors import UserError
 from search.files import atomic_write
 from search.schema import BEST_JSON, REPORT_JSON, REPORT_TXT
@@ -129,12 +129,7 @@ def _regression(pred: torch.Tensor, y: torch.Tensor, target: TargetScale | None,
         return (target.inverse(z, clip=clip) if target is not None else z).numpy()
 
     truth, values = own_units(y, clip=False), own_units(pred, clip=True)
-    err = values - truth
-    report = {
-        "r2": float(1 - (err**2).sum() / max(((truth - truth.mean()) ** 2).sum(), 1e-300)),
-        "rmse": float(np.sqrt((err**2).mean())) if len(err) else float("nan"),
-        "mae": float(np.abs(err).mean()) if len(err) else float("nan"),
-    }
+    report = regression_figures(values, truth)
     text = "\n".join(f"{k:>4}  {v:.6g}" for k, v in report.items()) + "\n"
     empty = np.zeros((0, 0), dtype=np.int64)
     return Evaluation(

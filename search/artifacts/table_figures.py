@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from search.artifacts.evaluation import Evaluation
+from search.data.targets import SCORERS, score
 from search.files import atomic_write
 from search.schema import ACTUAL_PNG, CONFUSION_PNG, IMPORTANCE_PNG
 
@@ -35,7 +36,10 @@ def permutation_importance(predictor, rows, truth: np.ndarray, metric: str, seed
     if len(rows) > MAX_ROWS:
         pick = np.random.default_rng(seed).choice(len(rows), MAX_ROWS, replace=False)
         rows, truth = rows.iloc[pick], truth[pick]
-    scorer = _scorer(predictor, metric)
+
+    def scorer(estimator: _Fitted, x, y: np.ndarray) -> float:  # as scikit-learn's scorer of that name
+        return score(metric, y, getattr(estimator, SCORERS[metric].response)(x))
+
     result = sk_importance(
         _Fitted(predictor), rows, truth, scoring=scorer, n_repeats=REPEATS, random_state=seed
     )
@@ -47,7 +51,8 @@ def permutation_importance(predictor, rows, truth: np.ndarray, metric: str, seed
 
 
 class _Fitted:
-    """The predictor as the estimator permutation_importance expects (already fitted)."""
+    """The predictor as the estimator permutation_importance expects (already fitted), answering
+    in the truth's terms: class indices (argmax of the outputs), or values in the target's units."""
 
     def __init__(self, predictor):
         self.predictor = predictor
@@ -55,34 +60,13 @@ class _Fitted:
     def fit(self, *args, **kwargs):
         return self
 
-    def predict(self, rows):
-        return self.predictor.predict(rows)
+    def predict(self, rows) -> np.ndarray:
+        if self.predictor.preprocess.task == "regression":
+            return self.predictor.predict(rows)
+        return self.predictor.outputs(rows).argmax(1).cpu().numpy()
 
-    def predict_proba(self, rows):
+    def predict_proba(self, rows) -> np.ndarray:
         return self.predictor.predict_proba(rows)
-
-
-def _scorer(predictor, metric: str):
-    from sklearn import metrics
-
-    def score(estimator, rows, truth) -> float:
-        if metric == "r2":
-            return metrics.r2_score(truth, predictor.predict(rows))
-        if metric == "neg_root_mean_squared_error":
-            return -metrics.root_mean_squared_error(truth, predictor.predict(rows))
-        if metric in ("roc_auc", "neg_log_loss"):
-            probs = predictor.predict_proba(rows)
-            labels = list(range(len(predictor.classes)))
-            if metric == "neg_log_loss":
-                return -metrics.log_loss(truth, probs, labels=labels)
-            return metrics.roc_auc_score(truth, probs[:, 1]) if probs.shape[1] == 2 else (
-                metrics.roc_auc_score(truth, probs, multi_class="ovr", labels=labels))  # fmt: skip
-        guess = predictor.outputs(rows).argmax(1).cpu().numpy()
-        if metric == "balanced_accuracy":
-            return metrics.balanced_accuracy_score(truth, guess)
-        return metrics.accuracy_score(truth, guess)
-
-    return score
 
 
 def write_table_figures(ev: Evaluation, importance: list[dict], out_dir: str | Path) -> list[Path]:

@@ -1,28 +1,91 @@
 """What a good prediction is: the task, the study's metric, and the target's scale.
 
 A trial's value is its validation score under the study's `metric`, and higher is always better,
-so the sampler, the pruner and every output read one number one way. Metrics carry scikit-learn's
-scorer names: `accuracy` (the default), `balanced_accuracy`, `roc_auc` and `neg_log_loss` for
-classification; `r2` (the default) and `neg_root_mean_squared_error` for regression. A regression
-target trains standardized, or standardized after a log where its values are positive and skewed
-(`TargetScale`), and is scored in its own units. Accuracy, R² and RMSE are computed for all K
-members of a stack at once on the device; the others through scikit-learn, member by member.
+so the sampler, the pruner and every output read one number one way. Metrics are scikit-learn's
+scorers by name, and `SCORERS` is the one place that says how each is computed: the public
+`sklearn.metrics` function its scorer calls, what it asks the model for (`predict`: labels or
+values; `predict_proba`: class probabilities) and its sign (the `neg_` names negate an error).
+`accuracy` (the default), `balanced_accuracy`, `roc_auc` and `neg_log_loss` score classification;
+`r2` (the default) and `neg_root_mean_squared_error` regression. A regression target trains
+standardized, or standardized after a log where its values are positive and skewed
+(`TargetScale`), and is scored in its own units. Accuracy, log loss, R² and RMSE are computed for
+all K members of a stack at once on the device (`Scorer.stacked`, checked against scikit-learn's
+scorers in the tests); the others through scikit-learn, member by member (`score`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 TASKS = ("classification", "regression")
-METRICS = {
-    "classification": ("accuracy", "balanced_accuracy", "roc_auc", "neg_log_loss"),
-    "regression": ("r2", "neg_root_mean_squared_error"),
+
+
+# ------------------------------------------------------------------ K members at once, on the device
+# Each takes the stack's outputs [K, N, C] (logits) or [K, N] (values in the target's own units)
+# and the truth [N] (class indices, or values), and gives the function's figure for each member.
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # a count over N in float64: the same float as Python's correct / N, bit for bit
+    return (logits.argmax(2) == y).sum(1).to(torch.float64) / len(y)
+
+
+def _log_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy: classification's training loss, and scikit-learn's `log_loss`."""
+    return F.cross_entropy(logits.transpose(1, 2), y.expand(len(logits), len(y)), reduction="none").mean(1)
+
+
+def _sse(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return (pred - truth).pow(2).sum(-1)
+
+
+def _r2(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return 1.0 - _sse(pred, truth) / (truth - truth.mean()).pow(2).sum().clamp(min=1e-300)
+
+
+def _rmse(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return (_sse(pred, truth) / len(truth)).sqrt()
+
+
+def _mae(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return (pred - truth).abs().mean(-1)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """How scikit-learn's scorer of a name scores a model, from its public parts: `sign *
+    sklearn.metrics.<function>(truth, <the model's response>)`, as `make_scorer(function,
+    response_method=response, greater_is_better=sign > 0)` builds it."""
+
+    task: str
+    function: str  # the public sklearn.metrics function the scorer calls
+    response: str  # what the scorer asks the model for: "predict" (labels, values) or "predict_proba"
+    sign: int = 1  # -1: an error, negated (the `neg_` names), so that higher is better
+    # ROC AUC ranks: two classes by the positive class's probability (the scorer "roc_auc"; it asks
+    # for decision_function first, which these models lack), more one-vs-rest (the scorer
+    # "roc_auc_ovr"); a split that holds one class has no ranking, and scores NaN.
+    ranks: bool = False
+    stacked: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # the function, K at once
+
+
+SCORERS: dict[str, Scorer] = {  # the metrics a study may name: scorer names (get_scorer_names())
+    "accuracy": Scorer("classification", "accuracy_score", "predict", stacked=_accuracy),
+    "balanced_accuracy": Scorer("classification", "balanced_accuracy_score", "predict"),
+    "roc_auc": Scorer("classification", "roc_auc_score", "predict_proba", ranks=True),
+    "neg_log_loss": Scorer("classification", "log_loss", "predict_proba", -1, stacked=_log_loss),
+    "r2": Scorer("regression", "r2_score", "predict", stacked=_r2),
+    "neg_root_mean_squared_error": Scorer(
+        "regression", "root_mean_squared_error", "predict", -1, stacked=_rmse
+    ),
 }
+METRICS = {task: tuple(name for name, s in SCORERS.items() if s.task == task) for task in TASKS}
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2"}
 MAX_INFERRED_CLASSES = 20  # a whole-number target with at most this many values is a class label
 
@@ -87,49 +150,60 @@ def losses_and_scores(
     """Each member's (validation loss, score): outputs [K, N, C], y [N] (class indices, or the
     standardized target). The loss is what training minimizes (cross-entropy, or the squared error
     of the standardized target); the score is the metric, higher better."""
-    k = len(outputs)
+    scorer = SCORERS[metric]
     if task == "regression":
-        pred = outputs[..., 0].to(torch.float64)
-        yy = y.to(torch.float64)
-        loss = (pred - yy).pow(2).mean(1)
-        raw_pred, raw = (target.inverse(pred), target.inverse(yy, clip=False)) if target else (pred, yy)
-        sse = (raw_pred - raw).pow(2).sum(1)
-        if metric == "r2":
-            score = 1.0 - sse / (raw - raw.mean()).pow(2).sum().clamp(min=1e-300)
-        else:
-            score = -(sse / len(raw)).sqrt()
-        return _finite(loss.tolist()), _finite(score.tolist())
-    logits = outputs.to(torch.float64 if outputs.dtype == torch.float64 else torch.float32)
-    target_k = y.expand(k, len(y))
-    loss = F.cross_entropy(logits.transpose(1, 2), target_k, reduction="none").mean(1)
-    if metric == "accuracy":
-        # a count over N in float64: the same float as Python's correct / N, bit for bit
-        score = (logits.argmax(2) == target_k).sum(1).to(torch.float64) / len(y)
-        return _finite(loss.tolist()), score.tolist()
+        pred, truth = outputs[..., 0].to(torch.float64), y.to(torch.float64)
+        loss = (pred - truth).pow(2).mean(1)
+        if target is not None:  # scored in the target's own units
+            pred, truth = target.inverse(pred), target.inverse(truth, clip=False)
+    else:
+        pred, truth = outputs.to(torch.float64 if outputs.dtype == torch.float64 else torch.float32), y
+        loss = _log_loss(pred, truth)
     losses = _finite(loss.tolist())
-    if metric == "neg_log_loss":
-        return losses, [-v for v in losses]
-    probs = logits.softmax(2).cpu().numpy()
-    truth = y.cpu().numpy()
-    return losses, [_sklearn_score(metric, truth, p) for p in probs]
+    if scorer.stacked is not None:
+        return losses, [scorer.sign * v for v in _finite(scorer.stacked(pred, truth).tolist())]
+    # The others through scikit-learn, member by member, from what its scorer asks the model for.
+    truth_np = truth.cpu().numpy()
+
+    def member(m: np.ndarray) -> float:  # its probabilities [N, C] or values [N]
+        if not np.all(np.isfinite(m)):
+            return math.nan
+        return score(metric, truth_np, m.argmax(1) if m.ndim == 2 and scorer.response == "predict" else m)
+
+    return losses, [member(m) for m in (pred.softmax(2) if task == "classification" else pred).cpu().numpy()]
 
 
-def _sklearn_score(metric: str, truth: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+def score(metric: str, truth: np.ndarray, response: np.ndarray) -> float:
+    """One model's `metric`, as scikit-learn's scorer of that name computes it: `truth` holds the
+    class indices or the true values, `response` what `SCORERS[metric].response` names: the
+    predicted class indices or values (`predict`), or the class probabilities [N, C], columns in
+    class-index order (`predict_proba`), where every class counts, even one absent from `truth`."""
+    from sklearn import metrics  # imported here: it takes seconds, and --help should not
 
-    if not np.all(np.isfinite(probs)):
-        return math.nan
-    if metric == "balanced_accuracy":
-        return float(balanced_accuracy_score(truth, probs.argmax(1)))
-    labels = np.arange(probs.shape[1])
-    if len(np.unique(truth)) < 2:
-        return math.nan  # a split with one class has no ranking to score
+    scorer = SCORERS[metric]
+    kwargs: dict[str, Any] = {}
+    if scorer.response == "predict_proba":
+        if scorer.ranks and len(np.unique(truth)) < 2:
+            return math.nan  # a split with one class has no ranking to score
+        if scorer.ranks and response.shape[1] == 2:
+            response = response[:, 1]  # the positive class's probability
+        else:
+            kwargs["labels"] = np.arange(response.shape[1])
+            if scorer.ranks:
+                kwargs["multi_class"] = "ovr"
     try:
-        if probs.shape[1] == 2:
-            return float(roc_auc_score(truth, probs[:, 1]))
-        return float(roc_auc_score(truth, probs, multi_class="ovr", labels=labels))
+        return scorer.sign * float(getattr(metrics, scorer.function)(truth, response, **kwargs))
     except ValueError:  # a class absent from the split: one-vs-rest has nothing to rank for it
-        return math.nan
+        if scorer.ranks:
+            return math.nan
+        raise
+
+
+def regression_figures(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """R², RMSE and MAE of one model's predictions, by the code that scores the metrics `r2` and
+    `neg_root_mean_squared_error` (float64, in the units given)."""
+    p, t = torch.as_tensor(pred, dtype=torch.float64)[None], torch.as_tensor(truth, dtype=torch.float64)
+    return {"r2": _r2(p, t).item(), "rmse": _rmse(p, t).item(), "mae": _mae(p, t).item()}
 
 
 def _finite(values: list[float]) -> list[float]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -21,6 +23,8 @@ from search.artifacts.evaluation import (
     write_json,
     write_reports,
 )
+from search.artifacts.table_figures import REPEATS, permutation_importance
+from search.data.targets import METRICS, SCORERS
 from search.errors import UserError
 from search.training.config import TrainConfig
 from search.training.model import build_mlp
@@ -148,3 +152,63 @@ def test_a_model_pt_that_is_not_weights_is_one_line(tmp_path):
         load_model(good_best(), tmp_path / "model.pt", in_features=64, n_classes=10)
     with pytest.raises(UserError, match="not a state_dict"):
         load_state(fixed_model(), {"weight": "x"}, source="m.pt")
+
+
+# ---------------------------------------------------------------------------- the study's metric
+
+
+@pytest.mark.parametrize("metric", METRICS["regression"])
+def test_the_regression_report_states_the_score_by_the_same_code(metric):
+    from search.data.targets import TargetScale
+
+    rng = np.random.default_rng(0)
+    raw = rng.lognormal(3, 1, 40)
+    scale = TargetScale.fit(raw, log=True)
+    x = torch.as_tensor(scale.forward(raw) + rng.normal(scale=0.3, size=40))[:, None]
+    y = torch.as_tensor(scale.forward(raw))
+    ev = evaluate_split(nn.Identity(), x, y, (), task="regression", metric=metric, target=scale)
+    assert np.allclose(ev.targets, raw) and ev.task == "regression"
+    figure = ev.report["r2"] if metric == "r2" else -ev.report["rmse"]
+    assert figure == ev.score  # the test report's figure is the study's score, bit for bit
+
+
+class _Stand:
+    """A scikit-learn model answering as an exported table `Predictor` does (outputs, predict,
+    predict_proba), with class indices for classes."""
+
+    def __init__(self, model, task: str):
+        self.model, self.preprocess = model, SimpleNamespace(task=task)
+
+    def outputs(self, rows) -> torch.Tensor:
+        d = self.model.decision_function(rows)
+        return torch.as_tensor(d if d.ndim == 2 else np.stack([np.zeros_like(d), d], 1))
+
+    def predict(self, rows) -> np.ndarray:
+        return self.model.predict(rows)
+
+    def predict_proba(self, rows) -> np.ndarray:
+        return self.model.predict_proba(rows)
+
+
+@pytest.mark.parametrize(("metric", "n_classes"), [(m, c) for m in METRICS["classification"] for c in (2, 3)]
+                         + [(m, 0) for m in METRICS["regression"]])  # fmt: skip
+def test_permutation_importance_scores_the_metric_as_scikit_learns_scorer_of_its_name(metric, n_classes):
+    from sklearn.datasets import make_classification, make_regression
+    from sklearn.inspection import permutation_importance as sk_importance
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    task = SCORERS[metric].task
+    if task == "regression":
+        x, y = make_regression(n_samples=80, n_features=4, noise=30.0, bias=100.0, random_state=0)
+        model = Ridge().fit(pd.DataFrame(x).add_prefix("c"), y)
+    else:
+        x, y = make_classification(n_samples=80, n_features=4, n_classes=n_classes, n_informative=3,
+                                   n_redundant=0, random_state=0)  # fmt: skip
+        model = LogisticRegression().fit(pd.DataFrame(x).add_prefix("c"), y)
+    rows = pd.DataFrame(x).add_prefix("c")
+    found = permutation_importance(_Stand(model, task), rows, y, metric, seed=3)
+    name = "roc_auc_ovr" if metric == "roc_auc" and n_classes > 2 else metric
+    want = sk_importance(model, rows, y, scoring=name, n_repeats=REPEATS, random_state=3)
+    by_column = {r["column"]: (r["mean"], r["std"]) for r in found}
+    for column, mean, std in zip(rows.columns, want.importances_mean, want.importances_std, strict=True):
+        assert by_column[column] == pytest.approx((mean, std), rel=1e-9, abs=1e-12), column

@@ -1,5 +1,5 @@
-"""Every metric a study may name scores a stack's members as scikit-learn scores each alone; the
-task rule and the target's scale do what the README says."""
+"""Every metric a study may name is scikit-learn's scorer of that name, and scores a stack's members
+as scikit-learn scores each alone; the task rule and the target's scale do what the README says."""
 
 import math
 
@@ -7,11 +7,84 @@ import numpy as np
 import pytest
 import torch
 from sklearn import metrics
+from sklearn.datasets import make_classification, make_regression
+from sklearn.linear_model import LogisticRegression, Ridge
 
-from search.data.targets import TargetScale, infer_task, losses_and_scores, wants_log
+from search.data.targets import (
+    DEFAULT_METRIC,
+    METRICS,
+    SCORERS,
+    TASKS,
+    TargetScale,
+    infer_task,
+    losses_and_scores,
+    regression_figures,
+    score,
+    wants_log,
+)
 
 rng = np.random.default_rng(0)
 K, N, C = 3, 50, 4
+
+
+def test_the_metrics_are_scikit_learns_scorer_names():
+    assert set(SCORERS) <= set(metrics.get_scorer_names())
+    assert [m for t in TASKS for m in METRICS[t]] == list(SCORERS)
+    assert all(DEFAULT_METRIC[t] in METRICS[t] for t in TASKS)
+
+
+def fitted_members(task: str, n_classes: int):
+    """K tiny fitted scikit-learn models on one data set, and their raw outputs stacked [K, N, C]:
+    the logits (a binary model's decision d as the pair (0, d)), or the predicted values."""
+    if task == "regression":
+        x, y = make_regression(n_samples=60, n_features=4, noise=30.0, bias=100.0, random_state=0)
+        models = [Ridge(alpha=a).fit(x, y) for a in (0.1, 30.0, 3000.0)]
+        outputs = [m.predict(x)[:, None] for m in models]
+    else:
+        x, y = make_classification(
+            n_samples=60, n_features=5, n_informative=3, n_classes=n_classes, random_state=2
+        )
+        models = [LogisticRegression(C=c).fit(x, y) for c in (0.001, 0.03, 100.0)]
+        decisions = [m.decision_function(x) for m in models]
+        outputs = [d if d.ndim == 2 else np.stack([np.zeros_like(d), d], 1) for d in decisions]
+    return models, x, y, torch.as_tensor(np.stack(outputs))
+
+
+@pytest.mark.parametrize(
+    ("metric", "n_classes"),
+    [(m, c) for m in METRICS["classification"] for c in (2, 3)] + [(m, 0) for m in METRICS["regression"]],
+)
+def test_every_metric_is_the_scorer_of_its_name_on_fitted_models(metric, n_classes):
+    """Each SCORERS entry against `get_scorer(name)(estimator, X, y)`, computed independently:
+    `score` from what the entry says the scorer asks the model for, and `losses_and_scores` from
+    the raw outputs of K members at once (on the device for accuracy, log loss, R² and RMSE)."""
+    scorer = SCORERS[metric]
+    models, x, y, outputs = fitted_members(scorer.task, n_classes)
+    name = "roc_auc_ovr" if metric == "roc_auc" and n_classes > 2 else metric  # one-vs-rest beyond 2
+    want = [metrics.get_scorer(name)(m, x, y) for m in models]
+    assert [score(metric, y, getattr(m, scorer.response)(x)) for m in models] == pytest.approx(
+        want, rel=1e-12
+    )
+    _, scores = losses_and_scores(outputs, torch.as_tensor(y), task=scorer.task, metric=metric, target=None)
+    assert scores == pytest.approx(want, rel=1e-9)
+    assert len(set(scores)) > 1  # the members differ: each is scored as itself
+
+
+def test_the_regression_report_figures_are_scikit_learns():
+    truth, pred = rng.lognormal(3, 1, N), rng.lognormal(3, 1, N)
+    figures = regression_figures(pred, truth)
+    assert figures == pytest.approx(
+        {
+            "r2": metrics.r2_score(truth, pred),
+            "rmse": metrics.root_mean_squared_error(truth, pred),
+            "mae": metrics.mean_absolute_error(truth, pred),
+        },
+        rel=1e-12,
+    )
+    outputs, y = torch.as_tensor(pred)[None, :, None], torch.as_tensor(truth)
+    for metric, figure in (("r2", "r2"), ("neg_root_mean_squared_error", "rmse")):  # the score's own code
+        _, (value,) = losses_and_scores(outputs, y, task="regression", metric=metric, target=None)
+        assert value == SCORERS[metric].sign * figures[figure]
 
 
 def test_classification_metrics_equal_scikit_learns_member_by_member():
