@@ -309,7 +309,7 @@ def config_params(config: TrainConfig, space: dict[str, Param], *, epochs: int) 
         warnings.simplefilter("error", UserWarning)
         try:
             sample_config(recorder, space, epochs=epochs, seed=config.seed)
-        except UserWarning as e:
+        except (UserWarning, ValueError) as e:  # a value outside a range; a choice not offered
             raise UserError(f"does not fit the space: {e}") from None
     params = dict(recorder.params)
     replayed = replay_config(params, space, epochs=epochs, seed=config.seed)

@@ -98,6 +98,8 @@ def test_a_baseline_table_is_read_and_checked_against_the_space(tmp_path):
         ("hidden = [32]", "hidden = [32]\ncolour = 1", ["[baseline] colour", "unknown field"]),
         ("hidden = [32]", "hidden = [32]\nepochs = 3", ["[baseline] epochs", "come from the study"]),
         ('optimizer = "sgd"\nlr', 'optimizer = "lbfgs"\nlr', ["[baseline]", "lbfgs"]),
+        # a known value the space's choices leave out: Optuna's FixedTrial raises ValueError there
+        ('optimizer = ["sgd", "adam"]', 'optimizer = ["adam"]', ["[baseline]", "'sgd' not in"]),
     ],
 )
 def test_a_bad_baseline_is_refused_in_one_line(tmp_path, old, new, words):
