@@ -7,6 +7,7 @@ trials.csv, predictions.png and errors.png (search.artifacts.export says what ea
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,13 @@ def build_parser() -> cli.ArgumentParser:
         action="store_true",
         help="also write model-half.pt: the weights in float16, with its test figure, size and latency",
     )
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tables: train the chosen model again on the training and validation rows and export that "
+        "(the search's own model is scored on the test split beside it)",
+    )
     cli.add_training_flags(p)
     return p
 
@@ -56,7 +64,7 @@ def _main(argv: Sequence[str] | None) -> int:
         done = export_study(
             storage_url=storage_url, study_name=args.study_name, out_dir=args.out,
             results_dir=args.results_dir, device=device, data_dir=args.data_dir, retrain=args.retrain,
-            argv=argv, on_epoch=on_epoch, quantize=args.quantize, half=args.half,
+            argv=argv, on_epoch=on_epoch, quantize=args.quantize, half=args.half, refit=args.refit,
         )  # fmt: skip
     ev = done.evaluation
     lines = [

@@ -154,3 +154,39 @@ def test_retraining_an_ensemble_that_was_not_exported_is_one_line(exported, tmp_
                        "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "ensemble.pt does not exist" in err, err
+
+
+WEAK_TABLE = WEAK.replace('dataset = "digits"', 'dataset = "table"')
+
+
+def test_predict_answers_with_the_exported_ensemble_of_a_table(tmp_path):
+    """search.predict takes the ensemble the export chose (here refit on every row, kept in full
+    precision), so its answers on the test rows score exactly the export's test figure."""
+    from sklearn.datasets import load_digits
+
+    from search.data.tables import TableSpec, load_table
+    from search.predict import main as predict_main
+
+    frame = load_digits(as_frame=True).frame  # the digits as a table: weak members differ
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    (tmp_path / "weak.toml").write_text(WEAK_TABLE)
+    common = ["--storage", f"sqlite:///{tmp_path / 's.db'}", "--results-dir", str(tmp_path / "results"),
+              "--device", "cpu", "--no-progress"]  # fmt: skip
+    _quiet(run_main, ["--study", str(tmp_path / "weak.toml"), "--data", str(tmp_path / "c.csv"),
+                      "--target", "target", "--trials", "8", *common])  # fmt: skip
+    _quiet(export_main, [*common, "--out", str(tmp_path / "out")])
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["ensemble"]["exported"], "the weak study's ensemble should win on validation"
+    spec = TableSpec(train=str(tmp_path / "c.csv"), target="target")
+    test = frame.loc[
+        load_table(spec, device="cpu", val_fraction=0.2, split_seed=0).table.frames["test"].index
+    ]
+    test.to_csv(tmp_path / "test.csv", index=False)
+    _quiet(predict_main, ["--model", str(tmp_path / "out"), "--data", str(tmp_path / "test.csv"),
+                          "--out", str(tmp_path / "p.csv")])  # fmt: skip
+    import pandas as pd
+
+    predicted = pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy()
+    accuracy = (predicted == test["target"].to_numpy()).mean()
+    assert accuracy == pytest.approx(best["test_score"], abs=1e-12)
+    assert best["test_score"] != best["single_test_score"] or accuracy == best["single_test_score"]

@@ -167,9 +167,12 @@ def save(
     return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
-def save_selected(path: Path, selection: Selection, ensemble: Ensemble) -> Path:
+def save_selected(path: Path, selection: Selection, ensemble: Ensemble, *, half: bool = True) -> Path:
+    """ensemble.pt for the selection: in half precision as the pool kept it, or (`half=False`) as
+    trained, for members refit on every row (search.artifacts.refit), so the file scores exactly
+    what the export scored."""
     trials = list(selection.weights)
-    return save(path, ensemble, trials, [selection.configs[n] for n in trials], selection.numeric, half=True)
+    return save(path, ensemble, trials, [selection.configs[n] for n in trials], selection.numeric, half=half)
 
 
 def read(path: Path) -> dict[str, Any]:
