@@ -22,6 +22,7 @@ WHITENINGS = ("none", "zca")
 NORMS = ("batch", "layer", "none")  # a study's `norm` knob: sets batchnorm or layernorm (or neither)
 MAX_MIX_ALPHA = 10.0  # Beta(alpha, alpha) beyond this is lam = 0.5 to within a few percent
 MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
+MAX_ENSEMBLE = 256  # ensemble members in one model; TabM uses 32, and each costs a batch's activations
 
 
 _CHOICES = {
@@ -51,6 +52,14 @@ class TrainConfig:
     # inverted bottleneck (Bachmann et al. 2023, "Scaling MLPs"): every hidden width equal.
     residual: bool = False
     expansion: int = 4  # a block's inner width, in multiples of its width (residual only)
+    # Members of a parameter-efficient ensemble inside the one model (BatchEnsemble as TabM uses
+    # it, Gorishniy et al. 2025): all share every hidden weight matrix, each has its own rank-1
+    # input and output scalings, biases, norms and output layer; each sees the same batch, the
+    # loss is the mean of theirs, a prediction averages their probabilities (or outputs). 1 = off.
+    ensemble_k: int = 1
+    # A learnable per-feature scale x * s in front of the first layer (RealMLP's "scale" layer,
+    # Holzmüller et al. 2024), s initialised at 1 and trained like every other weight.
+    feature_scale: bool = False
     # --- optimisation ---
     optimizer: str = "sgd"  # one of OPTIMIZERS
     lr: float = 1e-3  # learning rate, per step
@@ -107,7 +116,10 @@ class TrainConfig:
             problems.append(f"expansion must be a whole number >= 1, got {self.expansion!r}")
         if self.batchnorm and self.layernorm:
             problems.append("batchnorm and layernorm exclude each other: pick one norm")
-        for name in ("batchnorm", "layernorm", "residual", "hflip", "tta_hflip"):
+        k = self.ensemble_k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_ENSEMBLE:
+            problems.append(f"ensemble_k must be a whole number in [1, {MAX_ENSEMBLE}], got {k!r}")
+        for name in ("batchnorm", "layernorm", "residual", "hflip", "tta_hflip", "feature_scale"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int):

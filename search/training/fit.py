@@ -29,12 +29,12 @@ from torch.optim.sgd import sgd
 
 from search.data.datasets import Dataset
 from search.data.targets import losses_and_scores
-from search.data.whiten import fold_into_first_linear, whitened, zca_matrix
+from search.data.whiten import whitened, zca_matrix
 from search.device import autocast, free_memory
 from search.training.augment import Augmenter, check_augmentable
 from search.training.config import TrainConfig
 from search.training.mix import Mixer
-from search.training.model import build_mlp, mean_of_probabilities, member_flops, mirrored
+from search.training.model import build_mlp, fold_whitening, mean_of_probabilities, member_flops, mirrored
 from search.training.optim import MemberOptimizers
 from search.training.plan import stack_key
 from search.training.stack import StackedMLP, layout_of
@@ -125,7 +125,9 @@ def fit_stacked(
         return []
     resume = list(resume) if resume is not None else [None] * len(configs)
     if len({stack_key(c) for c in configs}) > 1:
-        raise ValueError("stacked configs must share depth, blocks, batch size, whitening and epochs")
+        raise ValueError(
+            "stacked configs must share depth, blocks, ensemble size, batch size, whitening and epochs"
+        )
     for c, state in zip(configs, resume, strict=True):
         check_augmentable(c, data.image_shape, data.name)
         if state is not None and state.config != c.to_dict():
@@ -269,7 +271,8 @@ class _StackRun:
             epoch_seconds = time.perf_counter() - epoch_started
             self._charge(members, epoch_seconds)
 
-            rows = max(1, EVAL_ELEMENTS // (k * max((*stack.layout.widths, self.source.in_features))))
+            widest = k * stack.layout.ensemble * max((*stack.layout.widths, self.source.in_features))
+            rows = max(1, EVAL_ELEMENTS // widest)
             with stack.weights_from(optimizer.averages()):  # members with `ema` score the average
                 outputs = stack.predict(self.source.x_val, rows)
                 flips = [row for row, m in enumerate(members) if m.config.tta_hflip]
@@ -360,6 +363,6 @@ class _StackRun:
     def _leave(self, stack: StackedMLP, row: int, member: _Member, steps: int) -> None:
         stack.write_member(row, member.model, steps)
         if member.config.whiten == "zca":
-            fold_into_first_linear(member.model, *zca_matrix(self.data, member.config.zca_eps))
+            fold_whitening(member.model, *zca_matrix(self.data, member.config.zca_eps))
         self.results[member.index].model = member.model
         self.done[member.index] = True

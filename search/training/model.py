@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from search.data.whiten import fold_into_first_linear
 from search.device import autocast
 from search.errors import UserError
 from search.training.config import TrainConfig
@@ -35,21 +37,39 @@ def build_mlp(
     a hidden Linear's bias is redundant (its true gradient is zero, and the engine keeps it so),
     but it is kept so the notebook's layer shapes match. With `tta_hflip` the model is a
     `MirrorAveraged` Sequential (the same layers and state_dict), which needs the image shape.
+
+    With `feature_scale` a `FeatureScale` comes first. With `ensemble_k` = k > 1 the layers are
+    their ensemble forms (TabM's, on [B, k, width]: `EnsembleView`, `BatchEnsembleLinear`, the
+    norms per member, an `EnsembleLinear` head) and `MemberMean` ends the model: in eval mode it
+    answers with the log of the members' mean probability (their mean output for regression,
+    n_classes = 1), in training mode with every member's output [B, k, n_classes]. ZCA cannot
+    fold into a BatchEnsemble first layer (each member scales the inputs its own way), so such a
+    model starts with a `Whitening` (buffers the fit fills, identity until then).
     """
+    k = config.ensemble_k
     layers: list[nn.Module] = []
+    if k > 1 and config.whiten == "zca":
+        layers.append(Whitening(in_features))
+    if config.feature_scale:
+        layers.append(FeatureScale(in_features))
+    if k > 1:
+        layers.append(EnsembleView(k))
     width = in_features
     for i, out in enumerate(config.hidden):
         if config.residual and i:
             layers.append(Block(config, out))
             continue
-        layers.append(nn.Linear(width, out))
+        layers.append(_linear(config, width, out, first=i == 0))
         if (norm := _norm(config, out)) is not None:
             layers.append(norm)
         layers.append(ACTIVATION_MODULES[config.activation]())
         if config.dropout > 0:
             layers.append(nn.Dropout(config.dropout))
         width = out
-    layers.append(nn.Linear(width, n_classes))
+    if k > 1:
+        layers += [EnsembleLinear(width, n_classes, k), MemberMean(regression=n_classes == 1)]
+    else:
+        layers.append(nn.Linear(width, n_classes))
     if config.tta_hflip:
         if image_shape is None or len(image_shape) != 3:
             raise UserError(f"tta_hflip needs image data (C, H, W); got shape {image_shape}")
@@ -57,10 +77,21 @@ def build_mlp(
     return nn.Sequential(*layers)
 
 
+def _linear(config: TrainConfig, width: int, out: int, *, first: bool = False) -> nn.Module:
+    if config.ensemble_k > 1:
+        return BatchEnsembleLinear(width, out, config.ensemble_k, random_signs=first)
+    return nn.Linear(width, out)
+
+
 def _norm(config: TrainConfig, width: int) -> nn.Module | None:
+    k = config.ensemble_k
+    if config.batchnorm and k > 1:  # one channel per member and unit
+        return EnsembleBatchNorm(k * width, momentum=config.bn_momentum)
     if config.batchnorm:
         return nn.BatchNorm1d(width, momentum=config.bn_momentum)
-    return nn.LayerNorm(width) if config.layernorm else None
+    if config.layernorm:
+        return EnsembleLayerNorm(width, k) if k > 1 else nn.LayerNorm(width)
+    return None
 
 
 class Block(nn.Module):
@@ -71,13 +102,153 @@ class Block(nn.Module):
     def __init__(self, config: TrainConfig, width: int):
         super().__init__()
         self.norm = _norm(config, width) or nn.Identity()
-        self.fc1 = nn.Linear(width, width * config.expansion)
+        self.fc1 = _linear(config, width, width * config.expansion)
         self.act = ACTIVATION_MODULES[config.activation]()
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.fc2 = nn.Linear(width * config.expansion, width)
+        self.fc2 = _linear(config, width * config.expansion, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(self.drop(self.act(self.fc1(self.norm(x)))))
+
+
+class FeatureScale(nn.Module):
+    """x * weight: one learnable scale per input feature, initialised at 1 (RealMLP's "scale"
+    layer, Holzmüller et al. 2024), shared by every ensemble member."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+class Whitening(nn.Module):
+    """(x - mean) @ matrix with fixed buffers: the ZCA transform in front of a model whose first
+    layer cannot absorb it (search.data.whiten). Identity until a fit fills it."""
+
+    mean: torch.Tensor
+    matrix: torch.Tensor
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("matrix", torch.eye(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.matrix
+
+
+class EnsembleView(nn.Module):
+    """[B, features] -> [B, k, features]: every member sees the same rows (no copy)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1).expand(-1, self.k, -1)
+
+
+def _uniform(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+    return nn.init.uniform_(tensor, -(fan_in**-0.5), fan_in**-0.5)  # nn.Linear's bounds
+
+
+class BatchEnsembleLinear(nn.Module):
+    """k linear layers sharing one weight matrix, on [B, k, in] -> [B, k, out]: member j computes
+    ((x * r[j]) @ weight.T) * s[j] + bias[j] (BatchEnsemble, Wen et al. 2020, as the `tabm`
+    package's `LinearBatchEnsemble` defines it; the same parameter names and shapes). Initialised
+    as TabM initialises it: weight and bias as nn.Linear's (every member's bias the same), s at 1,
+    r at 1 but in the first layer, where each entry is a random sign (per input, unchunked)."""
+
+    def __init__(self, in_features: int, out_features: int, k: int, *, random_signs: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.k = in_features, out_features, k
+        self.weight = nn.Parameter(_uniform(torch.empty(out_features, in_features), in_features))
+        self.r = nn.Parameter(torch.ones(k, in_features))
+        self.s = nn.Parameter(torch.ones(k, out_features))
+        bias = _uniform(torch.empty(out_features), in_features)
+        self.bias = nn.Parameter(bias.expand(k, -1).clone())
+        if random_signs:
+            with torch.no_grad():
+                self.r.bernoulli_(0.5).mul_(2).sub_(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x * self.r) @ self.weight.T) * self.s + self.bias
+
+
+class EnsembleLinear(nn.Module):
+    """k independent linear layers on [B, k, in] -> [B, k, out] (the `tabm` package's
+    `LinearEnsemble`, TabM's output layer): weight [k, in, out], bias [k, out]."""
+
+    def __init__(self, in_features: int, out_features: int, k: int):
+        super().__init__()
+        self.weight = nn.Parameter(_uniform(torch.empty(k, in_features, out_features), in_features))
+        self.bias = nn.Parameter(_uniform(torch.empty(k, out_features), in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.transpose(0, 1) @ self.weight).transpose(0, 1) + self.bias
+
+
+class EnsembleBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over k * width channels on [B, k, width]: each member's own statistics and
+    affine weights (the `tabm` package's `BatchNorm1dEnsemble`); the state_dict is BatchNorm1d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1)).view_as(x)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dimension of [B, k, width], each member with its own affine
+    weights [k, width] (the `tabm` package's `LayerNormEnsemble`)."""
+
+    def __init__(self, width: int, k: int, eps: float = 1e-5):
+        super().__init__()
+        self.width, self.eps = width, eps
+        self.weight = nn.Parameter(torch.ones(k, width))
+        self.bias = nn.Parameter(torch.zeros(k, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, F.layer_norm(x, (self.width,), eps=self.eps), self.weight)
+
+
+def mean_over_members(outputs: torch.Tensor, dim: int, *, regression: bool) -> torch.Tensor:
+    """The members' mean output (regression), or logits whose softmax is their mean probability:
+    log(mean_j softmax(outputs_j)), over dimension `dim`."""
+    if regression:
+        return outputs.mean(dim)
+    return torch.logsumexp(outputs.log_softmax(-1), dim=dim) - math.log(outputs.shape[dim])
+
+
+class MemberMean(nn.Module):
+    """An ensemble model's last module: in eval mode the members' outputs [B, k, n] averaged to
+    [B, n] (`mean_over_members`), so every consumer of logits takes them unchanged; in training
+    mode every member's own output, each of which gets its own loss."""
+
+    def __init__(self, *, regression: bool):
+        super().__init__()
+        self.regression = regression
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.training else mean_over_members(x, 1, regression=self.regression)
+
+
+def fold_whitening(model: nn.Module, mean: torch.Tensor, w: torch.Tensor) -> None:
+    """Rewrite `model` (a `build_mlp` model trained on (x - mean) @ w) to take x itself: fill its
+    `Whitening`, or fold the transform into its first Linear (search.data.whiten), a feature
+    scale in front of it first (W diag(s) is the first Linear, s becomes 1)."""
+    whitening = [m for m in model.modules() if isinstance(m, Whitening)]
+    if whitening:
+        with torch.no_grad():
+            whitening[0].mean.copy_(mean)
+            whitening[0].matrix.copy_(w)
+        return
+    for scale in (m for m in model.modules() if isinstance(m, FeatureScale)):
+        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        with torch.no_grad():
+            first.weight.mul_(scale.weight)
+            scale.weight.fill_(1.0)
+    fold_into_first_linear(model, mean, w)
 
 
 def mirrored(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -126,21 +297,28 @@ def layer_shapes(config: TrainConfig, in_features: int, n_classes: int) -> list[
 
 
 def member_flops(config: TrainConfig, in_features: int, n_classes: int) -> int:
-    """Multiply-adds of one sample's forward pass through the Linear layers."""
-    return sum(a * b for a, b in layer_shapes(config, in_features, n_classes))
+    """Multiply-adds of one sample's forward pass through the Linear layers (of every ensemble
+    member: each multiplies its own copy of the batch by the shared matrices)."""
+    return config.ensemble_k * sum(a * b for a, b in layer_shapes(config, in_features, n_classes))
 
 
 def param_count(config: TrainConfig, *, in_features: int, n_classes: int) -> int:
     """What `count_params(build_mlp(config, ...))` returns, without building the model."""
-    norms = 2 * sum(config.hidden) if config.batchnorm or config.layernorm else 0
-    inner = config.expansion * sum(config.hidden[1:]) if config.residual else 0  # blocks' fc1 biases
-    d = dims(config, in_features, n_classes)
-    return member_flops(config, in_features, n_classes) + sum(d[1:]) + inner + norms
+    k = config.ensemble_k
+    *hidden, (a, c) = layer_shapes(config, in_features, n_classes)
+    norms = 2 * k * sum(config.hidden) if config.batchnorm or config.layernorm else 0
+    scale = in_features if config.feature_scale else 0
+    if k == 1:
+        linears = sum(i * o + o for i, o in hidden)
+    else:  # a shared matrix, and each member's r [in], s [out] and bias [out]
+        linears = sum(i * o + k * (i + 2 * o) for i, o in hidden)
+    return linears + k * (a * c + c) + norms + scale  # the head: one per member
 
 
 def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> str:
-    """One line naming every layer, e.g. `3072-512(bn,relu,p=0.3)-256(bn,relu,p=0.3)-10`."""
-    parts = [str(in_features)]
+    """One line naming every layer, e.g. `3072-512(bn,relu,p=0.3)-256(bn,relu,p=0.3)-10`; a
+    feature scale tags the inputs (`64(scale)-...`), an ensemble ends in ` k=32`."""
+    parts = [f"{in_features}(scale)" if config.feature_scale else str(in_features)]
     for i, out in enumerate(config.hidden):
         tags = [f"res*{config.expansion}"] if config.residual and i else []
         tags += {"batch": ["bn"], "layer": ["ln"], "none": []}[config.norm] + [config.activation]
@@ -148,7 +326,7 @@ def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> st
             tags.append(f"p={config.dropout:.2g}")
         parts.append(f"{out}({','.join(tags)})")
     parts.append(str(n_classes))
-    return "-".join(parts)
+    return "-".join(parts) + (f" k={config.ensemble_k}" if config.ensemble_k > 1 else "")
 
 
 EVAL_BATCH = 8192  # samples per forward pass when scoring a model; memory-bound, not a hyperparameter

@@ -1,8 +1,8 @@
 """Which trials train together: what a stack's members share, how many fit, and where to split.
 
-A stack's members share `stack_key` (depth, residual blocks, batch size, input whitening,
-epochs); `stack_capacity` bounds how many fit in the device's memory; on a CPU, `split_by_width`
-splits a stack where padding costs more than launches.
+A stack's members share `stack_key` (depth, residual blocks, ensemble size, batch size, input
+whitening, epochs); `stack_capacity` bounds how many fit in the device's memory; on a CPU,
+`split_by_width` splits a stack where padding costs more than launches.
 
 A stack pads every layer to its widest member. On a GPU padding is nearly free (a step costs its
 launches); on a CPU padded multiply-adds are real work: 16 digits trials with widths drawn from 16
@@ -36,13 +36,14 @@ MEMORY_SHARE = 0.5  # of the device's free memory, what a stack may plan to use
 
 
 def stack_key(config: TrainConfig, start_epoch: int = 0) -> tuple:
-    """What members of one stack share: depth, residual blocks and their expansion, batch size,
-    input transforms, epochs, and the epoch they start from (a resumed member stacks with those
-    resumed from the same epoch)."""
+    """What members of one stack share: depth, residual blocks and their expansion, ensemble
+    size, batch size, input transforms, epochs, and the epoch they start from (a resumed member
+    stacks with those resumed from the same epoch)."""
     zca = config.zca_eps if config.whiten == "zca" else None
     inputs = (config.whiten, zca, config.numeric)
     blocks = config.expansion if config.residual and len(config.hidden) > 1 else 0
-    return (len(config.hidden), blocks, config.batch_size, *inputs, config.epochs, start_epoch)
+    shape = (len(config.hidden), blocks, config.ensemble_k)
+    return (*shape, config.batch_size, *inputs, config.epochs, start_epoch)
 
 
 def member_bytes(config: TrainConfig, data: Dataset) -> int:
@@ -51,7 +52,8 @@ def member_bytes(config: TrainConfig, data: Dataset) -> int:
     states = 1 if config.optimizer == "sgd" else 2
     width = data.variant(config.numeric).in_features  # a piecewise-linear encoding is wider
     weights = 4 * param_count(config, in_features=width, n_classes=data.n_classes) * (2 + states)
-    activations = 4 * config.batch_size * (8 * sum(config.hidden) + 3 * width + 4 * data.n_classes)
+    per_row = 8 * sum(config.hidden) + 3 * width + 4 * data.n_classes  # each ensemble member's copy
+    activations = 4 * config.batch_size * config.ensemble_k * per_row
     return weights + activations
 
 
@@ -84,14 +86,16 @@ def split_by_width(
     best = [0.0] + [float("inf")] * n  # best[j]: cheapest plan for units[:j]
     cut = [0] * (n + 1)
     batch = configs[0].batch_size
-    expansion = layout_of(configs[:1], in_features, n_classes).expansion  # shared by the stack key
+    shared = layout_of(configs[:1], in_features, n_classes)  # expansion and ensemble: the stack key's
     for j in range(1, n + 1):
         widths, k = [0] * len(configs[0].hidden), 0
         for i in range(j - 1, -1, -1):  # the last group is units[i:j], grown to the left
             for m in units[i]:
                 widths = [max(w, h) for w, h in zip(widths, configs[m].hidden, strict=True)]
             k += len(units[i])
-            padded = Layout(in_features, n_classes, tuple(widths), False, expansion=expansion).flops()
+            layout = Layout(in_features, n_classes, tuple(widths), False, expansion=shared.expansion,
+                            ensemble=shared.ensemble)  # fmt: skip
+            padded = layout.flops()
             cost = best[i] + _step_cost(k, batch, padded)
             if cost < best[j]:
                 best[j], cut[j] = cost, i

@@ -24,7 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.training.config import TrainConfig
-from search.training.model import Block, dims
+from search.training.model import (
+    BatchEnsembleLinear,
+    Block,
+    EnsembleLayerNorm,
+    EnsembleLinear,
+    EnsembleView,
+    FeatureScale,
+    dims,
+    mean_over_members,
+)
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default
 LN_EPS = 1e-5  # nn.LayerNorm's default
@@ -51,24 +60,37 @@ class Layout:
     batchnorm: bool  # any member has BatchNorm: BN weights and running stats exist
     layernorm: bool = False  # any member has LayerNorm: its weights (in the same entries) exist
     expansion: int = 0  # residual blocks after the first layer, this many times wider inside; 0: none
+    ensemble: int = 1  # BatchEnsemble members inside each model (ensemble_k, shared by the stack)
+    feature_scale: bool = False  # any member scales its inputs: the scale "fs" [in] exists
 
     def entries(self) -> list[tuple[str, tuple[int, ...]]]:
         """Per plain layer i: w{i} [in, out], b{i}, then its norm's g{i}, be{i}. Per residual block
-        i: the norm of its input (g{i}, be{i}), then w{i} [w, e*w], b{i}, u{i} [e*w, w], c{i}."""
-        out: list[tuple[str, tuple[int, ...]]] = []
+        i: the norm of its input (g{i}, be{i}), then w{i} [w, e*w], b{i}, u{i} [e*w, w], c{i}.
+        With a feature scale, fs [in] first. With an ensemble of k, every vector but fs is one per
+        ensemble member ([k, out]), each shared matrix w{i} has the members' input and output
+        scalings r{i} [k, in] and s{i} [k, out] (a block's u{i}: ru{i}, su{i}), and the head is one
+        per member: wh [k, width, n_classes], bh [k, n_classes]."""
+        k = self.ensemble
+        member = (k,) if k > 1 else ()
+
+        def scales(r: str, n_in: int, s: str, n_out: int) -> list[tuple[str, tuple[int, ...]]]:
+            return [(r, (k, n_in)), (s, (k, n_out))] if k > 1 else []
+
+        out: list[tuple[str, tuple[int, ...]]] = [("fs", (self.in_features,))] if self.feature_scale else []
         width = self.in_features
         norms = self.batchnorm or self.layernorm
         for i, w in enumerate(self.widths):
+            norm = [(f"g{i}", (*member, w)), (f"be{i}", (*member, w))] if norms else []
             if self.expansion and i:
                 inner = self.expansion * w
-                out += [(f"g{i}", (w,)), (f"be{i}", (w,))] if norms else []
-                out += [(f"w{i}", (w, inner)), (f"b{i}", (inner,)), (f"u{i}", (inner, w)), (f"c{i}", (w,))]
+                out += norm + [(f"w{i}", (w, inner)), *scales(f"r{i}", w, f"s{i}", inner)]
+                out += [(f"b{i}", (*member, inner)), (f"u{i}", (inner, w))]
+                out += [*scales(f"ru{i}", inner, f"su{i}", w), (f"c{i}", (*member, w))]
                 continue
-            out += [(f"w{i}", (width, w)), (f"b{i}", (w,))]
-            if norms:
-                out += [(f"g{i}", (w,)), (f"be{i}", (w,))]
+            out += [(f"w{i}", (width, w)), *scales(f"r{i}", width, f"s{i}", w), (f"b{i}", (*member, w))]
+            out += norm
             width = w
-        return out + [("wh", (width, self.n_classes)), ("bh", (self.n_classes,))]
+        return out + [("wh", (*member, width, self.n_classes)), ("bh", (*member, self.n_classes))]
 
     @property
     def size(self) -> int:
@@ -84,8 +106,13 @@ class Layout:
         return out
 
     def flops(self) -> int:
-        """Multiply-adds of one sample's forward pass through one member's padded layers."""
-        return sum(math.prod(shape) for _, shape in self.entries() if len(shape) == 2)
+        """Multiply-adds of one sample's forward pass through one member's padded layers (each of
+        its ensemble members multiplies by the shared matrices; the head is theirs already)."""
+        return sum(
+            math.prod(shape) * (1 if name == "wh" else self.ensemble)
+            for name, shape in self.entries()
+            if name[0] in "wu"
+        )
 
 
 def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> Layout:
@@ -93,7 +120,11 @@ def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> L
     widths = tuple(max(c.hidden[i] for c in configs) for i in range(depth))
     expansion = configs[0].expansion if configs[0].residual else 0  # shared: the stack key holds it
     norms = any(c.batchnorm for c in configs), any(c.layernorm for c in configs)
-    return Layout(in_features, n_classes, widths, *norms, expansion=expansion)
+    scale = any(c.feature_scale for c in configs)
+    return Layout(
+        in_features, n_classes, widths, *norms, expansion=expansion, ensemble=configs[0].ensemble_k,
+        feature_scale=scale,
+    )  # fmt: skip
 
 
 def member_slices(config: TrainConfig, layout: Layout) -> dict[str, tuple[slice, ...]]:
@@ -101,17 +132,24 @@ def member_slices(config: TrainConfig, layout: Layout) -> dict[str, tuple[slice,
     (`rm`, `rv`) included; norm entries only for a member with that norm."""
     names = {"batch": ("b", "g", "be", "rm", "rv"), "layer": ("b", "g", "be"), "none": ("b",)}[config.norm]
     d = dims(config, layout.in_features, layout.n_classes)
-    out: dict[str, tuple[slice, ...]] = {}
+    lead = (slice(None),) * (layout.ensemble > 1)  # every ensemble member's row of a vector
+    out: dict[str, tuple[slice, ...]] = {"fs": (slice(None),)} if config.feature_scale else {}
     for i in range(len(config.hidden)):
-        out.update({f"{n}{i}": (slice(0, d[i + 1]),) for n in names})
+        unit, stream = slice(0, d[i + 1]), slice(0, d[i])
+        out.update({f"{n}{i}": (*lead, unit) for n in names})
         if layout.expansion and i:  # a block: its norm and output on the stream, w{i} -> inner
             inner = slice(0, config.expansion * d[i + 1])
-            out[f"w{i}"], out[f"b{i}"] = (slice(0, d[i]), inner), (inner,)
-            out[f"u{i}"], out[f"c{i}"] = (inner, slice(0, d[i + 1])), (slice(0, d[i + 1]),)
+            out[f"w{i}"], out[f"b{i}"] = (stream, inner), (*lead, inner)
+            out[f"u{i}"], out[f"c{i}"] = (inner, unit), (*lead, unit)
+            if lead:
+                out[f"r{i}"], out[f"s{i}"] = (*lead, stream), (*lead, inner)
+                out[f"ru{i}"], out[f"su{i}"] = (*lead, inner), (*lead, unit)
         else:
-            out[f"w{i}"] = (slice(0, d[i]), slice(0, d[i + 1]))
-    out["wh"] = (slice(0, d[-2]), slice(None))
-    out["bh"] = (slice(None),)
+            out[f"w{i}"] = (stream, unit)
+            if lead:
+                out[f"r{i}"], out[f"s{i}"] = (*lead, stream), (*lead, unit)
+    out["wh"] = (*lead, slice(0, d[-2]), slice(None))
+    out["bh"] = (*lead, slice(None))
     return out
 
 
@@ -134,27 +172,42 @@ def _modules(model: nn.Sequential, kind: type | tuple[type, ...]) -> list:
 
 def portable_tensors(model: nn.Sequential) -> dict[str, torch.Tensor]:
     """A model built by `build_mlp`, its tensors named as the stack's layout names them (the
-    weights as transposed views: the stack keeps them [in, out])."""
-    linears = _modules(model, nn.Linear)  # the first hidden layer (if any) and the head
-    norms = _modules(model, (nn.BatchNorm1d, nn.LayerNorm))
+    weights as transposed views: the stack keeps them [in, out]; an ensemble's per-member
+    BatchNorm vectors as [k, width] views)."""
+    views = _modules(model, EnsembleView)
+    k = views[0].k if views else 1
+    # the first hidden layer (if any) and the head
+    linears = _modules(model, (nn.Linear, BatchEnsembleLinear, EnsembleLinear))
+    norms = _modules(model, (nn.BatchNorm1d, nn.LayerNorm, EnsembleLayerNorm))
     out: dict[str, torch.Tensor] = {}
+    for scale in _modules(model, FeatureScale):
+        out["fs"] = scale.weight
+
+    def per_member(t: torch.Tensor) -> torch.Tensor:
+        return t.view(k, -1) if k > 1 else t
 
     def norm_tensors(i: int, norm: nn.Module) -> None:
-        if isinstance(norm, (nn.BatchNorm1d, nn.LayerNorm)):
-            out[f"g{i}"], out[f"be{i}"] = norm.weight, norm.bias
+        if isinstance(norm, (nn.BatchNorm1d, nn.LayerNorm, EnsembleLayerNorm)):
+            out[f"g{i}"], out[f"be{i}"] = per_member(norm.weight), per_member(norm.bias)
         if isinstance(norm, nn.BatchNorm1d):
             assert norm.running_mean is not None and norm.running_var is not None  # build_mlp tracks them
-            out[f"rm{i}"], out[f"rv{i}"] = norm.running_mean, norm.running_var
+            out[f"rm{i}"], out[f"rv{i}"] = per_member(norm.running_mean), per_member(norm.running_var)
+
+    def linear_tensors(lin: nn.Linear | BatchEnsembleLinear, w: str, b: str, r: str, s: str) -> None:
+        out[w], out[b] = lin.weight.T, lin.bias
+        if isinstance(lin, BatchEnsembleLinear):
+            out[r], out[s] = lin.r, lin.s
 
     for i, lin in enumerate(linears[:-1]):
-        out[f"w{i}"], out[f"b{i}"] = lin.weight.T, lin.bias
+        linear_tensors(lin, f"w{i}", f"b{i}", f"r{i}", f"s{i}")
         if norms:
             norm_tensors(i, norms[i])
     for i, block in enumerate(_modules(model, Block), start=len(linears) - 1):
         norm_tensors(i, block.norm)
-        out[f"w{i}"], out[f"b{i}"] = block.fc1.weight.T, block.fc1.bias
-        out[f"u{i}"], out[f"c{i}"] = block.fc2.weight.T, block.fc2.bias
-    out["wh"], out["bh"] = linears[-1].weight.T, linears[-1].bias
+        linear_tensors(block.fc1, f"w{i}", f"b{i}", f"r{i}", f"s{i}")
+        linear_tensors(block.fc2, f"u{i}", f"c{i}", f"ru{i}", f"su{i}")
+    head = linears[-1]
+    out["wh"], out["bh"] = head.weight if isinstance(head, EnsembleLinear) else head.weight.T, head.bias
     return out
 
 
@@ -169,11 +222,12 @@ class StackedMLP:
         k = len(configs)
         self.param = torch.zeros(k, layout.size, device=device, dtype=dtype)
         self.grad = torch.zeros_like(self.param)
-        self.running = {}  # BatchNorm running statistics, [K, width] per layer
+        self.running = {}  # BatchNorm running statistics, [K, width] per layer ([K, k, width] in ensembles)
+        member = (layout.ensemble,) if layout.ensemble > 1 else ()
         if layout.batchnorm:
             for i, w in enumerate(layout.widths):
-                self.running[f"rm{i}"] = torch.zeros(k, w, device=device, dtype=dtype)
-                self.running[f"rv{i}"] = torch.ones(k, w, device=device, dtype=dtype)
+                self.running[f"rm{i}"] = torch.zeros(k, *member, w, device=device, dtype=dtype)
+                self.running[f"rv{i}"] = torch.ones(k, *member, w, device=device, dtype=dtype)
         self._prepare()
         with torch.no_grad():
             for row, model in enumerate(models):
@@ -194,10 +248,13 @@ class StackedMLP:
         def column(values, *, dims: int = 3) -> torch.Tensor:
             return torch.tensor(values, device=device, dtype=dtype).view(k, *([1] * (dims - 1)))
 
+        vector = 2 if layout.ensemble == 1 else 3  # a bias or running statistic's dims: [K, (k,) width]
         self.has_bn = column([c.batchnorm for c in configs]).bool()
         self.all_bn = all(c.batchnorm for c in configs)
-        self.no_bn = column([not c.batchnorm for c in configs], dims=2)  # zeroes pre-BN bias grads
-        self.bn_momentum = column([c.bn_momentum for c in configs], dims=2)
+        self.no_bn = column([not c.batchnorm for c in configs], dims=vector)  # zeroes pre-BN bias grads
+        self.bn_momentum = column([c.bn_momentum for c in configs], dims=vector)
+        self.has_fs = column([c.feature_scale for c in configs], dims=2).bool()
+        self.all_fs = all(c.feature_scale for c in configs)
         self.has_ln = column([c.layernorm for c in configs]).bool()
         self.all_ln = all(c.layernorm for c in configs)
         self.keep_p = column([1.0 - c.dropout for c in configs])
@@ -238,16 +295,25 @@ class StackedMLP:
         self, x: torch.Tensor, *, train: bool, drop_gens: list[torch.Generator] | None = None, first=None
     ) -> torch.Tensor:
         """x [K, B, in] (each member's batch), or [B, in] (one batch for all: scoring, with
-        `first` the first layer's weights as one [in, K*width] matrix) -> logits [K, B, n_classes];
-        in training, BatchNorm's running stats move."""
+        `first` the first layer's weights as one [in, K*width] matrix) -> logits [K, B, n_classes]
+        ([K, k*B, n_classes] with an ensemble of k: member j's rows are j*B to (j+1)*B); in
+        training, BatchNorm's running stats move."""
         v, h = self.views, x
-        k = len(self.configs)
+        k, e = len(self.configs), self.layout.ensemble
+        if h.dim() == 2 and first is None:  # scoring without the one-matmul first layer
+            h = h.expand(k, *h.shape)
+        if self.layout.feature_scale and h.dim() == 3:
+            h = h * self._feature_scales().unsqueeze(1)
+        shared = True  # h is one batch per member, not yet one per ensemble member
         for i in range(len(self.layout.widths)):
             if self.layout.expansion and i:
                 h = self._block(h, i, train=train, drop_gens=drop_gens)
                 continue
             w, b = v[f"w{i}"], v[f"b{i}"]
-            if h.dim() == 2:  # one input for all members: one matmul against all their weights
+            if e > 1:
+                z = self._scaled(h, w, v[f"r{i}"], v[f"s{i}"], b, shared=shared)
+                shared = False
+            elif h.dim() == 2:  # one input for all members: one matmul against all their weights
                 z = torch.addmm(b.reshape(-1), h, first).view(len(h), k, -1).transpose(0, 1)
             else:
                 z = torch.baddbmm(b.unsqueeze(1), h, w)
@@ -255,14 +321,42 @@ class StackedMLP:
             h = self._masked(z, self.unit_masks[i], self.unit_widths[i], train=train, drop_gens=drop_gens)
         if h.dim() == 2:  # a linear model scoring one input
             h = h.expand(k, *h.shape)
-        return torch.baddbmm(v["bh"].unsqueeze(1), h, v["wh"])
+        if e == 1:
+            return torch.baddbmm(v["bh"].unsqueeze(1), h, v["wh"])
+        width, n_out = v["wh"].shape[2:]
+        if shared:  # a linear ensemble: each member's head sees the one batch
+            h = h.unsqueeze(1).expand(k, e, *h.shape[1:])
+        rows = h.reshape(k * e, -1, width)  # each ensemble member's own head
+        heads = torch.baddbmm(v["bh"].reshape(k * e, 1, n_out), rows, v["wh"].reshape(k * e, width, n_out))
+        return heads.view(k, -1, n_out)
+
+    def _feature_scales(self) -> torch.Tensor:
+        """Each member's input scale [K, in]: 1 for the members without one (their entry, unused,
+        gets no gradient)."""
+        fs = self.views["fs"]
+        return fs if self.all_fs else torch.where(self.has_fs, fs, torch.ones_like(fs))
+
+    def _scaled(self, h, w, r, s, b, *, shared: bool) -> torch.Tensor:
+        """BatchEnsemble's layer for every member of every model: ((h * r_j) @ w) * s_j + b_j, the
+        `tabm` package's `LinearBatchEnsemble` arithmetic. h [K, k*B, in], or [K, B, in] when all k
+        members take the same rows (`shared`) -> [K, k*B, out]."""
+        k, e, d = len(self.configs), self.layout.ensemble, h.shape[-1]
+        x = h.view(k, 1 if shared else e, -1, d) * r.unsqueeze(2)  # [K, k, B, in]
+        z = torch.bmm(x.reshape(k, -1, d), w).view(k, e, -1, w.shape[2])
+        return torch.addcmul(b.unsqueeze(2), z, s.unsqueeze(2)).view(k, -1, w.shape[2])
 
     def _block(self, h: torch.Tensor, i: int, *, train: bool, drop_gens) -> torch.Tensor:
         """Residual block i on the stream h [K, B, width]: h + u(dropout(act(w(norm(h))))). The
         padding of h stays zero: u's padded output columns and c's padded entries never move."""
         v, z = self.views, self._normalize(h, i, train=train)
-        a = self._activate(torch.baddbmm(v[f"b{i}"].unsqueeze(1), z, v[f"w{i}"]))
-        a = self._masked(a, self.inner_masks[i], self.inner_widths[i], train=train, drop_gens=drop_gens)
+        if self.layout.ensemble > 1:
+            a = self._scaled(z, v[f"w{i}"], v[f"r{i}"], v[f"s{i}"], v[f"b{i}"], shared=False)
+        else:
+            a = torch.baddbmm(v[f"b{i}"].unsqueeze(1), z, v[f"w{i}"])
+        a = self._masked(self._activate(a), self.inner_masks[i], self.inner_widths[i], train=train,
+                         drop_gens=drop_gens)  # fmt: skip
+        if self.layout.ensemble > 1:
+            return h + self._scaled(a, v[f"u{i}"], v[f"ru{i}"], v[f"su{i}"], v[f"c{i}"], shared=False)
         return h + torch.baddbmm(v[f"c{i}"].unsqueeze(1), a, v[f"u{i}"])
 
     def _normalize(self, z: torch.Tensor, i: int, *, train: bool) -> torch.Tensor:
@@ -279,41 +373,46 @@ class StackedMLP:
 
     def _batchnorm(self, z: torch.Tensor, i: int, *, train: bool) -> torch.Tensor:
         """PyTorch's own batch_norm kernel over K*width channels (one kernel for all members, and
-        the arithmetic `nn.BatchNorm1d` does); the running statistics move with each member's
-        own momentum."""
-        k, b, w = z.shape
+        the arithmetic `nn.BatchNorm1d` does; K*k*width with an ensemble of k, each of its members
+        normalized over its own rows); the running statistics move with each member's own
+        momentum."""
+        k, n, w = z.shape
+        e = self.layout.ensemble
+        b = n // e
         rm, rv = self.running[f"rm{i}"], self.running[f"rv{i}"]
         dtype = rm.dtype
-        channels = z.to(dtype).transpose(0, 1).reshape(b, k * w)
-        gamma, beta = self.views[f"g{i}"].reshape(k * w), self.views[f"be{i}"].reshape(k * w)
+        channels = z.to(dtype).view(k, e, b, w).permute(2, 0, 1, 3).reshape(b, k * e * w)
+        gamma, beta = self.views[f"g{i}"].reshape(-1), self.views[f"be{i}"].reshape(-1)
         if train:
             normed, mean, invstd = torch.native_batch_norm(
                 channels, gamma, beta, None, None, True, 0.0, BN_EPS
             )
             with torch.no_grad():
                 m = self.bn_momentum
-                var = (invstd.view(k, w).double().pow(-2) - BN_EPS).to(dtype) * (b / max(1, b - 1))
-                rm.mul_(1 - m).add_(m * mean.view(k, w))
+                var = (invstd.view_as(rm).double().pow(-2) - BN_EPS).to(dtype) * (b / max(1, b - 1))
+                rm.mul_(1 - m).add_(m * mean.view_as(rm))
                 rv.mul_(1 - m).add_(m * var)
         else:
             normed = F.batch_norm(channels, rm.reshape(-1), rv.reshape(-1), gamma, beta, eps=BN_EPS)
-        normed = normed.view(b, k, w).transpose(0, 1)
+        normed = normed.view(b, k, e, w).permute(1, 2, 0, 3).reshape(k, n, w)
         return normed if self.all_bn else torch.where(self.has_bn, normed, z)
 
     def _layernorm(self, z: torch.Tensor, i: int) -> torch.Tensor:
         """nn.LayerNorm's arithmetic over each member's own units: a padded member's mean and
         variance count only its real ones, and its padding gets no gradient through them."""
-        k, _, w = z.shape
+        k, n, w = z.shape
         x = z.to(self.param.dtype)
         mask = self.unit_masks[i]
         if mask is None:
             normed = F.layer_norm(x, (w,), eps=LN_EPS)
         else:
-            n = mask.sum(2, keepdim=True)
+            count = mask.sum(2, keepdim=True)
             x = x * mask
-            centred = (x - x.sum(2, keepdim=True) / n) * mask
-            normed = centred * torch.rsqrt(centred.pow(2).sum(2, keepdim=True) / n + LN_EPS)
-        normed = torch.addcmul(self.views[f"be{i}"].unsqueeze(1), normed, self.views[f"g{i}"].unsqueeze(1))
+            centred = (x - x.sum(2, keepdim=True) / count) * mask
+            normed = centred * torch.rsqrt(centred.pow(2).sum(2, keepdim=True) / count + LN_EPS)
+        e = self.layout.ensemble  # each ensemble member's own affine weights: [K, k, 1, width]
+        g, be = self.views[f"g{i}"].view(k, e, 1, w), self.views[f"be{i}"].view(k, e, 1, w)
+        normed = torch.addcmul(be, normed.view(k, e, -1, w), g).reshape(k, n, w)
         return normed if self.all_ln else torch.where(self.has_ln, normed, z)
 
     def _activate(self, z: torch.Tensor) -> torch.Tensor:
@@ -340,6 +439,9 @@ class StackedMLP:
         never biases or BatchNorm). A mixed batch (search.training.mix) weighs the loss against
         y by lam [K, 1] and against the partner labels [K, B] by 1 - lam."""
         dtype = self.param.dtype
+        if self.layout.ensemble > 1:  # each ensemble member's loss on the same batch, averaged
+            y = y.repeat(1, self.layout.ensemble)
+            partner = None if partner is None else partner.repeat(1, self.layout.ensemble)
         if self.regression:
             out = logits[..., 0].to(dtype)
 
@@ -358,8 +460,9 @@ class StackedMLP:
         if partner is not None:
             loss = torch.lerp(per_sample(partner).mean(1), loss, lam[:, 0])
         if self.any_l1:
-            weights = [v for name, v in self.views.items() if name[0] in "wu" and v.dim() == 3]
-            loss = loss + self.l1 * torch.stack([w.abs().sum((1, 2)) for w in weights]).sum(0)
+            weights = [v for name, v in self.views.items() if name[0] in "wu"]  # an ensemble's wh: 4-d
+            magnitudes = [w.abs().sum(tuple(range(1, w.dim()))) for w in weights]
+            loss = loss + self.l1 * torch.stack(magnitudes).sum(0)
         return loss
 
     def drop_bn_bias_grads(self) -> None:
@@ -373,15 +476,21 @@ class StackedMLP:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, rows_per_pass: int) -> torch.Tensor:
-        """Every member's outputs for one input x [N, in], in eval mode: [K, N, outputs]."""
-        first = None
-        if self.layout.widths:  # one copy per scoring: every pass is then one matmul for all members
+        """Every member's outputs for one input x [N, in], in eval mode: [K, N, outputs]; an
+        ensemble's members averaged as the portable model's `MemberMean` averages them."""
+        first, e = None, self.layout.ensemble
+        if self.layout.widths and e == 1:  # one copy per scoring: every pass is one matmul for all
             w0 = self.views["w0"]
+            if self.layout.feature_scale:  # (x * fs) @ w0 as x @ (fs w0)
+                w0 = w0 * self._feature_scales().unsqueeze(2)
             first = w0.transpose(0, 1).reshape(w0.shape[1], -1)
-        passes = [
-            self.forward(x[at : at + rows_per_pass], train=False, first=first).to(self.param.dtype)
-            for at in range(0, len(x), rows_per_pass)
-        ]
+        passes = []
+        for at in range(0, len(x), rows_per_pass):
+            out = self.forward(x[at : at + rows_per_pass], train=False, first=first).to(self.param.dtype)
+            if e > 1:  # [K, k, N, outputs] -> [K, N, outputs]
+                out = out.view(len(out), e, -1, out.shape[2])
+                out = mean_over_members(out, 1, regression=self.regression)
+            passes.append(out)
         return torch.cat(passes, dim=1)
 
     @contextlib.contextmanager
@@ -436,7 +545,7 @@ class StackedMLP:
             self.param = move(self.param.index_select(0, index))
             self.grad = torch.zeros_like(self.param)
             self.running = {
-                name: t.index_select(0, index)[:, : new.widths[int(name[2:])]].contiguous()
+                name: t.index_select(0, index)[..., : new.widths[int(name[2:])]].contiguous()
                 for name, t in self.running.items()
                 if new.batchnorm
             }

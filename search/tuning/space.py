@@ -25,6 +25,7 @@ from search.data.numeric import NUMERICS
 from search.errors import UserError
 from search.training.config import (
     ACTIVATIONS,
+    MAX_ENSEMBLE,
     MAX_MIX_ALPHA,
     MAX_TRANSLATE,
     NORMS,
@@ -41,6 +42,7 @@ INT_KNOBS = {
     "batch_size": (1, 1 << 20),
     "translate": (0, MAX_TRANSLATE),
     "expansion": (1, 64),
+    "ensemble_k": (1, MAX_ENSEMBLE),
 }
 FLOAT_KNOBS = {
     "dropout": (0.0, 0.99),
@@ -56,7 +58,7 @@ FLOAT_KNOBS = {
     "cutmix": (0.0, MAX_MIX_ALPHA),
     "zca_eps": (1e-8, 1e4),
 }
-BOOL_KNOBS = ("batchnorm", "residual", "hflip", "tta_hflip")
+BOOL_KNOBS = ("batchnorm", "residual", "hflip", "tta_hflip", "feature_scale")
 CHOICE_KNOBS = {
     "activation": ACTIVATIONS,
     "optimizer": OPTIMIZERS,
@@ -66,6 +68,7 @@ CHOICE_KNOBS = {
     "schedule": SCHEDULES,
     "hflip": (True, False),
     "tta_hflip": (True, False),
+    "feature_scale": (True, False),
     "whiten": WHITENINGS,
     "numeric": NUMERICS,  # tables: how numeric columns are scaled (search.data.tables)
 }
@@ -261,6 +264,8 @@ def sample_config(
         layernorm=layernorm,
         residual=residual,
         expansion=draw("expansion", base.expansion) if residual and n_layers > 1 else base.expansion,
+        ensemble_k=draw("ensemble_k", base.ensemble_k),
+        feature_scale=draw("feature_scale", base.feature_scale),
         bn_momentum=draw("bn_momentum", base.bn_momentum) if batchnorm else base.bn_momentum,
         optimizer=optimizer,
         lr=lr,
@@ -348,7 +353,9 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
 
 # The params that shape a stacked model as a whole (search.training.fit.stack_key): the
 # members of one stack share them, every other param is per member.
-STACK_PARAMS = ("n_layers", "residual", "expansion", "batch_size", "whiten", "zca_eps", "numeric")
+STACK_PARAMS = (
+    "n_layers", "residual", "expansion", "ensemble_k", "batch_size", "whiten", "zca_eps", "numeric",
+)  # fmt: skip
 
 
 def stack_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -62,6 +62,15 @@ class _Dropout(nn.Module):
         return x * mask / (1 - self.p)
 
 
+class _Scale(nn.Module):
+    def __init__(self, features: int):
+        super().__init__()
+        self.s = nn.Parameter(torch.ones(features, dtype=torch.float64))
+
+    def forward(self, x):
+        return x * self.s
+
+
 def _mixed(config: TrainConfig, image_shape, xb: torch.Tensor, gen: torch.Generator):
     """MixUp or CutMix as the papers define them, with the engine's draws in its documented order
     (search.training.mix): (batch, lam, partner permutation), or (batch, 1, None) unmixed."""
@@ -86,7 +95,10 @@ def _mixed(config: TrainConfig, image_shape, xb: torch.Tensor, gen: torch.Genera
 def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]:
     """(train loss, val loss, val accuracy) per epoch, from PyTorch's modules and optimizers."""
     torch.manual_seed(config.seed)
-    model = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes).double()
+    model = build_mlp(config.replace(feature_scale=False), in_features=data.in_features,
+                      n_classes=data.n_classes).double()  # fmt: skip
+    if config.feature_scale:  # RealMLP's scale layer, written here: x * s, s from 1
+        model = nn.Sequential(_Scale(data.in_features), *model)
     # `ema`: torch's own AveragedModel, with the engine's warm-up of the decay
     decay = lambda t: min(config.ema, (1 + int(t)) / (10 + int(t)))  # noqa: E731 (t: a tensor)
     averaged = AveragedModel(model, avg_fn=lambda a, p, n: decay(n) * a + (1 - decay(n)) * p)
@@ -189,6 +201,9 @@ KNOBS = {
     "mixup": dict(mixup=0.4),
     "cutmix, label smoothing": dict(cutmix=1.0, label_smoothing=0.1),
     "cutmix or mixup, flips": dict(cutmix=1.0, mixup=0.2, hflip=True),
+    "feature scale": dict(feature_scale=True),
+    "feature scale, adamw": dict(feature_scale=True, optimizer="adamw", lr=3e-3, weight_decay=0.1),
+    "feature scale, linear model, l1": dict(feature_scale=True, hidden=(), l1=1e-3),
 }
 
 

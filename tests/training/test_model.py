@@ -84,6 +84,8 @@ def test_param_count_matches_the_built_model_without_building_it():
     configs = (TrainConfig(hidden=()), TrainConfig(hidden=(7, 5), batchnorm=False), TrainConfig(),
                TrainConfig(hidden=(7, 5), batchnorm=False, layernorm=True),
                TrainConfig(hidden=(6, 6, 6), residual=True, expansion=3))  # fmt: skip
+    configs += tuple(c.replace(ensemble_k=5, feature_scale=True) for c in configs)
+    configs += (TrainConfig(hidden=(7, 5), ensemble_k=3), TrainConfig(hidden=(7,), feature_scale=True))
     for config in configs:
         model = build_mlp(config, in_features=12, n_classes=4)
         assert param_count(config, in_features=12, n_classes=4) == count_params(model)

@@ -73,6 +73,25 @@ KNOBS = {
     ],
     "ema": [dict(ema=0.0), dict(ema=0.9), dict(ema=0.99, optimizer="adam", lr=3e-3)],
     "mixup, cutmix": [dict(mixup=0.0), dict(mixup=0.4), dict(cutmix=1.0, hflip=True)],
+    # a member without the scale beside two with it (weight decay must not move its unused one)
+    "feature_scale": [
+        dict(feature_scale=False, weight_decay=1e-2),
+        dict(feature_scale=True, weight_decay=1e-2),
+        dict(feature_scale=True, optimizer="adam", lr=3e-3, hidden=(8, 40)),
+    ],
+    # one stack shares k; each member's own sub-members, widths, norms and knobs
+    "ensemble_k": [
+        dict(ensemble_k=4, dropout=0.2),
+        dict(ensemble_k=4, hidden=(17, 40), batchnorm=False, layernorm=True, feature_scale=True),
+        dict(ensemble_k=4, hidden=(8, 40), batchnorm=False, activation="sigmoid", optimizer="adam", lr=3e-3),
+    ],
+    "ensemble_k, residual": [
+        dict(ensemble_k=3, hidden=(24, 24, 24), residual=True, expansion=2, dropout=0.2),
+        dict(ensemble_k=3, hidden=(10, 10, 10), residual=True, expansion=2, batchnorm=False, l1=1e-4),
+        dict(
+            ensemble_k=3, hidden=(16,) * 3, residual=True, expansion=2, batchnorm=False, activation="sigmoid"
+        ),
+    ],
 }
 
 
@@ -168,12 +187,13 @@ def test_out_of_memory_splits_the_stack_and_no_epoch_is_reported_twice(digits, m
         dict(batch_size=32),
         dict(hidden=(32, 32), residual=True),
         dict(hidden=(32, 32), residual=True, expansion=2),
+        dict(ensemble_k=4),
     ],  # fmt: skip
-    ids=["depth", "batch size", "blocks", "expansion"],
+    ids=["depth", "batch size", "blocks", "expansion", "ensemble size"],
 )
 def test_members_that_differ_in_depth_blocks_or_batch_size_are_refused(digits, other):
     first = BASE.replace(hidden=(32, 32), residual=True) if "expansion" in other else BASE
-    with pytest.raises(ValueError, match="share depth, blocks, batch size"):
+    with pytest.raises(ValueError, match="share depth, blocks, ensemble size, batch size"):
         fit_stacked([first, BASE.replace(**other)], digits)
 
 

@@ -28,6 +28,22 @@ CONFIGS = {
     "layernorm, dropout": TrainConfig(
         hidden=(32, 16), batchnorm=False, layernorm=True, dropout=0.2, optimizer="sgd", lr=0.05, epochs=4
     ),
+    "ensemble, batchnorm, dropout, feature scale": TrainConfig(
+        hidden=(16, 16), ensemble_k=4, dropout=0.2, feature_scale=True, optimizer="adam", lr=3e-3, epochs=4
+    ),
+    "ensemble, residual blocks, layernorm, zca": TrainConfig(
+        hidden=(16, 16),
+        residual=True,
+        expansion=2,
+        batchnorm=False,
+        layernorm=True,
+        ensemble_k=3,
+        whiten="zca",
+        optimizer="sgd",
+        lr=0.05,
+        ema=0.9,
+        epochs=4,
+    ),  # fmt: skip
     "adam, weight average, mixing": TrainConfig(
         hidden=(32,), optimizer="adam", lr=3e-3, ema=0.9, mixup=0.4, cutmix=1.0, epochs=4, seed=3
     ),
@@ -77,12 +93,15 @@ def test_a_resumed_fit_equals_the_uninterrupted_one(digits, name, tmp_path):
     assert_same_model(whole.model, resumed.model)
 
 
-def test_a_resumed_stack_equals_the_uninterrupted_one(digits, tmp_path):
+@pytest.mark.parametrize("ensemble", [False, True], ids=["plain", "ensembles"])
+def test_a_resumed_stack_equals_the_uninterrupted_one(digits, tmp_path, ensemble):
     configs = [
         TrainConfig(hidden=(32, 16), dropout=0.3, epochs=4, seed=1),
         TrainConfig(hidden=(8, 24), optimizer="adam", lr=3e-3, hflip=True, epochs=4, seed=2),
         TrainConfig(hidden=(16, 16), batchnorm=False, momentum=0.5, schedule="cosine", epochs=4, seed=3),
     ]
+    if ensemble:  # one stack shares k, and each member keeps its own sub-members and scale
+        configs = [c.replace(ensemble_k=4, feature_scale=i > 0) for i, c in enumerate(configs)]
     whole = fit_stacked(configs, digits)
     states: dict[int, list] = {0: [], 1: [], 2: []}
     fit_stacked(configs, digits, on_state=lambda i, s: states[i].append(s))
@@ -99,11 +118,15 @@ def test_a_stacked_members_state_resumes_alone_as_it_would_have_gone_on_in_the_s
     data = as_float64(digits)
     configs = [TrainConfig(hidden=(8, 40), epochs=4, seed=1, optimizer="adam", lr=3e-3, dropout=0.2),
                TrainConfig(hidden=(32, 24), epochs=4, seed=2)]  # fmt: skip
+    configs += [c.replace(ensemble_k=3, feature_scale=True, seed=c.seed + 2) for c in configs]
     states: dict[int, list] = {0: [], 1: []}
-    stacked = fit_stacked(configs, data, on_state=lambda i, s: states[i].append(s))
-    alone = fit(configs[0], data, resume=states[0][1])
-    for a, s in zip(alone.history, stacked[0].history, strict=True):
-        assert math.isclose(a.train_loss, s.train_loss, rel_tol=1e-9)
+    stacked = [*fit_stacked(configs[:2], data, on_state=lambda i, s: states[i].append(s))]
+    states.update({2: [], 3: []})
+    stacked += fit_stacked(configs[2:], data, on_state=lambda i, s: states[i + 2].append(s))
+    for i in (0, 2):  # a narrow first layer in a wide stack: plain, and an ensemble with a scale
+        alone = fit(configs[i], data, resume=states[i][1])
+        for a, s in zip(alone.history, stacked[i].history, strict=True):
+            assert math.isclose(a.train_loss, s.train_loss, rel_tol=1e-9)
 
 
 def test_a_state_resumes_only_its_own_config(digits):
