@@ -24,6 +24,7 @@ from search.artifacts.predict import (
     load_predictor,
     load_preprocess,
 )
+from search.data.merged import with_validation_rows
 from search.data.numeric import NUMERICS
 from search.data.tables import TableSpec, load_table
 from search.data.targets import TargetScale
@@ -132,7 +133,10 @@ def test_an_exported_model_predicts_exactly_what_the_in_memory_predictor_did(exp
     loaded = load_predictor(folder)
     study = open_finished(storage, name)
     data, _ = study.load_data(device="cpu")
-    config = TrainConfig.from_dict(json.loads((folder / BEST_JSON).read_text())["config"])
+    best = json.loads((folder / BEST_JSON).read_text())
+    config = TrainConfig.from_dict(best["config"])
+    if best["refit"] is not None:  # the export's preprocessing was fitted on training + validation rows
+        data = with_validation_rows(data)
     memory = Predictor(loaded.model, Preprocess.of(data, config.numeric))
     rows = pd.concat([data.table.frames["test"], data.table.frames["val"]])
     assert loaded.classes == memory.classes == [0, 1, 2]
