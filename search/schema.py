@@ -14,6 +14,8 @@ from search.errors import UserError
 # ---------------------------------------------------------------- a trial's user attrs
 ATTR_ARCH = "architecture"  # one line naming every layer: 3072-512(bn,relu)-256(bn,relu)-10
 ATTR_PARAMS = "n_params"  # the model's parameter count
+ATTR_LATENCY = "latency_ms"  # the untrained model's forward pass of a fixed batch (search.tuning.costs)
+ATTR_EPOCH_SCORES = "epoch_scores"  # {"epoch": validation score}: a two-objective trial's reports
 ATTR_SECONDS = "train_seconds"  # its share of training time, seconds (validation excluded)
 ATTR_EPOCHS = "epochs_run"  # epochs trained (fewer than the budget when pruned)
 ATTR_DEVICE = "device"  # where it trained: cpu, cuda:0
@@ -48,6 +50,7 @@ STUDY_DERIVED_FROM = "audit_of"  # on an audit study: the study it audits
 STUDY_TABLE = "table"  # a table study's files, target and columns (search.data.tables.TableSpec)
 STUDY_TASK = "task"  # classification or regression, as the data was read
 STUDY_METRIC = "metric"  # what the trials' values score (search.data.targets.METRICS)
+STUDY_OBJECTIVES = "objectives"  # ["score"], or ["score", "params" | "latency"]; absent: ["score"]
 # Resuming a study with other values for these would mix incomparable trials; export needs them.
 BINDING = (STUDY_DATASET, STUDY_VAL_FRACTION, STUDY_SPLIT_SEED, STUDY_EPOCHS, STUDY_SPACE, STUDY_TABLE)
 

@@ -15,10 +15,11 @@ import optuna
 from search.optuna_versions import internals_allowed
 from search.tuning._snapshot import SnapshotPruner, SnapshotSampler, TrialsAtStart, should_prune, snapshot_of
 from search.tuning._tpe_log_ndtr import use_compiled_log_ndtr
+from search.tuning.pareto import ParetoPruner
 
 __all__ = [
-    "SnapshotPruner", "SnapshotSampler", "TrialsAtStart", "make_pruner", "make_sampler", "should_prune",
-    "snapshot_of", "use_compiled_log_ndtr",
+    "ParetoPruner", "SnapshotPruner", "SnapshotSampler", "TrialsAtStart", "make_pruner", "make_sampler",
+    "should_prune", "snapshot_of", "use_compiled_log_ndtr",
 ]  # fmt: skip
 
 
@@ -41,14 +42,24 @@ def make_sampler(
 
 
 def make_pruner(
-    name: str, epochs: int, *, snapshot: TrialsAtStart | None = None, min_epochs: int = 0
-) -> optuna.pruners.BasePruner:
+    name: str, epochs: int, *, snapshot: TrialsAtStart | None = None, min_epochs: int = 0,
+    cost: str | None = None,
+) -> optuna.pruners.BasePruner:  # fmt: skip
     """`min_epochs` (0 = the default): the median pruner's first epoch to judge (a fifth of the
     budget by default); successive halving's and Hyperband's first rung (1 epoch by default).
     `halving` is Optuna's asynchronous successive halving (ASHA): a trial reaching a rung goes on
     only if it is in the top third of the trials that reached it, so rungs at min_epochs x 3^k.
-    A `min_epochs` beyond the budget (an `--epochs` override) is cut to it."""
+    A `min_epochs` beyond the budget (an `--epochs` override) is cut to it.
+
+    With a `cost` (a two-objective study) every pruner but `none` is MO-ASHA
+    (search.tuning.pareto): Optuna's pruners judge one value. Its first rung is `min_epochs`
+    (1 by default) and its reduction factor 3, as `halving`'s."""
     min_epochs = min(min_epochs, epochs)
+    if cost is not None:
+        if name == "none":
+            return optuna.pruners.NopPruner()
+        first = max(1, min_epochs)
+        return ParetoPruner(cost=cost, max_resource=epochs, min_resource=first, reduction_factor=3)
     if name == "median":
         warmup = min_epochs or max(1, epochs // 5)
         return SnapshotPruner(n_startup_trials=5, n_warmup_steps=warmup, snapshot=snapshot)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from optuna.trial import FrozenTrial, TrialState
 
 from search.schema import ATTR_BASELINE
+from search.tuning.pareto import Point, front_ranks
 
 TOP_FRACTION, TOP_MIN = 0.1, 5  # "the best trials": the top 10% of complete trials, at least 5
 
@@ -31,13 +32,14 @@ def counts_text(trials: Sequence[FrozenTrial]) -> str:
 
 def complete_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The COMPLETE trials that hold a value, in the study's order."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values]
 
 
 def value_of(t: FrozenTrial) -> float:
-    """The value of a trial `complete_trials` keeps (a COMPLETE one)."""
-    assert t.value is not None, f"trial {t.number} has no value"
-    return t.value
+    """The validation score of a trial `complete_trials` keeps (a COMPLETE one): its value, or
+    with two objectives its first (the second is a cost, search.tuning.costs)."""
+    assert t.values, f"trial {t.number} has no value"
+    return t.values[0]
 
 
 def best_complete(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> FrozenTrial | None:
@@ -45,6 +47,16 @@ def best_complete(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> Fr
     (it is replaced only by a strictly better trial)."""
     pick = max if maximize else min
     return pick(complete_trials(trials), key=value_of, default=None)
+
+
+def pareto_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """A two-objective study's COMPLETE trials that no other dominates (a higher or equal score
+    at a lower or equal cost, one of them strictly), cheapest first; [] for one objective."""
+    done = [t for t in complete_trials(trials) if len(t.values) == 2]
+    ranks = front_ranks([Point(t.number, t.values[0], t.values[1]) for t in done])
+    return sorted(
+        (t for t, r in zip(done, ranks, strict=True) if r == 0), key=lambda t: (t.values[1], t.number)
+    )
 
 
 def best_trials(
@@ -74,6 +86,6 @@ def gain_text(best: float, baseline: float) -> str:
 
 def baseline_gain(trials: Sequence[FrozenTrial], best_value: float | None) -> str | None:
     base = baseline_trial(trials)
-    if base is None or best_value is None or base.value is None:
+    if base is None or best_value is None or not base.values:
         return None
-    return gain_text(best_value, base.value) + f" (baseline: trial {base.number})"
+    return gain_text(best_value, value_of(base)) + f" (baseline: trial {base.number})"
