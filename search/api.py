@@ -56,6 +56,9 @@ def optimize(
     seed: int = 0,
     results_dir: str | Path = RESULTS_DIR,
     stack: int | None = None,
+    objectives: list[str] | tuple[str, ...] | None = None,
+    max_params: int | None = None,
+    max_latency_ms: float | None = None,
     progress: bool = True,
     data=None,
     target: str | None = None,
@@ -68,6 +71,8 @@ def optimize(
     `cifar10` by default, or with `data` and `target` the table study of a table: a CSV or
     Parquet path, a pandas DataFrame or a 2-D NumPy array (`test` likewise). A DataFrame or array
     is written once to results/<study>/data/ as Parquet, so export and retraining find it again.
+    `objectives` (["score", "params"] or ["score", "latency"]: a two-objective study), `max_params`
+    and `max_latency_ms` override the study file's, as `run`'s flags do.
 
     Interrupting it (Ctrl-C, or a notebook's stop button) ends the running trial FAIL, queues it
     to resume, and returns the study: no trial is left RUNNING.
@@ -86,6 +91,7 @@ def optimize(
         table=table,
         study=study, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
         data_dir=data_dir, device=device, jobs=jobs, seed=seed, results_dir=results_dir, stack=stack,
+        objectives=objectives, max_params=max_params, max_latency_ms=max_latency_ms,
     )  # fmt: skip
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -29,8 +30,29 @@ from search.storage.connect import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
 from search.tuning.interrupts import Terminated, signals_unwind
 from search.tuning.run import bar_events, bar_total, prepare_run
 from search.tuning.runner import run_search
-from search.tuning.study_file import PRUNERS, SAMPLERS
+from search.tuning.study_file import OBJECTIVES, PRUNERS, SAMPLERS
 from search.tuning.summary import format_summary
+
+
+def objectives_list(text: str) -> tuple[str, ...]:
+    """`score,params` -> ("score", "params"); the study file's check says which lists are allowed."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected names from {', '.join(OBJECTIVES)}, comma-separated"
+        )
+    return names
+
+
+def milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of milliseconds")
+    return value
 
 
 def build_parser() -> ArgumentParser:
@@ -61,6 +83,14 @@ def build_parser() -> ArgumentParser:
     add("--stack", type=positive_int, metavar="K",
         help="train K trials at once per worker as one stacked model (default: the study's, 1); "
         "the device's free memory caps K")  # fmt: skip
+    add("--objectives", type=objectives_list, metavar="LIST",
+        help="score (one objective), or score,params / score,latency: a Pareto front of the score "
+        "and the model's parameter count or latency (default: the study's)")  # fmt: skip
+    add("--max-params", type=positive_int, metavar="N",
+        help="reject, untrained, each config with more than N parameters (default: the study's)")  # fmt: skip
+    add("--max-latency-ms", type=milliseconds, metavar="MS",
+        help="reject, untrained, every config whose forward pass of 256 images or 1,000 rows on the "
+        "trial's device takes more than MS milliseconds (default: the study's)")  # fmt: skip
     add("--jobs", type=positive_int, metavar="N", default=1, help="worker processes on this machine")
     add("--heartbeat", type=positive_int, metavar="SECONDS", default=DEFAULT_HEARTBEAT_S,
         help="seconds between heartbeats; a dead worker's trial is retried after 2 of them")  # fmt: skip
@@ -93,6 +123,7 @@ def _main(argv: Sequence[str] | None) -> int:
         study=args.study, trials=args.trials, timeout=args.timeout, storage=args.storage,
         study_name=args.study_name, data_dir=args.data_dir, dataset=args.dataset, epochs=args.epochs,
         sampler=args.sampler, pruner=args.pruner, stack=args.stack, device=args.device, seed=args.seed,
+        objectives=args.objectives, max_params=args.max_params, max_latency_ms=args.max_latency_ms,
         jobs=args.jobs, heartbeat=args.heartbeat, results_dir=args.results_dir,
         resume_every=args.resume_every, progress=not args.no_progress,
     )  # fmt: skip

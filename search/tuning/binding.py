@@ -21,6 +21,7 @@ from search.schema import (
     STUDY_EPOCHS,
     STUDY_FILE,
     STUDY_METRIC,
+    STUDY_OBJECTIVES,
     STUDY_SEED,
     STUDY_SPACE,
     STUDY_SPLIT_SEED,
@@ -53,6 +54,7 @@ def study_attrs(
         STUDY_SEED: seed,
         STUDY_SPACE: spec.raw_space,
         STUDY_FILE: str(spec.path),
+        STUDY_OBJECTIVES: list(spec.objectives),
     }
 
 
@@ -77,6 +79,13 @@ def load_bound_dataset(
 def check_resumable(study: optuna.Study, attrs: dict[str, Any]) -> None:
     """Refuse to resume `study` with a binding other than the one it was created with."""
     stored = study.user_attrs
+    # A study from before objectives were recorded has the one objective, the score.
+    was, now = list(stored.get(STUDY_OBJECTIVES, ["score"])), list(attrs.get(STUDY_OBJECTIVES, ["score"]))
+    if was != now:
+        raise UserError(
+            f"study {study.study_name!r} was created with objectives {was}, not {now}; "
+            "pass --study-name NEW to start another study"
+        )
     for key in BINDING:
         if key in stored and stored[key] != attrs.get(key):
             raise UserError(

@@ -8,7 +8,7 @@ the runner's trial events into a progress bar's updates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from search.data.tables import TableSpec
@@ -40,6 +40,9 @@ def prepare_run(
     sampler: str | None = None,
     pruner: str | None = None,
     stack: int | None = None,
+    objectives: Sequence[str] | None = None,
+    max_params: int | None = None,
+    max_latency_ms: float | None = None,
     heartbeat: int | None = DEFAULT_HEARTBEAT_S,
     resume_every: float | None = 30.0,
     table: TableSpec | None = None,
@@ -49,10 +52,13 @@ def prepare_run(
     `table` names a table for a `dataset = "table"` study: with no `study`, the shipped table study
     searches it, in a study named after the file and the target (diamonds-price). Without
     `trials`, a run adds DEFAULT_TRIALS finished trials, or with a `timeout` as many as fit in it.
-    `progress`: a bar while a first load decodes the images."""
+    `progress`: a bar while a first load decodes the images. `objectives`, `max_params` and
+    `max_latency_ms` override the study file's (search.tuning.costs)."""
     spec = load_study(study or ("table" if table is not None else "cifar10")).with_overrides(
-        dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack, table=table
-    )
+        dataset=dataset, epochs=epochs, sampler=sampler, pruner=pruner, stack=stack, table=table,
+        objectives=None if objectives is None else tuple(objectives), max_params=max_params,
+        max_latency_ms=max_latency_ms,
+    )  # fmt: skip
     if spec.dataset == "table" and spec.table is None:
         raise UserError(f"study {spec.name!r} reads a table: pass --data PATH and --target COLUMN")
     where = resolve_device(device)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from search.data.datasets import Dataset, import_loaders, load_dataset, load_raw
@@ -73,7 +74,7 @@ class TrialEvent:
     worker: int
     number: int
     state: str  # COMPLETE, PRUNED or FAIL
-    value: float | None
+    value: float | None  # the validation score (a two-objective trial's first value)
     reason: str | None
 
 
@@ -85,20 +86,28 @@ def open_study(opts: RunOptions, *, worker: int = 0, storage=None) -> optuna.Stu
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     n_before = 0
     snapshot = TrialsAtStart()  # one read of the trials per trial, for sampler and pruner
+    spec = opts.spec
     study = optuna.create_study(
         storage=storage,
         study_name=opts.study_name,
-        direction="maximize",
+        # The score is maximized; a second objective, a cost, minimized (search.tuning.costs).
+        directions=[StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE][: len(spec.objectives)],
         load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(),  # replaced below, once we know the trial count
         pruner=make_pruner(
-            opts.spec.pruner, opts.spec.epochs, snapshot=snapshot, min_epochs=opts.spec.min_epochs
+            spec.pruner, spec.epochs, snapshot=snapshot, min_epochs=spec.min_epochs, cost=spec.cost
         ),
     )
     running.bind(study, storage)  # the public path's way to the storage (search.storage.running)
     attrs = study_attrs(opts.spec, opts.data_dir, opts.seed, task=opts.task, metric=opts.metric)
     if opts.study_name in existing:
         n_before = len(study.get_trials(deepcopy=False))
+        if len(study.directions) != len(spec.objectives):  # Optuna loads it as it was created
+            raise UserError(
+                f"study {opts.study_name!r} has {len(study.directions)} objective(s), not "
+                f"{len(spec.objectives)} ({', '.join(spec.objectives)}); "
+                "pass --study-name NEW to start another study"
+            )
         check_resumable(study, attrs)
     if not study.user_attrs:
         for key, value in attrs.items():
@@ -228,7 +237,8 @@ def run_worker(
             else:
                 report.finished += 1
                 consecutive = 0
-            emit(TrialEvent(worker, frozen.number, frozen.state.name, frozen.value, reason))
+            score = frozen.values[0] if frozen.values else None  # with two objectives, the score
+            emit(TrialEvent(worker, frozen.number, frozen.state.name, score, reason))
 
         while deadline is None or time.time() < deadline:
             interrupts.check()

@@ -14,6 +14,11 @@ The median pruner judges a stack's members against each other too, as if they ha
 another: at each epoch its reference is the completed trials' values, the members' that reported
 the same epoch and those that completed in an earlier sub-stack. Without that, a study's first
 stack could prune nothing. Successive halving and Hyperband read the members through the storage.
+A two-objective study's pruner (search.tuning.pareto) is handed the same peers, with their costs,
+and every member of an earlier sub-stack (pruned ones too, as successive halving counts them).
+
+A config over a hard limit (search.tuning.costs) is rejected while it is asked: told PRUNED with
+its reason, it joins no stack.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from search.storage.running import fail_stale, heartbeats
 from search.training.fit import EpochMetrics, fit_stacked
 from search.training.plan import split_by_width, stack_capacity, stack_key
 from search.tuning import interrupts
-from search.tuning.objective import Begun, Objective
+from search.tuning.objective import Begun, Objective, Rejected
+from search.tuning.pareto import ParetoPruner
 from search.tuning.space import stack_params
 from search.tuning.strategy import should_prune
 
@@ -95,11 +101,13 @@ def run_stack(
         for group in groups.values():
             configs = [m.begun.config for m in group]
             earlier: list[dict[int, float]] = []  # what this group's completed sub-stacks reported
+            before: list[_Member] = []  # every member of this group's earlier sub-stacks
             width = data.variant(configs[0].numeric).in_features  # numeric is in the stack key
             for part in split_by_width(configs, width, data.n_classes, data.device):
                 sub = [group[i] for i in sorted(part)]  # in the order they were asked
-                stacks.append((len(sub), _train(study, objective, sub, tell_done, earlier)))
+                stacks.append((len(sub), _train(study, objective, sub, tell_done, earlier, before)))
                 earlier += [m.begun.reported for m in sub if m.trial.number in completed]
+                before += sub
     except KeyboardInterrupt:
         for m in (m for m in members if m.trial.number not in told):
             m.trial.set_user_attr(ATTR_REASON, "interrupted")
@@ -115,6 +123,10 @@ def _ask(study: optuna.Study, objective: Objective, on_told) -> _Member | None:
         trial = study.ask()
     try:
         return _Member(trial, objective.begin(trial))
+    except Rejected as e:  # over a hard limit: never trained, and not a failure
+        trial.set_user_attr(ATTR_REASON, str(e))
+        on_told(study.tell(trial, state=TrialState.PRUNED))
+        return None
     except Exception as e:
         trial.set_user_attr(ATTR_REASON, described(e))
         on_told(study.tell(trial, state=TrialState.FAIL))
@@ -127,10 +139,12 @@ def _train(
     group: list[_Member],
     on_told,
     earlier: list[dict[int, float]],
+    before: list[_Member],
 ) -> float:
     """Train one stack and tell its trials; returns the share of its work spent on padding.
     `earlier`: the reports of trials that completed in the sub-stacks trained before this one
-    (not yet in the pruner's snapshot, which was read when the trials were asked)."""
+    (not yet in the pruner's snapshot, which was read when the trials were asked); `before`:
+    every member of those sub-stacks (a two-objective study's pruner counts pruned ones too)."""
     configs = [m.begun.config for m in group]
     for m in group:
         m.trial.set_user_attr(ATTR_STACK_ID, min(g.trial.number for g in group))
@@ -138,18 +152,28 @@ def _train(
 
     def on_epoch(metrics: dict[int, EpochMetrics]) -> list[int]:
         for i, m in metrics.items():  # every member reports before any is judged
-            group[i].trial.report(m.val_score, m.epoch)
-            group[i].begun.reported[m.epoch] = m.val_score
+            objective.report(group[i].trial, group[i].begun, m.epoch, m.val_score)
         interrupts.check()  # a signal a finalizer swallowed mid-epoch stops the stack here
         if objective.deadline is not None and time.time() >= objective.deadline:
             for i in metrics:  # the run's time is up: every member ends after this epoch
                 group[i].begun.out_of_time = True
             return list(metrics)
         stop = []
+        pruner = study.pruner
         for i in metrics:
             member = group[i]
-            peers = [group[j].begun.reported for j in metrics if j != i] + earlier
-            if member.begun.prunable and should_prune(member.trial, member.begun.reported, peers=peers):
+            if not member.begun.prunable:
+                continue
+            if member.begun.cost is not None:  # two objectives: MO-ASHA, or no pruner at all
+                beside = [group[j] for j in metrics if j != i] + before
+                peers = {p.trial.number: (p.begun.reported, p.begun.cost or 0.0) for p in beside}
+                if isinstance(pruner, ParetoPruner) and pruner.decide(
+                    study, member.trial.number, member.begun.reported, member.begun.cost, peers
+                ):
+                    stop.append(i)
+                continue
+            peers_reported = [group[j].begun.reported for j in metrics if j != i] + earlier
+            if should_prune(member.trial, member.begun.reported, peers=peers_reported):
                 stop.append(i)
         return stop
 

@@ -10,6 +10,9 @@
     startup_trials = 10     # TPE's random trials before it models the results
     min_epochs = 0          # median: first epoch it judges (0: a fifth); halving, hyperband: first rung
     stack = 1               # trials a worker trains at once as one stacked model (search.run --stack)
+    objectives = ["score"]  # or ["score", "params"] | ["score", "latency"]: a Pareto front
+    max_params = 100000     # optional hard limits: a config over one is never trained
+    max_latency_ms = 2.0    # (search.tuning.costs)
     # dataset = "table" only (search.data.tables):
     train = "data.csv"      # CSV or Parquet; test = "PATH" optional (else a fixed 20% is carved)
     target = "price"        # the column to predict; task = "classification" | "regression" optional
@@ -33,6 +36,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +56,9 @@ else:  # pragma: no cover
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving", "hyperband", "none")
+# What a study optimizes: the validation score (maximized), then at most one cost (minimized).
+COSTS = ("params", "latency")  # parameter count; latency of a forward pass (search.tuning.costs)
+OBJECTIVES = ("score", *COSTS)
 MAX_STACK = 1024  # trials per stacked model; the device's memory caps it further at run time
 PACKAGE_STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -68,6 +75,9 @@ STUDY_KEYS: dict[str, tuple[type, Any]] = {
     "stack": (int, 1),
     "ensemble": (int, 16),
     "description": (str, ""),
+    "objectives": (list, ["score"]),
+    "max_params": (int, None),  # None: no limit
+    "max_latency_ms": (float, None),
 }
 # [study] keys of a table study: what search.data.tables.TableSpec holds.
 TABLE_KEYS: dict[str, tuple[type, Any]] = {
@@ -100,6 +110,21 @@ class StudySpec:
     baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
     start: tuple[TrainConfig, ...] = ()  # the [[start]] tables, enqueued after it
     table: TableSpec | None = None  # dataset "table": its files, target and columns
+    # The score, then at most one cost to minimize; with two, the study is Optuna's
+    # multi-objective one and the pruner is search.tuning.pareto's.
+    objectives: tuple[str, ...] = ("score",)
+    max_params: int | None = None  # hard limits: a config over one is rejected before training
+    max_latency_ms: float | None = None
+
+    @property
+    def cost(self) -> str | None:
+        """The second objective ("params" or "latency"), or None for a single-objective study."""
+        return self.objectives[1] if len(self.objectives) > 1 else None
+
+    @property
+    def needs_latency(self) -> bool:
+        """Whether each trial's latency is measured: it is an objective or a limit."""
+        return self.cost == "latency" or self.max_latency_ms is not None
 
     def baseline_params(self) -> dict[str, Any] | None:
         """The baseline as this space's params (checked when the file is read)."""
@@ -186,6 +211,7 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
         values["table"] = TableSpec(**spec_fields)
     elif given:
         raise UserError(f"{where}: a table study names both study.train and study.target (or neither)")
+    values["objectives"] = tuple(values["objectives"])
     if values["dataset"] is None:
         raise UserError(f"{where}: study.dataset is required; allowed: {', '.join(DATASETS)}")
     raw_space, baseline = doc.get("space", {}), doc.get("baseline")
@@ -242,6 +268,15 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
         raise UserError(f"{where}: startup_trials, min_epochs and ensemble must be >= 0")
     if not 1 <= spec.stack <= MAX_STACK:
         raise UserError(f"{where}: stack must be in [1, {MAX_STACK}], got {spec.stack}")
+    if tuple(spec.objectives) not in [("score",), *(("score", c) for c in COSTS)]:
+        raise UserError(
+            f"{where}: objectives {list(spec.objectives)} are not allowed; allowed: "
+            + ", ".join(str(["score", *c]).replace("'", '"') for c in ((), *((c,) for c in COSTS)))
+        )
+    if spec.max_params is not None and spec.max_params < 1:
+        raise UserError(f"{where}: max_params must be >= 1, got {spec.max_params}")
+    if spec.max_latency_ms is not None and not 0 < spec.max_latency_ms < math.inf:
+        raise UserError(f"{where}: max_latency_ms must be a positive number, got {spec.max_latency_ms}")
     if spec.baseline is not None:
         try:
             spec.baseline_params()

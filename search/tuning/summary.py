@@ -7,9 +7,12 @@ from typing import Any
 
 import optuna
 
-from search.schema import ATTR_ARCH, STUDY_METRIC
+from search.schema import ATTR_ARCH, ATTR_REASON, STUDY_METRIC, STUDY_OBJECTIVES
 from search.storage.connect import dashboard_command
-from search.tuning.trials import baseline_gain, best_complete, state_counts
+from search.tuning.costs import REJECTED
+from search.tuning.trials import baseline_gain, best_complete, pareto_front, state_counts, value_of
+
+FRONT_LINES = 10  # Pareto-front trials the summary lists
 
 
 @dataclass
@@ -38,6 +41,10 @@ class RunSummary:
     baseline_gain: str | None = None  # "best ... vs the baseline ...: +x points", if it has one
     metric: str = "accuracy"  # what the trials' values score
     pool: tuple[int, int, int] | None = None  # the ensemble pool: weights bytes, outputs bytes, bound
+    cost: str | None = None  # a two-objective study's second objective: params or latency
+    # a two-objective study's Pareto front: (trial, score, cost), cheapest first
+    front: list[tuple[int, float, float]] = field(default_factory=list)
+    rejected: int = 0  # trials over a hard limit, never trained (search.tuning.costs)
 
     @property
     def finished(self) -> int:
@@ -79,9 +86,14 @@ def summarize(
     summary.metric = study.user_attrs.get(STUDY_METRIC, "accuracy")
     best = best_complete(trials)
     if best is not None:
-        summary.best_value, summary.best_params = best.value, dict(best.params)
+        summary.best_value, summary.best_params = value_of(best), dict(best.params)
         summary.best_number, summary.best_attrs = best.number, dict(best.user_attrs)
-        summary.baseline_gain = baseline_gain(trials, best.value)
+        summary.baseline_gain = baseline_gain(trials, value_of(best))
+    objectives = study.user_attrs.get(STUDY_OBJECTIVES) or ["score"]
+    if len(objectives) > 1:
+        summary.cost = objectives[1]
+        summary.front = [(t.number, t.values[0], t.values[1]) for t in pareto_front(trials)]
+    summary.rejected = sum(str(t.user_attrs.get(ATTR_REASON) or "").startswith(REJECTED) for t in trials)
     return summary
 
 
@@ -95,8 +107,11 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
     ]
     if s.interrupted:
         lines.append(f"interrupted by {s.interrupted}: the running trial(s) were marked FAIL")
+    if s.rejected:
+        lines.append(f"rejected over a hard limit, untrained (pruned): {s.rejected}")
     if s.best_value is not None:
-        lines.append(f"best: trial {s.best_number}, validation {s.metric} {s.best_value:.4f}")
+        by = " (the best score on the Pareto front)" if s.cost is not None else ""
+        lines.append(f"best: trial {s.best_number}, validation {s.metric} {s.best_value:.4f}{by}")
         for k, v in sorted(s.best_params.items()):
             lines.append(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
         arch = s.best_attrs.get(ATTR_ARCH)
@@ -104,6 +119,13 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
             lines.append(f"  architecture: {arch}")
         if s.baseline_gain:
             lines.append(s.baseline_gain)
+    if s.front:
+        unit = "parameters" if s.cost == "params" else "ms"
+        at = (lambda c: f"{int(c):,}") if s.cost == "params" else (lambda c: f"{c:.3g}")
+        shown = [f"trial {n}: {score:.4f} at {at(cost)} {unit}" for n, score, cost in s.front[:FRONT_LINES]]
+        more = f" (and {len(s.front) - FRONT_LINES} more)" if len(s.front) > FRONT_LINES else ""
+        lines.append(f"Pareto front, validation {s.metric} against {unit}, cheapest first{more}:")
+        lines += [f"  {x}" for x in shown]
     if s.stacking is not None:
         size, padding = s.stacking
         lines.append(
