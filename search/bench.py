@@ -7,6 +7,7 @@
     python -m search.bench --quality        TPE + pruning against random at the same wall time
     python -m search.bench --stack          a search at stack 1, 4, 16 and 64: trials per hour, best
     python -m search.bench --storage-load --storage postgresql://...   16 workers, direct and proxied
+    python -m search.bench --tables         the table study against its peers on every suite target
 
 Each writes its figures as JSON with --json PATH (search.perf holds the measurements and their flags).
 """
@@ -25,6 +26,7 @@ from search.perf.bench import KINDS, QUALITY_LIMIT, MeasureRequest, measure, wri
 from search.perf.images import ARCHIVE
 from search.perf.notebook import BenchOptions
 from search.perf.stack_speed import STACKS
+from search.perf.tables import DEFAULT_DIR as TABLES_DIR
 from search.training.config import OPTIMIZERS
 
 PROG = "python -m search.bench"
@@ -175,16 +177,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-workers", type=positive_int, default=16, metavar="N", help="--storage-load")
     g.add_argument("--load-trials", type=positive_int, default=320, metavar="N", help="--storage-load")
 
-    g = p.add_argument_group("--tables: the table study against boosted trees and default MLPs")
+    g = p.add_argument_group("--tables: the table study against boosted trees and tabular MLPs")
     g.add_argument(
         "--tables",
         action="store_true",
-        help="HistGradientBoosting, scikit-learn's MLP, RealMLP-TD (if pytabkit is installed) and the "
-        "table study on the real tables' reference split",
+        help="on each target of the real-tables suite, its reference split: python -m search.run, then "
+        "search.export, against HistGradientBoosting, CatBoost, scikit-learn's MLP, RealMLP-TD and TabM-D "
+        "at their defaults (pip install -e '.[peers]' for CatBoost and pytabkit)",
     )
     g.add_argument(
-        "--tables-budget", type=positive_float, default=600.0, metavar="SECONDS", help="search time per table"
-    )
+        "--tables-suite", metavar="PATH", default=None,
+        help="the suite.json to run (default: ../shared/data/tables/suite.json beside the checkout)",
+    )  # fmt: skip
+    g.add_argument(
+        "--only", action="append", metavar="NAME[,NAME...]",
+        help="only these targets, as suite.json names them (repeatable; default: every target)",
+    )  # fmt: skip
+    g.add_argument(
+        "--tables-budget", type=positive_float, default=600.0, metavar="SECONDS",
+        help="search time per target; each peer is stopped at the same",
+    )  # fmt: skip
+    g.add_argument(
+        "--tables-dir", default=str(TABLES_DIR), metavar="DIR",
+        help="finished rows and the peers' cached figures; a rerun keeps what still holds and goes on",
+    )  # fmt: skip
+    g.add_argument("--rerun-peers", action="store_true", help="fit the peers again, ignoring their cache")
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -219,7 +236,8 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
         quality_epochs=args.quality_epochs, overhead_trials=args.overhead_trials,
         stack_study=args.stack_study, stack_trials=args.stack_trials, stack_sizes=args.stack_sizes,
         storage=args.storage, load_workers=args.load_workers, load_trials=args.load_trials,
-        tables_budget=args.tables_budget,
+        tables_budget=args.tables_budget, tables_suite=args.tables_suite, tables_only=tuple(args.only or ()),
+        tables_dir=args.tables_dir, tables_rerun_peers=args.rerun_peers,
     )  # fmt: skip
 
 

@@ -55,7 +55,11 @@ class MeasureRequest:
     storage: str | None = None  # storage-load: the database
     load_workers: int = 16
     load_trials: int = 320
-    tables_budget: float = 600.0  # seconds of search per table
+    tables_budget: float = 600.0  # seconds of search per target; each peer is stopped at the same
+    tables_suite: str | None = None  # a suite.json; None: ../shared/data/tables/suite.json
+    tables_only: tuple[str, ...] = ()  # target names (or comma lists of them); () every target
+    tables_dir: str = "results/bench-tables"  # finished rows and the peers' cache
+    tables_rerun_peers: bool = False  # ignore the peers' cache
 
 
 def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tuple[dict[str, Any], str]:
@@ -79,7 +83,10 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
     if request.kind == "tables":  # tables, no images
         from search.perf.tables import format_tables, run_tables_bench
 
-        result = run_tables_bench(budget_s=request.tables_budget, progress=progress)
+        result = run_tables_bench(
+            suite=request.tables_suite, only=request.tables_only, budget_s=request.tables_budget,
+            folder=request.tables_dir, rerun_peers=request.tables_rerun_peers, progress=progress,
+        )  # fmt: skip
         return result, format_tables(result)
     if request.kind == "overhead":  # digits searches in child processes: no images to prepare
         result = run_overhead(trials=request.overhead_trials, rounds=request.rounds, progress=progress)

@@ -1,210 +1,374 @@
 """`python -m search.bench --tables`: the table study against the models a user would otherwise
-pick, on the same splits of the same real tables.
+pick, on every target of the real-tables suite (../shared/data/tables/suite.json), each on the
+suite's reference split: `train_test_split(test_size=0.2, random_state=0)`, stratified for
+classification, after dropping the target's `drop` columns and the rows with a missing target.
 
-Each table is split as its reference figures are (../shared/data/tables/README.md:
-`train_test_split(test_size=0.2, random_state=0)`, stratified for classification), so every
-model below meets the same test rows once:
+Per target, the peers (search.perf.peers: HistGradientBoosting, CatBoost, scikit-learn's MLP,
+RealMLP-TD, TabM-D) each fit once in a child process stopped at the budget, and the search is the
+user's two commands in a fresh folder, on the same split written out as two CSVs:
 
-    hgb          scikit-learn's HistGradientBoosting at its defaults (string columns as pandas
-                 categoricals, `categorical_features="from_dtype"`), fitted on the training 80%
-    sklearn-mlp  scikit-learn's MLPClassifier/MLPRegressor at its defaults, fitted on the training
-                 80% through the table study's own preprocessing (median imputation, standard
-                 scaling, one-hot)
-    realmlp      pytabkit's RealMLP-TD at its tuned defaults, where pytabkit is installed
-                 (pip install pytabkit; skipped with a line where it is not), in a child process
-                 stopped at the search's budget: what it has not finished by then, it did not
-                 finish for that budget
-    search       `python -m search.run --data PATH --target COLUMN --timeout BUDGET`, then
-                 `python -m search.export`: the study's best trial, its test figure from export
+    python -m search.run --data T.csv --test T-test.csv --target COLUMN [--drop C ...] --task TASK
+        --timeout BUDGET
+    python -m search.export
 
-Each one's test figure (accuracy, or R² with RMSE) and wall time, in a JSON-ready dict.
+its figure the export's test figure. A row per target: each model's test accuracy or R², x100
+("points"), and its wall seconds; the summary: the search's wins, ties and losses against each
+peer, each model's mean gap to HistGradientBoosting in points, and each model's mean rank.
+
+Resumable, in the results folder (`folder`, default results/bench-tables/):
+    rows.json    each finished row, written when it finishes; a rerun keeps a row's search where
+                 it ran at the same budget, on the same split and by the same code (a fingerprint
+                 of CODE_FILES), and takes its peers from peers.json: rerunning after a kill redoes
+                 only what was lost, and after a change to `search` only the search of each row
+    peers.json   the peers' results keyed by target, peer and its package's version (and the split's
+                 fingerprint); one applies at another budget where it would end the same (finished
+                 within it, or stopped at a budget at least as long). `rerun_peers` ignores it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
+from search.errors import UserError
+from search.files import atomic_write
+from search.perf import peers as peer_models
+from search.perf.peers import PEERS, Split
 
-SHARED_TABLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "tables"
-TABLES = (("diamonds.csv", "price"), ("HI.csv", "whi"))  # the issue's done-when tables
-PEERS = ("hgb", "sklearn-mlp", "realmlp", "search")
+SHARED_SUITE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tables" / "suite.json"
+DEFAULT_DIR = Path("results") / "bench-tables"
+MODELS = ("search", *PEERS)
+SPLIT = "train_test_split(test_size=0.2, random_state=0), stratified for classification"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # search/
+CODE_FILES = (PACKAGE_ROOT, PACKAGE_ROOT.parent / "studies" / "table.toml")  # what a search row ran
 
 
-def tables_dir() -> Path | None:
-    return SHARED_TABLES if SHARED_TABLES.is_dir() else None
+@dataclass(frozen=True)
+class Target:
+    """One entry of suite.json."""
+
+    name: str
+    table: Path
+    target: str
+    task: str
+    drop: tuple[str, ...] = ()
+    reference: dict[str, float] | None = None
 
 
-def _split(path: Path, target: str):
-    """(X_train, X_test, y_train, y_test, task) on the reference split, pandas frames."""
+def load_suite(path: str | Path | None = None) -> list[Target]:
+    """The suite's targets; their tables are paths relative to suite.json's folder."""
+    path = Path(path) if path is not None else SHARED_SUITE
+    if not path.is_file():
+        hint = " (the real tables are not checked out; --tables-suite PATH names another suite)"
+        raise UserError(f"--tables reads {path}; it is not there{hint if path == SHARED_SUITE else ''}")
+    try:
+        entries = json.loads(path.read_text())["targets"]
+        return [
+            Target(
+                e["name"],
+                path.parent / e["table"],
+                e["target"],
+                e["task"],
+                tuple(e.get("drop", ())),
+                e.get("reference"),
+            )  # fmt: skip
+            for e in entries
+        ]
+    except (ValueError, KeyError, TypeError) as e:
+        what = "a 'targets' list of name, table, target, task"
+        raise UserError(f"{path}: not a suite.json ({what}): {e}") from None
+
+
+def select(targets: list[Target], only: Sequence[str]) -> list[Target]:
+    """The targets `only` names (all when empty), in the suite's order."""
+    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in {t.name for t in targets}]
+    if unknown:
+        known = ", ".join(t.name for t in targets)
+        raise UserError(f"--only {', '.join(unknown)}: not in the suite; its targets: {known}")
+    return [t for t in targets if not names or t.name in names]
+
+
+def reference_split(t: Target):
+    """(the kept rows split as (train, test) frames with every column, the peers' Split)."""
     from sklearn.model_selection import train_test_split
 
-    from search.data.tables import TableSpec, read_table, split_table
+    from search.data.tables import read_table
 
-    frame = read_table(path)
-    _, ys, task, *_ = split_table(
-        frame.copy(), TableSpec(train=str(path), target=target), val_fraction=0.2, split_seed=0
-    )  # fmt: skip  (the task, as the study reads it)
-    y = frame.pop(target)
-    stratify = y if task == "classification" else None
-    x_tr, x_te, y_tr, y_te = train_test_split(frame, y, test_size=0.2, random_state=0, stratify=stratify)
-    return x_tr, x_te, y_tr, y_te, task
-
-
-def _figures(task: str, truth, pred) -> dict[str, float]:
-    from sklearn import metrics
-
-    if task == "regression":
-        return {
-            "r2": float(metrics.r2_score(truth, pred)),
-            "rmse": float(metrics.root_mean_squared_error(truth, pred)),
-        }
-    return {
-        "accuracy": float(metrics.accuracy_score(np.asarray(truth, dtype=str), np.asarray(pred, dtype=str)))
-    }
+    frame = read_table(t.table)
+    missing = [c for c in (t.target, *t.drop) if c not in frame.columns]
+    if missing:
+        raise UserError(f"{t.name}: column(s) {', '.join(missing)} not in {t.table}")
+    frame = frame[frame[t.target].notna()].reset_index(drop=True)
+    stratify = frame[t.target] if t.task == "classification" else None
+    train, test = train_test_split(frame, test_size=0.2, random_state=0, stratify=stratify)
+    inputs = [c for c in frame.columns if c != t.target and c not in t.drop]
+    split = Split(train[inputs], test[inputs], train[t.target], test[t.target], t.task)
+    return (train, test), split
 
 
-def run_hgb(x_tr, x_te, y_tr, y_te, task) -> dict[str, Any]:
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+def split_fingerprint(t: Target) -> str:
+    """What a result on `t` depends on besides the model: the table's bytes and the target."""
+    h = hashlib.sha256(t.table.read_bytes())
+    h.update(json.dumps([t.target, t.task, list(t.drop), SPLIT]).encode())
+    return h.hexdigest()[:16]
 
-    def typed(x):
-        x = x.copy()
-        for c in x.columns:
-            if not pd.api.types.is_numeric_dtype(x[c]):
-                x[c] = x[c].astype("category")
-        return x
 
-    cls = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
-    model = cls(categorical_features="from_dtype", random_state=0)
+def code_fingerprint(files: Sequence[Path] = CODE_FILES) -> str:
+    """A hash of the `search` package's Python files and the table study: the code a search row ran."""
+    h = hashlib.sha256()
+    for top in files:
+        paths = sorted(top.rglob("*.py")) if top.is_dir() else [top] if top.exists() else []
+        for p in paths:
+            h.update(p.relative_to(top.parent).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def run_search(t: Target, frames, *, budget_s: float, folder: Path) -> dict[str, Any]:
+    """The user's two commands in `folder`: search for `budget_s`, export, read the test figure."""
+    train, test = frames
+    data, test_file = folder / f"{t.table.stem}.csv", folder / f"{t.table.stem}-test.csv"
+    train.to_csv(data, index=False)
+    test.to_csv(test_file, index=False)
+    drops = [a for c in t.drop for a in ("--drop", c)]
+    run = ["search.run", "--data", data.name, "--test", test_file.name, "--target", t.target, *drops,
+           "--task", t.task, "--timeout", f"{budget_s:g}"]  # fmt: skip
+    quiet = ["--no-progress", "--storage", "sqlite:///search.db"]  # the defaults, but for the file name
+    limit = 2 * budget_s + 600  # a hung command must not hang the bench
     started = time.perf_counter()
-    model.fit(typed(x_tr), y_tr)
-    return {**_figures(task, y_te, model.predict(typed(x_te))), "wall_s": time.perf_counter() - started}
-
-
-def run_sklearn_mlp(x_tr, x_te, y_tr, y_te, task) -> dict[str, Any]:
-    from sklearn.neural_network import MLPClassifier, MLPRegressor
-    from sklearn.pipeline import make_pipeline
-
-    from search.data.tables import make_transformer
-
-    num = [c for c in x_tr.columns if pd.api.types.is_numeric_dtype(x_tr[c])]
-    cat = [c for c in x_tr.columns if c not in num]
-    cls = MLPRegressor if task == "regression" else MLPClassifier
-    model = make_pipeline(make_transformer("standard", num, cat, rows=len(x_tr)), cls(random_state=0))
-    started = time.perf_counter()
-    model.fit(x_tr, y_tr)
-    return {**_figures(task, y_te, model.predict(x_te)), "wall_s": time.perf_counter() - started}
-
-
-def run_realmlp(x_tr, x_te, y_tr, y_te, task, *, budget_s: float) -> dict[str, Any]:
-    import importlib.util
-    import multiprocessing as mp
-
-    if importlib.util.find_spec("pytabkit") is None:
-        return {"skipped": "pytabkit is not installed (pip install pytabkit)"}
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    child = ctx.Process(target=_realmlp_child, args=(x_tr, x_te, y_tr, y_te, task, results))
-    started = time.perf_counter()
-    child.start()
-    child.join(budget_s)
-    if child.is_alive():
-        child.kill()
-        child.join()
-        return {"skipped": f"did not finish within {budget_s:.0f} s"}
-    out = results.get() if not results.empty() else {"skipped": f"failed (exit code {child.exitcode})"}
-    return {**out, "wall_s": time.perf_counter() - started}
-
-
-def _realmlp_child(x_tr, x_te, y_tr, y_te, task, results) -> None:
-    from pytabkit import RealMLP_TD_Classifier, RealMLP_TD_Regressor
-
-    cls = RealMLP_TD_Regressor if task == "regression" else RealMLP_TD_Classifier
-    model = cls(random_state=0, device="cpu", verbosity=0)
-    model.fit(x_tr, y_tr)
-    results.put(_figures(task, y_te, model.predict(x_te)))
-
-
-def run_search(path: Path, target: str, task: str, *, budget_s: float, folder: Path) -> dict[str, Any]:
-    """The user's two commands, in a fresh folder: search for `budget_s`, export, read the figure."""
-    base = [sys.executable, "-m"]
-    common = ["--storage", f"sqlite:///{folder}/s.db", "--results-dir", str(folder / "results")]
-    started = time.perf_counter()
-    run = [*base, "search.run", "--data", str(path), "--target", target, "--timeout", str(budget_s),
-           "--trials", "100000", "--no-progress", *common]  # fmt: skip
-    subprocess.run(run, check=True, capture_output=True, text=True, cwd=folder)
-    subprocess.run([*base, "search.export", *common], check=True, capture_output=True, text=True, cwd=folder)
+    for cmd in (run, ["search.export"]):
+        try:
+            done = subprocess.run([sys.executable, "-m", *cmd, *quiet], cwd=folder, capture_output=True,
+                                  text=True, timeout=limit, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return {"failed": f"{cmd[0]} did not end within {limit:.0f} s"}
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            return {"failed": f"{cmd[0]}: {lines[-1] if lines else f'exit code {done.returncode}'}"}
     wall = time.perf_counter() - started
-    name = f"{path.stem}-{target}"
-    report = json.loads((folder / "results" / name / "test_report.json").read_text())
-    best = json.loads((folder / "results" / name / "best.json").read_text())
+    (report_path,) = (folder / "results").glob("*/test_report.json")
+    report = json.loads(report_path.read_text())
+    best = json.loads((report_path.parent / "best.json").read_text())
     figures = (
-        {"r2": report["r2"], "rmse": report["rmse"]}
-        if task == "regression"
-        else {"accuracy": report["test_accuracy"]}
+        {"score": report["r2"], "rmse": report["rmse"]}
+        if t.task == "regression"
+        else {"score": report["test_accuracy"]}
     )
-    return {**figures, "wall_s": wall, "budget_s": budget_s, "val_score": best["value"],
-            "architecture": best["architecture"], "command": " ".join(run[2:])}  # fmt: skip
+    command = " ".join(["python", "-m", *run])
+    more = {
+        "n_test": report.get("n_test"),
+        "val_score": best.get("value"),
+        "architecture": best.get("architecture"),
+        "command": command,
+    }
+    return {**figures, "wall_s": wall, **more}
+
+
+class Store:
+    """A JSON file of keyed entries, rewritten atomically on every change."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())["entries"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}: not a tables bench file; move it away to start afresh") from None
+
+    def put(self, key: str, value: Any) -> None:
+        self.entries[key] = value
+        atomic_write(self.path, json.dumps({"entries": self.entries}, indent=1) + "\n")
+
+
+def cached_peer(entry: dict[str, Any] | None, budget_s: float) -> dict[str, Any] | None:
+    """A cached result that this budget would reproduce: finished within it, or stopped at a
+    budget at least as long."""
+    if entry is None:
+        return None
+    result = entry["result"]
+    if "stopped" in result:
+        return result if entry["budget_s"] >= budget_s else None
+    return result if result["wall_s"] <= budget_s else None
 
 
 def run_tables_bench(
-    *, budget_s: float = 600.0, tables: tuple[tuple[str, str], ...] = TABLES, root: Path | None = None,
-    peers: tuple[str, ...] = PEERS, progress=lambda line: None,
+    *, suite: str | Path | None = None, only: Sequence[str] = (), budget_s: float = 600.0,
+    folder: str | Path = DEFAULT_DIR, rerun_peers: bool = False, peers: Sequence[str] = PEERS,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:  # fmt: skip
-    root = root or tables_dir()
-    if root is None:
-        from search.errors import UserError
-
-        raise UserError(f"--tables needs the real tables in {SHARED_TABLES}; none are there")
-    out: dict[str, Any] = {
-        "budget_s": budget_s,
-        "split": "train_test_split(test_size=0.2, random_state=0)",
-        "tables": [],
-    }
-    for file, target in tables:
-        path = root / file
-        x_tr, x_te, y_tr, y_te, task = _split(path, target)
+    """Every selected target's row (kept from `folder` where it is finished), and the summary."""
+    suite_path = Path(suite) if suite is not None else SHARED_SUITE
+    targets = select(load_suite(suite_path), only)
+    folder = Path(folder)
+    rows_store, peer_cache = Store(folder / "rows.json"), Store(folder / "peers.json")
+    code = code_fingerprint()
+    rows: list[dict[str, Any]] = []
+    for i, t in enumerate(targets, 1):
+        say = lambda line, t=t, i=i: progress(f"[{i}/{len(targets)}] {t.name}: {line}")  # noqa: E731
+        fingerprint = split_fingerprint(t)
+        kept: dict[str, Any] = rows_store.entries.get(t.name) or {}
+        same = (kept.get("code"), kept.get("split"), kept.get("budget_s")) == (code, fingerprint, budget_s)
+        kept_search = kept["models"].get("search") if same else None  # a failed search runs again
+        if kept_search is not None and "score" not in kept_search:
+            kept_search = None
+        frames, split = reference_split(t)
+        say(f"{t.task}, {len(split.y_train):,} training and {len(split.y_test):,} test rows")
         row: dict[str, Any] = {
-            "table": file,
-            "target": target,
-            "task": task,
-            "n_train": len(x_tr),
-            "n_test": len(x_te),
-        }
+            "name": t.name, "table": t.table.name, "target": t.target, "task": t.task, "drop": list(t.drop),
+            "n_train": len(split.y_train), "n_test": len(split.y_test), "budget_s": budget_s,
+            "code": code, "split": fingerprint, "reference": t.reference, "models": {},
+        }  # fmt: skip
         for peer in peers:
-            progress(f"{file} {target}: {peer}")
-            if peer == "search":
-                with tempfile.TemporaryDirectory(prefix="search-tables-") as tmp:
-                    row[peer] = run_search(path, target, task, budget_s=budget_s, folder=Path(tmp))
-            elif peer == "realmlp":
-                row[peer] = run_realmlp(x_tr, x_te, y_tr, y_te, task, budget_s=budget_s)
+            version = peer_models.package_version(peer)
+            key = f"{t.name}|{peer}|{version}|{fingerprint}"
+            result = None if rerun_peers else cached_peer(peer_cache.entries.get(key), budget_s)
+            if result is not None:
+                say(f"{peer} {_cell(result)} (cached, {_package(peer, version)})")
             else:
-                runner = {"hgb": run_hgb, "sklearn-mlp": run_sklearn_mlp}[peer]
-                row[peer] = runner(x_tr, x_te, y_tr, y_te, task)
-        out["tables"].append(row)
+                say(f"{peer} fitting (stopped at {budget_s:g} s)")
+                result = peer_models.run_peer(peer, split, budget_s=budget_s)
+                say(f"{peer} {_cell(result)}")
+                if "score" in result or "stopped" in result:  # a failure is tried again next time
+                    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                    peer_cache.put(
+                        key, {"budget_s": budget_s, "version": version, "result": result, "measured": when}
+                    )
+            row["models"][peer] = {**result, "version": version}
+        if kept_search is not None:
+            say(f"search {_cell(kept_search)} (finished before, kept)")
+            row["models"]["search"] = kept_search
+        else:
+            say(f"search: python -m search.run ... --timeout {budget_s:g}, then python -m search.export")
+            with tempfile.TemporaryDirectory(prefix="search-tables-") as tmp:
+                row["models"]["search"] = run_search(t, frames, budget_s=budget_s, folder=Path(tmp))
+            say(f"search {_cell(row['models']['search'])}")
+        rows_store.put(t.name, row)
+        rows.append(row)
+    models = [m for m in MODELS if m == "search" or m in peers]
+    return {
+        "suite": str(suite_path), "split": SPLIT, "budget_s": budget_s, "tables_dir": str(folder),
+        "code": code, "models": models, "rows": rows, "summary": summarize(rows, models),
+    }  # fmt: skip
+
+
+def _package(peer: str, version: str | None) -> str:
+    return f"{peer_models.PACKAGE[peer][0]} {version}"
+
+
+def points(result: dict[str, Any] | None) -> float | None:
+    """A result's figure as the table shows it: accuracy or R² x100, two decimals; None without one."""
+    if not result or "score" not in result:
+        return None
+    return round(100 * result["score"], 2)
+
+
+def took_part(result: dict[str, Any] | None) -> bool:
+    """Whether a model was tried on a row (a stopped or failed one was; an absent package not)."""
+    return result is not None and bool(result) and "not_installed" not in result
+
+
+def summarize(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> dict[str, Any]:
+    """On the figures as shown (points, two decimals):
+    wins   per peer, the search's wins, ties and losses: a model tried that gave no figure
+           (stopped, failed) loses to one that gave one; rows where either was not tried, or
+           neither gave a figure, do not count
+    gap    per model, the mean of (model - hgb) in points over the rows where both gave a figure
+    rank   per model, the mean over the rows it was tried on of its rank among the models tried
+           there (1 best; tied figures share the mean of their places; the models that gave no
+           figure share the last places)"""
+    wins: dict[str, dict[str, int]] = {}
+    for peer in models:
+        if peer == "search":
+            continue
+        tally = {"wins": 0, "ties": 0, "losses": 0}
+        for row in rows:
+            s, p = row["models"].get("search"), row["models"].get(peer)
+            if not (took_part(s) and took_part(p)) or (points(s) is None and points(p) is None):
+                continue
+            a, b = points(s), points(p)
+            outcome = "ties" if a == b else "wins" if b is None or (a is not None and a > b) else "losses"
+            tally[outcome] += 1
+        wins[peer] = tally
+    gap: dict[str, dict[str, Any]] = {}
+    for m in models:
+        pairs = [(points(r["models"].get(m)), points(r["models"].get("hgb"))) for r in rows]
+        diffs = [a - b for a, b in pairs if a is not None and b is not None]
+        gap[m] = {"mean": round(sum(diffs) / len(diffs), 4) if diffs else None, "n": len(diffs)}
+    ranks: dict[str, list[float]] = {m: [] for m in models}
+    for row in rows:
+        tried = [m for m in models if took_part(row["models"].get(m))]
+        for m, r in _ranks({m: points(row["models"].get(m)) for m in tried}).items():
+            ranks[m].append(r)
+    rank = {m: {"mean": round(sum(v) / len(v), 4) if v else None, "n": len(v)} for m, v in ranks.items()}
+    return {"wins": wins, "gap_to_hgb": gap, "mean_rank": rank}
+
+
+def _ranks(figures: dict[str, float | None]) -> dict[str, float]:
+    """1 for the highest figure; ties share the mean of their places; None share the last ones."""
+    order = sorted(figures, key=lambda m: (figures[m] is None, -(figures[m] or 0.0)))
+    out: dict[str, float] = {}
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and figures[order[end + 1]] == figures[order[start]]:
+            end += 1
+        for m in order[start : end + 1]:
+            out[m] = (start + end) / 2 + 1
+        start = end + 1
     return out
 
 
+def _cell(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "-"
+    if "stopped" in result:
+        return f"stopped {result['stopped']:g}s"
+    if "not_installed" in result:
+        return "not installed"
+    if "failed" in result:
+        return "failed"
+    return f"{points(result):.2f} {result['wall_s']:.0f}s"
+
+
 def format_tables(r: dict[str, Any]) -> str:
-    lines = [f"tables bench: the reference split ({r['split']}), search budget {r['budget_s']:.0f} s"]
-    for row in r["tables"]:
-        key = "r2" if row["task"] == "regression" else "accuracy"
-        rows = f"{row['n_train']:,} train / {row['n_test']:,} test rows"
-        lines.append(f"{row['table']} -> {row['target']} ({row['task']}, {rows}), test {key}:")
-        for peer in PEERS:
-            res = row.get(peer)
-            if res is None:
-                continue
-            if "skipped" in res:
-                lines.append(f"  {peer:<12} skipped: {res['skipped']}")
-                continue
-            extra = f"  RMSE {res['rmse']:.1f}" if key == "r2" else ""
-            lines.append(f"  {peer:<12} {res[key]:.4f}{extra}  ({res['wall_s']:.0f} s)")
+    models = r["models"]
+    lines = [
+        f"tables bench: {len(r['rows'])} target(s) of {r['suite']}, split {r['split']}; "
+        f"search budget {r['budget_s']:g} s a target, each peer stopped at the same",
+        "each model: test accuracy x100 (classification) or R² x100 (regression), then wall seconds",
+        "",
+        f"{'target':<26}{'task':<7}" + "".join(f"{m:>16}" for m in models),
+    ]
+    for row in r["rows"]:
+        task = "class" if row["task"] == "classification" else "regr"
+        cells = "".join(f"{_cell(row['models'].get(m)):>16}" for m in models)
+        lines.append(f"{row['name']:<26}{task:<7}{cells}")
+    notes = sorted({f"{m}: {row['models'][m]['not_installed']}" for row in r["rows"] for m in models
+                    if "not_installed" in row["models"].get(m, {})})  # fmt: skip
+    failed = [f"{row['name']} {m}: {row['models'][m]['failed']}" for row in r["rows"] for m in models
+              if "failed" in row["models"].get(m, {})]  # fmt: skip
+    lines += [f"  not installed, {n}" for n in notes] + [f"  failed, {f}" for f in failed]
+    s = r["summary"]
+    if r["rows"]:
+        wins = ", ".join(f"{p} {w['wins']}-{w['ties']}-{w['losses']}" for p, w in s["wins"].items())
+        gap = ", ".join(
+            f"{m} {g['mean']:+.2f} ({g['n']})" for m, g in s["gap_to_hgb"].items() if m != "hgb" and g["n"]
+        )
+        rank = ", ".join(f"{m} {k['mean']:.2f}" for m, k in s["mean_rank"].items() if k["n"])
+        lines += [
+            "",
+            f"search against each peer, wins-ties-losses: {wins}",
+            f"mean gap to HistGradientBoosting, points (targets): {gap or '-'}",
+            f"mean rank (1 best, ties share): {rank}",
+        ]
     return "\n".join(lines)
