@@ -28,7 +28,7 @@ from torch import nn
 
 from search.artifacts.evaluation import load_model, predict_logits, read_best
 from search.data.image_files import DataError
-from search.data.tables import read_table
+from search.data.tables import numbers_only, read_table
 from search.data.targets import TargetScale
 from search.errors import UserError, first_line
 from search.files import atomic_write
@@ -173,16 +173,28 @@ class Predictor:
     def classes(self) -> list:
         return self.preprocess.classes
 
-    def inputs(self, rows) -> torch.Tensor:
-        frame = read_table(rows, what="the rows to predict")
+    def rows(self, rows, *, what: str = "the rows to predict"):
+        """`rows` as a DataFrame of the model's input columns, each numeric one as numbers: a value
+        of another kind ("n/a", "12,5", "abc") or an infinite one is missing, and one warning
+        counts them by column. A column the model takes that the rows lack is one line."""
+        frame = read_table(rows, what=what)
         frame.columns = [str(c) for c in frame.columns]
         missing = [c for c in self.preprocess.columns if c not in frame.columns]
         if missing:
             raise DataError(
-                f"the rows lack column(s) {', '.join(missing[:8])} that the model was trained on; "
-                f"it takes {', '.join(self.preprocess.columns)}"
+                f"{what}: the rows lack column(s) {', '.join(map(repr, missing[:8]))} that the model was "
+                f"trained on; it takes {', '.join(self.preprocess.columns)}"
             )
-        x = self.preprocess.transformer.transform(frame[self.preprocess.columns])
+        return numbers_only(frame[self.preprocess.columns], self.numeric_columns, what=what)
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        """The input columns the preprocessing reads as numbers (the others are categories)."""
+        fitted = self.preprocess.transformer.transformers_
+        return [str(c) for name, _, columns in fitted if name == "numeric" for c in columns]
+
+    def inputs(self, rows) -> torch.Tensor:
+        x = self.preprocess.transformer.transform(self.rows(rows))
         return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
 
     def outputs(self, rows) -> torch.Tensor:
@@ -229,7 +241,7 @@ def predict_file(
     import pandas as pd
 
     predictor = load_predictor(model, device=device)
-    frame = read_table(data, what="--data")
+    frame = predictor.rows(data, what=f"--data {data}")  # checked once: one warning at most
     result = pd.DataFrame({"prediction": predictor.predict(frame)}, index=frame.index)
     if predictor.preprocess.task == "classification":
         probs = predictor.predict_proba(frame)

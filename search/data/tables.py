@@ -16,7 +16,12 @@ stratified for classification: the split the reference figures in ../shared/data
 
 from __future__ import annotations
 
+import codecs
+import csv
 import dataclasses
+import io
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,16 @@ TEST_FRACTION = 0.2
 MIN_CATEGORY_ROWS = 5  # a category seen in fewer training rows joins the "infrequent" group
 MAX_CATEGORIES = 64  # one-hot columns per categorical column, the infrequent group included
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")  # to be saved as CSV first
+DELIMITERS = (",", ";", "\t", "|")  # what a text table's columns may be separated by, preferred first
+SNIFF_CHARS = 1 << 16  # the delimiter is read off the first 64 KiB
+SNIFF_ROWS = 200  # ... and at most this many rows of it
+# The error values Excel and LibreOffice write into a cell ("#N/A" is already one of pandas').
+SPREADSHEET_ERRORS = ("#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#NULL!", "#SPILL!", "#CALC!")
+# A number written with a decimal comma (groups of thousands by "." or a space), and the whole
+# numbers and infinities a column of them may also hold.
+_DECIMAL_COMMA = re.compile(r"[+-]?(?:\d{1,3}(?:[.\s]\d{3})+|\d*),\d+(?:[eE][+-]?\d+)?")
+_WHOLE = re.compile(r"[+-]?(?:\d{1,3}(?:[.\s]\d{3})+|\d+)|[+-]?inf(?:inity)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,12 @@ def table_spec(
 
 
 def read_table(source: Any, *, what: str = "--data") -> Any:
-    """A pandas DataFrame from a CSV or Parquet path, a DataFrame, or a 2-D NumPy array."""
+    """A pandas DataFrame from a CSV or Parquet path, a DataFrame, or a 2-D NumPy array.
+
+    A text table is read as spreadsheets write them (`_read_text`): UTF-8 (with or without a
+    byte-order mark), UTF-16 with one, else Windows-1252; columns separated by commas,
+    semicolons, tabs or "|"; decimal commas where the separator is not a comma; spreadsheet
+    error values (#DIV/0! ...) missing."""
     import pandas as pd
 
     if isinstance(source, pd.DataFrame):
@@ -122,16 +142,128 @@ def read_table(source: Any, *, what: str = "--data") -> Any:
     path = Path(str(source)).expanduser()
     if not path.is_file():
         raise DataError(f"{what} {path}: no such file")
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    if path.suffix.lower() in WORKBOOK_SUFFIXES:
+        raise DataError(f"{what} {path}: a spreadsheet workbook; save the sheet as CSV or Parquet")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep=None if path.suffix.lower() != ".csv" else ",", engine="python")
+        frame = pd.read_parquet(path) if parquet else _read_text(path, what)
+    except DataError:
+        raise
     except Exception as e:  # pandas' parsers raise many kinds: one line names the file
         raise DataError(f"{what} {path}: not a table pandas can read ({first_line(e)})") from None
     if frame.shape[0] == 0 or frame.shape[1] < 2:
-        raise DataError(f"{what} {path}: {frame.shape[0]} rows and {frame.shape[1]} column(s): not a table")
+        why = "" if parquet else " (no comma, semicolon, tab or | separates its columns)"
+        raise DataError(
+            f"{what} {path}: {frame.shape[0]} rows and {frame.shape[1]} column(s): not a table{why}"
+        )
     return frame
+
+
+def _read_text(path: Path, what: str):
+    """A CSV, TSV or text table in the encoding and with the delimiter and decimal mark found in
+    it; Excel's `sep=;` first line is obeyed, and columns with neither a name nor a value (a
+    spreadsheet's trailing delimiters) are left out."""
+    import pandas as pd
+
+    encoding = _encoding(path, what)
+    with open(path, encoding=encoding, newline="") as f:
+        sample = f.read(SNIFF_CHARS)
+        complete = not f.read(1)
+    first = sample.split("\n", 1)[0].strip()
+    directive = re.fullmatch(r'"?sep=(.)"?', first)
+    if directive:
+        sep, skip = directive.group(1), 1
+    else:
+        sep, skip = _delimiter(sample, complete=complete, tsv=path.suffix.lower() == ".tsv"), 0
+    frame = pd.read_csv(path, sep=sep, encoding=encoding, skiprows=skip, na_values=list(SPREADSHEET_ERRORS))
+    blank = [c for c in frame.columns if str(c).startswith("Unnamed: ") and frame[c].isna().all()]
+    frame = frame.drop(columns=blank)
+    if sep == ",":
+        return frame
+    frame.attrs["decimal"] = ","  # for numbers_only: a numeric column's "12,5" is 12.5 here
+    return _decimal_commas(frame)
+
+
+def _encoding(path: Path, what: str) -> str:
+    """The encoding to read `path` in: UTF-32 or UTF-16 by their byte-order mark; UTF-8 (a mark
+    or not) where every byte decodes; else Windows-1252 (Excel's "CSV" on Western European
+    Windows), and Latin-1 for the five bytes Windows-1252 leaves undefined. NUL bytes outside
+    UTF-16 and UTF-32 mean a binary file: one line."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):
+        return "utf-32"
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return "utf-16"
+    for encoding, name in (("utf-8", "utf-8-sig"), ("cp1252", "cp1252")):
+        decoder = codecs.getincrementaldecoder(encoding)()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    if b"\x00" in chunk:
+                        raise DataError(
+                            f"{what} {path}: not a table: it holds NUL bytes (a binary file, or UTF-16 "
+                            "text without a byte-order mark); save it as CSV (UTF-8) or Parquet"
+                        )
+                    decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            continue
+        return name
+    return "latin-1"
+
+
+def _delimiter(sample: str, *, complete: bool, tsv: bool = False) -> str:
+    """The delimiter that splits the sample's rows into one count of two or more fields (the
+    header's); failing that, the one that splits the most rows as it splits the header. A tie
+    goes to the first of DELIMITERS (tab first in a .tsv file)."""
+    order = ("\t", *(d for d in DELIMITERS if d != "\t")) if tsv else DELIMITERS
+    best, best_rows = ",", 0
+    for d in order:
+        try:
+            rows = [r for r in csv.reader(io.StringIO(sample), delimiter=d) if r]
+        except csv.Error:
+            continue
+        if not complete:
+            rows = rows[:-1]  # the last row may be cut off
+        counts = [len(r) for r in rows[:SNIFF_ROWS]]
+        if not counts or counts[0] < 2:
+            continue
+        if all(c == counts[0] for c in counts):
+            return d
+        agree = sum(c == counts[0] for c in counts)
+        if agree > best_rows:
+            best, best_rows = d, agree
+    return best
+
+
+def _decimal_commas(frame):
+    """`frame` with each text column whose values are all numbers written with a decimal comma
+    (at least one with a comma; the others whole numbers or infinities) read as numbers."""
+    import pandas as pd
+
+    for c in frame.columns:
+        column = frame[c]
+        if _is_number(column) or pd.api.types.is_bool_dtype(column):
+            continue
+        text = column.dropna().astype(str).str.strip()
+        if text.empty:
+            continue
+        if not text.str.fullmatch(_DECIMAL_COMMA).any() or _comma_numbers(text).isna().any():
+            continue
+        frame[c] = _comma_numbers(column)
+    return frame
+
+
+def _comma_numbers(column):
+    """Each value of `column` written with a decimal comma (or a whole number, or an infinity) as
+    a float; any other value missing."""
+    import pandas as pd
+
+    text = column.astype(object).where(column.notna()).astype(str).str.strip()
+    ok = text.str.fullmatch(_DECIMAL_COMMA) | text.str.fullmatch(_WHOLE)
+    plain = text.str.replace(r"[.\s]", "", regex=True).str.replace(",", ".", regex=False)
+    return pd.to_numeric(plain.where(ok), errors="coerce").astype(float)
 
 
 def smooth_clip(x: np.ndarray) -> np.ndarray:
@@ -186,7 +318,6 @@ def split_table(
 ):
     """Checked columns and target, and the rows split: (frames, y per split, task, classes, columns).
     Every bad input is one line naming the column or file and what to do."""
-    import pandas as pd
     from sklearn.model_selection import train_test_split
 
     columns = [str(c) for c in frame.columns]
@@ -196,15 +327,18 @@ def split_table(
     for name in (*spec.drop, *spec.categorical):
         if name not in columns:
             raise DataError(f"column {name!r} (drop or categorical) is not in the table: {_names(columns)}")
-    frame = frame[frame[spec.target].notna()].reset_index(drop=True)
+    what = f"the table {Path(str(spec.train)).name}"
+    frame = _with_target(frame, spec.target, what=what, learn=True)
     y_raw = frame[spec.target]
     inputs = [c for c in columns if c != spec.target and c not in spec.drop]
     if not inputs:
         raise DataError("no input column is left once the target and `drop` are taken out")
+    numbers = [c for c in inputs if c not in spec.categorical and _is_number(frame[c])]
+    frame = numbers_only(frame, numbers, what=what)  # infinities are missing values
     empty = [c for c in inputs if frame[c].isna().all()]
     if empty:
         raise DataError(f"column {empty[0]!r} is empty in every row: add it to `drop`")
-    numeric_target = pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)
+    numeric_target = _is_number(y_raw)
     values = y_raw.to_numpy(dtype=float) if numeric_target else None
     task = spec.task or infer_task(values, is_numeric=numeric_target)
     if task not in TASKS:
@@ -246,7 +380,7 @@ def split_table(
         x_test, y_test = x_all.iloc[test_idx], y_all[test_idx]
     else:
         rest = np.arange(len(frame))
-        x_test, y_test = _test_rows(test_frame, spec, inputs, task, classes)
+        x_test, y_test = _test_rows(test_frame, spec, inputs, numbers, task, classes)
     n_val = int(np.ceil(val_fraction * len(rest)))
     fits = stratify is not None and min(n_val, len(rest) - n_val) >= len(classes)  # a row a class
     strat_rest = y_all[rest] if fits else None
@@ -260,6 +394,79 @@ def split_table(
     return frames, ys, task, metric, (classes, class_values), num, cat
 
 
+def _with_target(frame, target: str, *, what: str, learn: bool):
+    """`frame`'s rows that have a target: missing and infinite ones left out (the latter counted in
+    a warning). For the rows to `learn` from, none left or one value in all is nothing to learn:
+    one line."""
+    import pandas as pd
+
+    column = frame[target]
+    infinite = column.isin([np.inf, -np.inf]) if _is_number(column) else pd.Series(False, index=frame.index)
+    if infinite.any():
+        warnings.warn(
+            f"{what}: target {target!r} is infinite in {int(infinite.sum())} of {len(frame)} rows; "
+            "they are left out, as rows without a target are",
+            stacklevel=3,
+        )
+    kept = frame[column.notna() & ~infinite].reset_index(drop=True)
+    if learn and len(kept) == 0:
+        how = "missing or infinite" if infinite.any() else "missing"
+        raise DataError(
+            f"target {target!r} is {how} in every one of the {len(frame)} rows: nothing to learn "
+            "(is it the right column?)"
+        )
+    y = kept[target]
+    if learn and (y.nunique() if _is_number(y) else y.astype(str).nunique()) < 2:
+        raise DataError(
+            f"target {target!r} holds one value ({_plain(y.iloc[0])!r}) in all {len(kept)} rows that "
+            "have one: nothing to learn"
+        )
+    return kept
+
+
+def numbers_only(frame, columns, *, what: str):
+    """`frame` with `columns` (numeric inputs) as numbers: a value that is not one (text such as
+    "n/a" or "abc", or "12,5" unless the file was read with decimal commas) or is infinite becomes
+    missing, as a missing value is imputed; one warning names the columns and counts. `frame`
+    itself is not changed."""
+    import pandas as pd
+
+    comma = frame.attrs.get("decimal") == ","  # set by _read_text
+    changed, counts = {}, []
+    for c in columns:
+        column = frame[c]
+        if pd.api.types.is_bool_dtype(column):
+            continue
+        values = column
+        if not _is_number(column):
+            values = pd.to_numeric(column.astype(object), errors="coerce")
+            if comma:
+                values = values.fillna(_comma_numbers(column))
+        wrong = values.isna() & column.notna()
+        infinite = values.isin([np.inf, -np.inf])
+        if wrong.any() or infinite.any():
+            values = values.astype(float).mask(infinite)
+            said = []
+            if wrong.any():
+                said.append(f"{int(wrong.sum())} not a number (e.g. {column[wrong].iloc[0]!r})")
+            if infinite.any():
+                said.append(f"{int(infinite.sum())} infinite")
+            counts.append(f"{c!r} {' and '.join(said)}")
+        if values is not column:
+            changed[c] = values
+    if changed:
+        frame = frame.copy(deep=False)
+        for c, values in changed.items():
+            frame[c] = values
+    if counts:
+        warnings.warn(
+            f"{what}: values of numeric column(s) taken as missing: {'; '.join(counts[:12])}"
+            + (f"; ... ({len(counts)} columns in all)" if len(counts) > 12 else ""),
+            stacklevel=3,
+        )
+    return frame
+
+
 def _plain(value):
     """A NumPy scalar as the Python value it holds (JSON and scikit-learn's checks want these)."""
     return value.item() if isinstance(value, np.generic) else value
@@ -271,12 +478,15 @@ def _is_number(column) -> bool:
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
-def _test_rows(test_frame, spec: TableSpec, inputs: list[str], task: str, classes: tuple[str, ...]):
+def _test_rows(
+    test_frame, spec: TableSpec, inputs: list[str], numbers: list[str], task: str, classes: tuple[str, ...]
+):
     test_frame.columns = [str(c) for c in test_frame.columns]
     missing = [c for c in (*inputs, spec.target) if c not in test_frame.columns]
     if missing:
         raise DataError(f"the test table lacks column(s) {_names(missing)} that the training table has")
-    test_frame = test_frame[test_frame[spec.target].notna()]
+    test_frame = _with_target(test_frame, spec.target, what="the test table", learn=False)
+    test_frame = numbers_only(test_frame, numbers, what="the test table")
     if task == "classification":
         labels = test_frame[spec.target].astype(str)
         unknown = sorted(set(labels) - set(classes))
