@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from search.artifacts import ensemble
 from search.artifacts.evaluation import load_model, predict_logits, read_best
 from search.data.image_files import DataError
 from search.data.tables import numbers_only, read_table
 from search.data.targets import TargetScale
 from search.errors import UserError, first_line
 from search.files import atomic_write
-from search.schema import BEST_JSON, MODEL_PT, PREDICTIONS_CSV, PREPROCESS_PKL, PREPROCESS_SKOPS
+from search.schema import BEST_JSON, ENSEMBLE_PT, MODEL_PT, PREDICTIONS_CSV, PREPROCESS_PKL, PREPROCESS_SKOPS
 
 FORMAT = 2  # preprocess.skops's layout version (1 was preprocess.pkl, a pickle: never read now)
 
@@ -45,6 +46,7 @@ TRUSTED_TYPES = (
     "numpy.dtype",
     "search.data.tables._as_text",  # the categorical columns' cast to text
     "search.data.tables.smooth_clip",  # the `robust` transform's soft clip
+    "search.data.piecewise.PiecewiseLinear",  # the pleN transforms: its state is plain arrays
 )
 
 
@@ -228,7 +230,13 @@ def load_predictor(folder: str | Path, *, device: str | torch.device = "cpu") ->
     pre = load_preprocess(folder / PREPROCESS_SKOPS)
     n_inputs = len(pre.transformer.get_feature_names_out())
     n_out = 1 if pre.task == "regression" else len(pre.classes)
-    model = load_model(best, folder / MODEL_PT, in_features=n_inputs, n_classes=n_out, device=device)
+    if (best.get("ensemble") or {}).get("exported") and (folder / ENSEMBLE_PT).is_file():
+        # the export chose the ensemble: it is the model, and the preprocessing is its members'
+        model: nn.Module = ensemble.load(
+            folder / ENSEMBLE_PT, in_features=n_inputs, n_classes=n_out, device=device
+        )
+    else:
+        model = load_model(best, folder / MODEL_PT, in_features=n_inputs, n_classes=n_out, device=device)
     return Predictor(model, pre, torch.device(device))
 
 

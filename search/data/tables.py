@@ -31,7 +31,7 @@ import torch
 
 from search.data.dataset import Dataset
 from search.data.image_files import HOLDOUT_SEED, DataError
-from search.data.numeric import NUMERICS
+from search.data.numeric import NUMERICS, ple_bins
 from search.data.targets import DEFAULT_METRIC, METRICS, TASKS, TargetScale, infer_task, wants_log
 from search.errors import first_line
 
@@ -289,15 +289,22 @@ def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str], *, 
         StandardScaler,
     )  # fmt: skip
 
-    scale = {
-        "standard": lambda: StandardScaler(),
-        "quantile": lambda: QuantileTransformer(
-            output_distribution="normal", n_quantiles=max(2, min(1000, rows)), random_state=0
-        ),
-        "robust": lambda: make_pipeline(
-            RobustScaler(), FunctionTransformer(smooth_clip, feature_names_out="one-to-one")
-        ),
-    }[numeric]()
+    from search.data.piecewise import PiecewiseLinear  # scikit-learn, loaded on first use
+
+    bins = ple_bins(numeric)
+    scale = (
+        PiecewiseLinear(n_bins=bins)
+        if bins
+        else {
+            "standard": lambda: StandardScaler(),
+            "quantile": lambda: QuantileTransformer(
+                output_distribution="normal", n_quantiles=max(2, min(1000, rows)), random_state=0
+            ),
+            "robust": lambda: make_pipeline(
+                RobustScaler(), FunctionTransformer(smooth_clip, feature_names_out="one-to-one")
+            ),
+        }[numeric]()
+    )
     parts = []
     if num_cols:
         parts.append(("numeric", make_pipeline(SimpleImputer(strategy="median"), scale), num_cols))
