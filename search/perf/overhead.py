@@ -37,11 +37,11 @@ if variant in ("no-batch", "neither"):
     runner.open_worker_storage = functools.partial(runner.open_worker_storage, batched=False)
 if variant in ("no-snapshot", "neither"):
     import optuna
-    def plain_sampler(name, seed, *, snapshot=None, startup_trials=10):
+    def plain_sampler(name, seed, *, snapshot=None, startup_trials=10, **_):
         strategy.use_compiled_log_ndtr()  # the same TPE arithmetic: only the reads differ
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                           n_startup_trials=startup_trials)
-    def plain_pruner(name, epochs, *, snapshot=None, min_epochs=0):
+    def plain_pruner(name, epochs, *, snapshot=None, min_epochs=0, **_):
         warmup = min_epochs or max(1, epochs // 5)
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
     runner.make_sampler, runner.make_pruner = plain_sampler, plain_pruner
@@ -54,8 +54,9 @@ opts = runner.RunOptions(spec=load_study("digits"), storage_url=f"sqlite:///{fol
                          study_name="digits", trials=trials, device="cpu", heartbeat_s=None,
                          results_dir=Path(folder))
 summary = runner.run_search(opts)
+from search.optuna_versions import internals_allowed
 print(json.dumps({"wall_s": summary.wall_seconds, "overhead": summary.overhead,
-                  "best": summary.best_value, "states": summary.states}))
+                  "best": summary.best_value, "states": summary.states, "internals": internals_allowed()}))
 """
 
 
