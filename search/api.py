@@ -128,13 +128,16 @@ def export_best(
     data_dir: str | None = None,
     retrain: bool = False,
     progress: bool = True,
+    max_params: int | None = None,
+    max_latency_ms: float | None = None,
 ) -> list[Path]:
-    """`python -m search.export`: the best trial's files (best.json, model.pt, reports, pictures)."""
+    """`python -m search.export`: the best trial's files (best.json, model.pt, reports, pictures);
+    `max_params`, `max_latency_ms`: the best trial within them, as `export`'s flags."""
     with tqdm(desc="retraining", unit="epoch", disable=not progress) as bar:
         done = exporting.export_study(
             storage_url=check_storage(storage), study_name=study_name, out_dir=out,
             results_dir=results_dir, device=resolve_device(device), data_dir=data_dir, retrain=retrain,
-            on_epoch=lambda m: bar.update(1),
+            on_epoch=lambda m: bar.update(1), max_params=max_params, max_latency_ms=max_latency_ms,
         )  # fmt: skip
     return [done.out_dir / name for name in done.files]
 

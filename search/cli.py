@@ -70,6 +70,17 @@ def _seconds(text: str, *, zero_ok: bool) -> float:
     return value
 
 
+def milliseconds(text: str) -> float:
+    """A positive, finite number of milliseconds (a latency limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of milliseconds")
+    return value
+
+
 def positive_float(text: str) -> float:
     return _seconds(text, zero_ok=False)
 

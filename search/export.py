@@ -15,6 +15,7 @@ from search import cli
 from search.artifacts.evaluation import score_line
 from search.artifacts.export import PROG, export_study
 from search.artifacts.smaller import QUANTIZE
+from search.tuning.trials import value_of
 
 DESCRIPTION = (
     "Export a study's best trial: best.json, model.pt, model.txt, test_report.{txt,json} and trials.csv."
@@ -47,6 +48,11 @@ def build_parser() -> cli.ArgumentParser:
         help="tables: train the chosen model again on the training and validation rows and export that "
         "(the search's own model is scored on the test split beside it)",
     )
+    p.add_argument("--max-params", type=cli.positive_int, metavar="N",
+                   help="export the best trial with at most N parameters (never the ensemble)")  # fmt: skip
+    p.add_argument("--max-latency-ms", type=cli.milliseconds, metavar="MS",
+                   help="export the best trial whose latency the search measured at most MS milliseconds "
+                   "(and never the ensemble)")  # fmt: skip
     cli.add_training_flags(p)
     return p
 
@@ -65,10 +71,11 @@ def _main(argv: Sequence[str] | None) -> int:
             storage_url=storage_url, study_name=args.study_name, out_dir=args.out,
             results_dir=args.results_dir, device=device, data_dir=args.data_dir, retrain=args.retrain,
             argv=argv, on_epoch=on_epoch, quantize=args.quantize, half=args.half, refit=args.refit,
+            max_params=args.max_params, max_latency_ms=args.max_latency_ms,
         )  # fmt: skip
-    ev = done.evaluation
+    ev, score = done.evaluation, value_of(done.trial)
     lines = [
-        f"study {done.study}: best trial {done.trial.number}, validation {ev.metric} {done.trial.value:.4f}",
+        f"study {done.study}: best trial {done.trial.number}, validation {ev.metric} {score:.4f}",
         done.weights.note,
         *done.ensemble_lines,
         score_line(ev),

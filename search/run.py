@@ -15,6 +15,7 @@ from search.cli import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     ArgumentParser,
+    milliseconds,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -43,16 +44,6 @@ def objectives_list(text: str) -> tuple[str, ...]:
             f"{text!r}: expected names from {', '.join(OBJECTIVES)}, comma-separated"
         )
     return names
-
-
-def milliseconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number of milliseconds")
-    return value
 
 
 def build_parser() -> ArgumentParser:

@@ -6,6 +6,11 @@ test report pair, trials.csv and the prediction pictures. The best params are re
 `search.tuning.space.replay_config`, the code that sampled them, and checked against what the
 trial recorded, so export and search cannot drift.
 
+A two-objective study (search.tuning.costs) exports the best score on its Pareto front, and
+writes the front (score, parameters, latency, trial) into best.json and a `pareto_front` column of
+trials.csv; `max_params` and `max_latency_ms` export the best trial within them. Either way a
+single trial is exported, never the ensemble: its cost is its members' together, off the front.
+
 The storage is opened read-only (SQLite in `mode=ro`; no table creation on any backend): exporting
 a study that workers are still writing to is safe and changes nothing in it.
 """
@@ -44,6 +49,8 @@ from search.errors import UserError, first_line
 from search.files import atomic_write
 from search.schema import (
     ATTR_DEVICE,
+    ATTR_LATENCY,
+    ATTR_PARAMS,
     BEST_JSON,
     BEST_WEIGHTS,
     ENSEMBLE_PT,
@@ -140,8 +147,8 @@ def retrain_weights(
     val = result.val_score
     trained_on = trial.user_attrs.get(ATTR_DEVICE, "?")
     check = "the trial's, exactly"
-    if val != trial.value:  # another device, or different CPU kernels: worth saying
-        check = f"the trial had {trial.value:.4f} on {trained_on}"
+    if val != value_of(trial):  # another device, or different CPU kernels: worth saying
+        check = f"the trial had {value_of(trial):.4f} on {trained_on}"
     note = (
         f"retrained trial {trial.number}'s config with seed {config.seed} on {data.device} "
         f"({why}): validation {data.metric} {val:.4f}, {check}"
@@ -168,10 +175,16 @@ def layer_table(model: nn.Module) -> str:
     )
 
 
-def write_trials_csv(path: Path, trials: Sequence[FrozenTrial]) -> None:
+def write_trials_csv(
+    path: Path, trials: Sequence[FrozenTrial], *, front: Sequence[int] | None = None
+) -> None:
+    """One row per trial; `value` is the validation score (a two-objective trial's first value).
+    With `front` (a two-objective study's Pareto front, by trial number) a `pareto_front` column
+    says which trials are on it."""
     params = sorted({k for t in trials for k in t.params})
     attrs = sorted({k for t in trials for k in t.user_attrs})
     head = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
+    head += ["pareto_front"] if front is not None else []
     text = io.StringIO(newline="")
     out = csv.writer(text)
     out.writerow(head + [f"params_{k}" for k in params] + [f"user_attrs_{k}" for k in attrs])
@@ -180,11 +193,12 @@ def write_trials_csv(path: Path, trials: Sequence[FrozenTrial]) -> None:
         row = [
             t.number,
             t.state.name,
-            "" if t.value is None else t.value,
+            t.values[0] if t.values else "",
             _iso(t.datetime_start),
             _iso(t.datetime_complete),
             duration,
         ]
+        row += [t.number in front] if front is not None else []
         row += [_cell(t.params.get(k)) for k in params]
         row += [_cell(t.user_attrs.get(k)) for k in attrs]
         out.writerow(row)
@@ -218,28 +232,41 @@ def export_study(
     quantize: str | None = None,
     half: bool = False,
     refit: bool = True,
+    max_params: int | None = None,
+    max_latency_ms: float | None = None,
 ) -> Exported:
     """The study's best trial (or its ensemble) as files. With `refit` (tables only), the chosen
     configs are trained again on the training and validation rows (search.artifacts.refit) and
-    that model is exported; the search's own model is still scored on the test split beside it."""
+    that model is exported; the search's own model is still scored on the test split beside it.
+    `max_params`, `max_latency_ms`: the best trial within them (its recorded n_params and
+    latency_ms), alone; a two-objective study's best score on its Pareto front, alone, likewise."""
     if quantize not in (None, *smaller.QUANTIZE):
         raise UserError(f"--quantize {quantize!r}: expected one of {', '.join(smaller.QUANTIZE)}")
     if out_dir is not None:
         check_out_dir(Path(out_dir))
     study = open_finished(storage_url, study_name)
-    name, trial, attrs = study.name, study.best(), study.binding
+    trial = study.best(max_params=max_params, max_latency_ms=max_latency_ms)
+    name, attrs = study.name, study.binding
+    front = study.front()
+    two = len(study.study.directions) > 1
+    limited = max_params is not None or max_latency_ms is not None
+    chosen = _chosen_text(two, max_params, max_latency_ms)
     data, data_dir = study.load_data(device=device, data_dir=data_dir)
     ckpt_dir = study_dir(results_dir, name)
     # The checkpoint's metadata holds the config the objective trained; number and value together
     # tell that it is this trial's and not a same-named study's from another storage.
     meta = best_weights.read_meta(ckpt_dir) or {}
-    ours = (meta.get("trial_number"), meta.get("value")) == (trial.number, trial.value)
+    ours = (meta.get("trial_number"), meta.get("value")) == (trial.number, value_of(trial))
     config = study.replay(trial, data, trained=meta.get("config") if ours else None)
     found = "--retrain was given" if retrain else checkpoint_weights(ckpt_dir, trial, config, data)
     if not isinstance(found, Weights):  # no usable checkpoint: the config and seed retrain it
         found = retrain_weights(trial, config, data, why=found, on_epoch=on_epoch)
     weights = found
-    selection, ens = ensemble.choose(ckpt_dir, study.completed(), data, value_of(trial))
+    single = two or limited  # a single trial: an ensemble's cost is its members' together
+    choice: Any = (
+        (None, None) if single else ensemble.choose(ckpt_dir, study.completed(), data, value_of(trial))
+    )
+    selection, ens = choice
     searched, searched_rows = None, len(data.y_train)  # the search's own model, where a refit is exported
     every_row = refit_rows(config, selection, data, with_ensemble=ens is not None, on_epoch=on_epoch) if (
         refit and data.table is not None
@@ -262,8 +289,12 @@ def export_study(
         "study": name,
         "storage": redacted(study.storage_url),
         "trial_number": trial.number,
-        "value": trial.value,
+        "value": value_of(trial),
         "metric": data.metric,
+        "objectives": study.objectives,
+        "limits": {"max_params": max_params, "max_latency_ms": max_latency_ms},
+        "chosen": chosen,
+        "pareto_front": [_front_entry(t) for t in front] if two else None,
         "task": data.task,
         "params": dict(trial.params),
         "config": config.to_dict(),
@@ -291,8 +322,10 @@ def export_study(
     atomic_write(out / MODEL_TXT, f"{arch}\n\n{weights.model}\n\n{layer_table(weights.model)}\n")
     header = [
         f"study {name}, trial {trial.number} ({arch}), {weights.source} weights",
-        f"validation {data.metric} {trial.value:.4f} in the search, {weights.val_score:.4f} here",
+        f"validation {data.metric} {value_of(trial):.4f} in the search, {weights.val_score:.4f} here",
     ]
+    if chosen:
+        header.append(chosen)
     files = [BEST_JSON, MODEL_PT, MODEL_TXT, REPORT_TXT, REPORT_JSON, TRIALS_CSV]
     lines = ensemble_lines(selection, ens, data.metric, single_eval.score, evaluation.score)
     if every_row is not None and searched is not None:
@@ -328,7 +361,7 @@ def export_study(
             confidence=evaluation.confidences, classes=data.classes, out_dir=out,
         ).values()  # fmt: skip
     write_reports(out, evaluation, header=header, meta=meta)
-    write_trials_csv(out / TRIALS_CSV, study.trials)
+    write_trials_csv(out / TRIALS_CSV, study.trials, front=[t.number for t in front] if two else None)
     files += [p.name for p in figures]
     # The smaller files: the single trial's model, scored against its own float figure.
     small = smaller.write(out, weights.model, config, data, single_eval, int8=quantize == "int8", half=half,
@@ -337,10 +370,31 @@ def export_study(
         best["smaller"] = small.record
         write_json(out / BEST_JSON, best)
     files += small.files
+    if chosen:
+        lines.insert(0, chosen)
     return Exported(name, trial, config, weights, evaluation, out, files, lines, small.lines)
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _chosen_text(two: bool, max_params: int | None, max_latency_ms: float | None) -> str:
+    """How the exported trial was chosen, where it is not simply the best score ("" there)."""
+    limits = [f"at most {max_params:,} parameters" if max_params is not None else "",
+              f"at most {max_latency_ms:g} ms" if max_latency_ms is not None else ""]  # fmt: skip
+    within = " and ".join(x for x in limits if x)
+    if not (two or within):
+        return ""
+    what = "the best validation score on the Pareto front" if two else "the best validation score"
+    return (f"{what}{f' among the trials with {within}' if within else ''}; "
+            "a single trial, not the ensemble (its cost is its members' together)")  # fmt: skip
+
+
+def _front_entry(t: FrozenTrial) -> dict[str, Any]:
+    """best.json's record of a Pareto-front trial."""
+    a = t.user_attrs
+    return {"trial_number": t.number, "score": value_of(t), "n_params": a.get(ATTR_PARAMS),
+            "latency_ms": a.get(ATTR_LATENCY)}  # fmt: skip
 
 
 def ensemble_record(selection, ens, results: Path, single_test: float, test: float) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
     study   trials  complete  pruned  failed  running  best    vs baseline        trial time  ...
     digits      40        31       8       1        0  0.9721  +4.2 pts (0.9304)       3m12s  ...
 
-"vs baseline" is the best value's gain over the study file's baseline trial, in points.
+"vs baseline" is the best value's gain over the study file's baseline trial, in points. A
+two-objective study's "best" is its best validation score, which lies on its Pareto front.
 
 "trial time" adds up the trials' own durations (with several workers it exceeds the wall time);
 "wall time" runs from the first trial's start to the last one's end.
@@ -19,7 +20,7 @@ import optuna
 
 from search.pages.sections import short_params
 from search.storage.connect import check_storage, open_readonly
-from search.tuning.trials import baseline_trial, best_complete, state_counts
+from search.tuning.trials import baseline_trial, best_complete, state_counts, value_of
 
 PARAMS_WIDTH = 70  # characters of the best params shown; the report page has them all
 
@@ -28,7 +29,7 @@ PARAMS_WIDTH = 70  # characters of the best params shown; the report page has th
 class StudyRow:
     name: str
     states: dict[str, int]  # TrialState name -> count
-    best_value: float | None  # None: no complete trial, or several objectives
+    best_value: float | None  # None: no complete trial; with two objectives, the best score
     best_number: int | None
     best_params: dict[str, Any] = field(default_factory=dict)
     trial_seconds: float = 0.0  # sum of the durations of trials that have ended
@@ -46,9 +47,9 @@ def study_row(study: optuna.Study) -> StudyRow:
     ended = [
         (t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete
     ]
-    best = None
-    if len(study.directions) == 1:
-        best = best_complete(trials, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    # With two objectives the first is the score, maximized (search.tuning.costs).
+    maximize = len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = best_complete(trials, maximize=maximize)
     wall = None
     if ended:
         first = min(t.datetime_start for t in trials if t.datetime_start)
@@ -56,12 +57,12 @@ def study_row(study: optuna.Study) -> StudyRow:
     return StudyRow(
         name=study.study_name,
         states=states,
-        best_value=best.value if best else None,
+        best_value=value_of(best) if best else None,
         best_number=best.number if best else None,
         best_params=dict(best.params) if best else {},
         trial_seconds=sum((end - start).total_seconds() for start, end in ended),
         wall_seconds=wall,
-        baseline_value=base.value if (base := baseline_trial(trials)) else None,
+        baseline_value=value_of(base) if (base := baseline_trial(trials)) else None,
     )
 
 

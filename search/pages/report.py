@@ -4,6 +4,8 @@ The page embeds plotly.js once (no CDN, so it opens from a laptop on a plane or 
 artifact) and shows: the optimization history, every trial's learning curve (pruned ones dashed
 and ending early), parallel coordinates, parameter importances, slice plots and the best trials.
 It also warns when the best trials crowd a bound of a range: the optimum may lie outside it.
+A two-objective study (search.tuning.costs) gets its Pareto front drawn by Optuna's
+`plot_pareto_front`; every other figure plots its validation score, the first objective.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from search.files import atomic_write
 from search.pages.sections import extra_sections, short_params
 from search.schema import (
     ATTR_ARCH,
+    ATTR_EPOCH_SCORES,
     ATTR_PARAMS,
     ATTR_SECONDS,
     REPORT_HTML,
@@ -32,12 +35,20 @@ from search.schema import (
     STUDY_DATASET,
     STUDY_EPOCHS,
     STUDY_METRIC,
+    STUDY_OBJECTIVES,
     study_dir,
 )
 from search.storage.connect import redacted
 from search.tuning.finished import open_finished
 from search.tuning.space_edges import EdgeWarning, edge_warnings, study_space
-from search.tuning.trials import baseline_gain, best_trials, complete_trials, counts_text, state_counts
+from search.tuning.trials import (
+    baseline_gain,
+    best_trials,
+    complete_trials,
+    counts_text,
+    state_counts,
+    value_of,
+)
 
 MIN_IMPORTANCE_TRIALS = 5  # below this, importances are noise: the page shows a note instead
 N_BEST_ROWS = 10
@@ -47,6 +58,15 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 # ---------------------------------------------------------------- figures and sections
+
+
+def epoch_scores(t: FrozenTrial) -> dict[int, float]:
+    """A trial's validation score per epoch: its intermediate values, or a two-objective
+    trial's `epoch_scores` attr (Optuna keeps no intermediate values there)."""
+    if t.intermediate_values:
+        return dict(t.intermediate_values)
+    raw = t.user_attrs.get(ATTR_EPOCH_SCORES)
+    return {int(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
 def learning_curves_figure(
@@ -70,9 +90,10 @@ def learning_curves_figure(
     best = top[0] if top else None
     shown: set[str] = set()
     for t in sorted(trials, key=lambda t: t is best):  # the best trial last: drawn on top
-        if not t.intermediate_values:
+        curve = epoch_scores(t)
+        if not curve:
             continue
-        steps = sorted(t.intermediate_values)
+        steps = sorted(curve)
         label, line = styles.get(t.state, other)
         if t is best:
             label, line = f"best (trial {t.number})", dict(color="rgb(44,160,44)", width=3.5)
@@ -80,7 +101,7 @@ def learning_curves_figure(
         fig.add_trace(
             go.Scatter(
                 x=steps,
-                y=[t.intermediate_values[s] for s in steps],
+                y=[curve[s] for s in steps],
                 name=label,
                 legendgroup=label,
                 showlegend=label not in shown,
@@ -92,7 +113,7 @@ def learning_curves_figure(
             )
         )
         shown.add(label)
-    last = epochs or max((max(t.intermediate_values) for t in trials if t.intermediate_values), default=1)
+    last = epochs or max((max(epoch_scores(t)) for t in trials if epoch_scores(t)), default=1)
     fig.update_layout(
         title=f"Learning curves: validation {metric} per epoch",
         xaxis=dict(title="epoch", range=[0.5, last + 0.5], dtick=1),
@@ -102,8 +123,11 @@ def learning_curves_figure(
     return fig
 
 
-def importance_figure(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[go.Figure | None, str]:
-    """A bar chart of PED-ANOVA importances (Optuna 5's default), or why there is none."""
+def importance_figure(
+    study: optuna.Study, trials: Sequence[FrozenTrial], target=None
+) -> tuple[go.Figure | None, str]:
+    """A bar chart of PED-ANOVA importances (Optuna 5's default) for the value (or `target`),
+    or why there is none."""
     complete = complete_trials(trials)
     searched = sorted({n for t in complete for n, d in t.distributions.items() if not d.single()})
     if len(complete) < MIN_IMPORTANCE_TRIALS:
@@ -116,7 +140,7 @@ def importance_figure(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tup
         return None, f"Only {len(searched)} searched parameter ({listed}): nothing to rank."
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        imp = optuna.importance.get_param_importances(study)
+        imp = optuna.importance.get_param_importances(study, target=target)
     if any("will be equal" in str(w.message) for w in caught) or len(set(imp.values())) < 2:
         return None, "Too few distinct trials to tell the parameters' importances apart."
     names = list(imp)[::-1]  # plotly draws the first bar at the bottom; the most important on top
@@ -141,7 +165,7 @@ def best_table(trials: Sequence[FrozenTrial], *, maximize: bool = True) -> str:
         cells = (
             rank,
             t.number,
-            f"{t.value:.4f}",
+            f"{value_of(t):.4f}",
             short_params(t.params),
             a.get(ATTR_ARCH, ""),
             f"{a[ATTR_PARAMS]:,}" if isinstance(a.get(ATTR_PARAMS), int) else "",
@@ -174,8 +198,8 @@ def write_report(
 ) -> Report:
     finished = open_finished(storage_url, study_name)  # read-only: a report never changes a file
     name, study, trials, url = finished.name, finished.study, finished.trials, finished.storage_url
-    if len(study.directions) != 1:
-        raise UserError(f"study {name!r} has {len(study.directions)} objectives; the report needs one")
+    if len(study.directions) > 2:
+        raise UserError(f"study {name!r} has {len(study.directions)} objectives; the report draws one or two")
     counts = {k.lower(): n for k, n in state_counts(trials).items()}
     if not counts["complete"]:
         raise UserError(
@@ -184,7 +208,8 @@ def write_report(
         )
     folder = study_dir(results_dir, name)
     path = Path(out) if out else folder / REPORT_HTML
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    # Two objectives: the score (maximized), then a cost.
+    maximize = len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
     found = edge_warnings(
         [t.params for t in best_trials(trials, maximize=maximize)], study_space(study, trials)
     )
@@ -215,28 +240,38 @@ def render_page(
 ) -> str:
     vis = optuna.visualization
     esc = html.escape
+    metric = study.user_attrs.get(STUDY_METRIC, "accuracy")
+    two = len(study.directions) > 1
+    # Optuna's plots need a target for a two-objective study: its score.
+    score: dict = dict(target=value_of, target_name=f"validation {metric}") if two else {}
 
     def section(anchor: str, title: str, body: str) -> str:
         return f'<section id="{anchor}"><h2>{esc(title)}</h2>{body}</section>'
 
-    imp, note = importance_figure(study, trials)
+    imp, note = importance_figure(study, trials, target=value_of if two else None)
     params = sorted({n for t in trials if t.state == TrialState.COMPLETE for n in t.params})
     slices = []
     for i in range(0, len(params), SLICE_COLUMNS):
-        fig = vis.plot_slice(study, params=params[i : i + SLICE_COLUMNS])
+        fig = vis.plot_slice(study, params=params[i : i + SLICE_COLUMNS], **score)
         if len(params[i : i + SLICE_COLUMNS]) == 1:
             fig.update_layout(width=450)  # Optuna leaves a lone panel as wide as the page
         slices.append(_figure_html(fig, f"slice-{i}"))
     curves = learning_curves_figure(
-        trials, epochs=study.user_attrs.get(STUDY_EPOCHS), maximize=maximize,
-        metric=study.user_attrs.get(STUDY_METRIC, "accuracy"),
-    )  # fmt: skip
+        trials, epochs=study.user_attrs.get(STUDY_EPOCHS), maximize=maximize, metric=metric
+    )
+    front = []
+    if two:
+        cost = (study.user_attrs.get(STUDY_OBJECTIVES) or ["score", "cost"])[1]
+        names = [f"validation {metric}", {"params": "parameters", "latency": "latency (ms)"}.get(cost, cost)]
+        fig = vis.plot_pareto_front(study, target_names=names)
+        front = [section("pareto", "Pareto front (score against cost)", _figure_html(fig, "pareto-plot"))]
     sections = [
         section("best", f"Best trials (top {N_BEST_ROWS})", best_table(trials, maximize=maximize)),
+        *front,
         section(
             "history",
             "Optimization history",
-            _figure_html(vis.plot_optimization_history(study), "history-plot"),
+            _figure_html(vis.plot_optimization_history(study, **score), "history-plot"),
         ),
         section("curves", "Learning curves", _figure_html(curves, "curves-plot")),
         section(
@@ -247,7 +282,7 @@ def render_page(
         section(
             "parallel",
             "Parallel coordinates",
-            _figure_html(vis.plot_parallel_coordinate(study), "parallel-plot"),
+            _figure_html(vis.plot_parallel_coordinate(study, **score), "parallel-plot"),
         ),
         section("slices", "Slice plots", "".join(slices)),
     ]
@@ -277,9 +312,10 @@ def _summary(
     return (
         f"<p>Dataset <b>{esc(str(attrs.get(STUDY_DATASET, '?')))}</b>, "
         f"{esc(str(attrs.get(STUDY_EPOCHS, '?')))} epochs per trial; {len(trials)} trials ({states}); "
-        f"{seconds:.0f} s of training.<br>Best: trial {best.number}, value <b>{best.value:.4f}</b>, "
-        f"{esc(str(best.user_attrs.get(ATTR_ARCH, '')))}<br>"
-        + (f"{esc(gain)}<br>" if (gain := baseline_gain(trials, best.value)) else "")
+        f"{seconds:.0f} s of training.<br>Best: trial {best.number}, value <b>{value_of(best):.4f}</b>"
+        + (" (the best score on the Pareto front)" if len(study.directions) > 1 else "")
+        + f", {esc(str(best.user_attrs.get(ATTR_ARCH, '')))}<br>"
+        + (f"{esc(gain)}<br>" if (gain := baseline_gain(trials, value_of(best))) else "")
         + f'<span class="muted">storage {esc(redacted(url))}; '
         f"written {datetime.now().isoformat(timespec='seconds')}</span></p>"
         + (f'<div class="warn"><b>Search space</b><ul>{warn_items}</ul></div>' if edges else "")

@@ -58,7 +58,7 @@ from search.storage.connect import redacted
 from search.training.config import TrainConfig
 from search.training.model import architecture, count_params
 from search.tuning.finished import open_finished
-from search.tuning.trials import best_trials
+from search.tuning.trials import best_trials, value_of
 
 PROG = "python -m search.certify"
 FORMAT = 1  # certified.json's layout version
@@ -127,7 +127,7 @@ class Candidate:
             "trial_number": self.trial.number,
             "search_rank": self.search_rank,
             "certified_rank": self.certified_rank,
-            "search_value": self.trial.value,
+            "search_value": value_of(self.trial),
             "trial_seed": self.config.seed,
             "params": dict(self.trial.params),
             "config": self.config.to_dict(),
@@ -306,7 +306,7 @@ def _best_json(done: Certified, attrs, storage_url, data: Dataset, data_dir, mod
         "weights_note": note,
         "val_score": first.val_score,
         "test_score": test.score,
-        "trial_value": w.trial.value,
+        "trial_value": value_of(w.trial),
         "certified": {k: done.payload["winner"][k] for k in ("seeds", "val_mean", "test_mean", "test_std")},
         "trial_user_attrs": {**w.trial.user_attrs, ATTR_SEED: first.seed, ATTR_DEVICE: str(data.device)},
         **study_fields(attrs),

@@ -3,7 +3,8 @@ certify, audit, the report and `search.load_best`.
 
 The steps are always the same: open the storage read-only (nothing after a search changes it),
 choose the study, read what it is bound to (its data, split, budget and space: search.tuning.binding),
-pick the best trial, rebuild the data, and replay a trial's params through the search's own sampling
+pick the best trial (with two objectives, the best score on the Pareto front; within hard limits
+where they are given), rebuild the data, and replay a trial's params through the search's own sampling
 code (`FixedTrial`), checked against what the trial recorded, so search, export and retraining
 cannot drift apart.
 """
@@ -20,10 +21,12 @@ from search.data.datasets import Dataset
 from search.errors import UserError
 from search.schema import (
     ATTR_ARCH,
+    ATTR_LATENCY,
     ATTR_PARAMS,
     ATTR_SEED,
     STUDY_DERIVED_FROM,
     STUDY_EPOCHS,
+    STUDY_OBJECTIVES,
     STUDY_SEED,
     STUDY_SPACE,
 )
@@ -32,7 +35,7 @@ from search.training.config import TrainConfig
 from search.training.model import architecture, param_count
 from search.tuning.binding import load_bound_dataset, study_binding
 from search.tuning.space import parse_space, replay_config, trial_seed
-from search.tuning.trials import best_complete, counts_text, value_of
+from search.tuning.trials import complete_trials, counts_text, pareto_front, value_of
 
 
 @dataclass
@@ -51,16 +54,51 @@ class Finished:
         """Each COMPLETE trial's number and value."""
         return {t.number: value_of(t) for t in self.trials if t.state == TrialState.COMPLETE}
 
-    def best(self) -> FrozenTrial:
-        """The COMPLETE trial with the highest value; among equals the earliest, as the search's
-        checkpoint keeps it (it is replaced only by a strictly better trial)."""
-        best = best_complete(self.trials)
-        if best is None:
+    @property
+    def objectives(self) -> list[str]:
+        """["score"], or ["score", "params" | "latency"] for a two-objective study."""
+        stored = self.study.user_attrs.get(STUDY_OBJECTIVES)
+        if stored:
+            return list(stored)
+        return ["score"] if len(self.study.directions) == 1 else ["score", "cost"]
+
+    def front(self) -> list[FrozenTrial]:
+        """A two-objective study's Pareto front of COMPLETE trials, cheapest first ([] for one)."""
+        return pareto_front(self.trials) if len(self.study.directions) > 1 else []
+
+    def best(self, *, max_params: int | None = None, max_latency_ms: float | None = None) -> FrozenTrial:
+        """The COMPLETE trial with the highest score that keeps within the limits given (its
+        recorded n_params, latency_ms); among equal scores the cheapest with two objectives (so
+        the best score on the Pareto front), then the earliest, as the search's checkpoint keeps
+        it (it is replaced only by a strictly better trial)."""
+        done = complete_trials(self.trials)
+        if not done:
             raise UserError(
                 f"study {self.name!r} has no finished (COMPLETE) trial ({counts_text(self.trials)}); "
                 f"run python -m search.run --study-name {self.name} first"
             )
-        return best
+        if max_latency_ms is not None and not any(ATTR_LATENCY in t.user_attrs for t in done):
+            raise UserError(
+                f"--max-latency-ms: study {self.name!r} measured no latency; search with max_latency_ms "
+                'or objectives = ["score", "latency"] (search.run --max-latency-ms) to record it'
+            )
+
+        def within(t: FrozenTrial) -> bool:
+            n, ms = t.user_attrs.get(ATTR_PARAMS), t.user_attrs.get(ATTR_LATENCY)
+            return (max_params is None or (n is not None and n <= max_params)) and (
+                max_latency_ms is None or (ms is not None and ms <= max_latency_ms)
+            )
+
+        feasible = [t for t in done if within(t)]
+        if not feasible:
+            limits = [f"max_params {max_params:,}" if max_params is not None else "",
+                      f"max_latency_ms {max_latency_ms:g}" if max_latency_ms is not None else ""]  # fmt: skip
+            raise UserError(
+                f"no complete trial of study {self.name!r} keeps within "
+                f"{' and '.join(x for x in limits if x)} ({len(done)} complete)"
+            )
+        two = len(self.study.directions) > 1
+        return max(feasible, key=lambda t: (value_of(t), -t.values[1] if two else 0.0))
 
     def load_data(self, *, device, data_dir: str | None = None) -> tuple[Dataset, str | None]:
         """The data and split the trials were scored on, and the folder it came from."""
