@@ -171,13 +171,18 @@ def audit_study(
     """Re-run `n` pruned trials to the full budget; write results/<study>/audit.json."""
     study = open_finished(storage_url, study_name, searched=True)  # an audit is never audited
     name, attrs, trials = study.name, study.binding, study.trials
+    if len(study.study.directions) > 1:
+        raise UserError(
+            f"study {name!r} has two objectives: its pruner's judgments (MO-ASHA, by Pareto rank) "
+            "are not audited; audit re-runs the pruned trials of a one-objective study"
+        )
     out = study_dir(results_dir, name)  # a name that cannot be a folder fails now
     best = study.best()  # no complete trial: no median to compare with, one line
     chosen = choose_pruned(trials, n, seed)
     if not chosen:
         held = counts_text(trials)
         diverged = sum(t.state == TrialState.PRUNED for t in trials)
-        why = f"; {diverged} were pruned for a non-finite loss, not by the pruner" if diverged else ""
+        why = f"; {diverged} were pruned for a non-finite loss or rejected over a limit" if diverged else ""
         raise UserError(f"study {name!r} has no pruned trials to audit ({held}{why})")
     data, data_dir = study.load_data(device=device, data_dir=data_dir)
     epochs = int(attrs[STUDY_EPOCHS])
