@@ -124,7 +124,8 @@ def format_summary(s: RunSummary, *, jobs: int = 1) -> str:
         at = (lambda c: f"{int(c):,}") if s.cost == "params" else (lambda c: f"{c:.3g}")
         shown = [f"trial {n}: {score:.4f} at {at(cost)} {unit}" for n, score, cost in s.front[:FRONT_LINES]]
         more = f" (and {len(s.front) - FRONT_LINES} more)" if len(s.front) > FRONT_LINES else ""
-        lines.append(f"Pareto front, validation {s.metric} against {unit}, cheapest first{more}:")
+        against = "parameters" if s.cost == "params" else "latency"
+        lines.append(f"Pareto front, validation {s.metric} against {against}, cheapest first{more}:")
         lines += [f"  {x}" for x in shown]
     if s.stacking is not None:
         size, padding = s.stacking
