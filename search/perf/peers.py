@@ -83,7 +83,11 @@ def run_peer(peer: str, split: Split, *, budget_s: float) -> dict[str, Any]:
             child = subprocess.Popen(
                 cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=err, start_new_session=os.name == "posix"
             )
-            code = _wait(child, folder / "ready", budget_s)
+            try:
+                code = _wait(child, folder / "ready", budget_s)
+            except BaseException:  # Ctrl-C reaches only this process: its own session must not outlive it
+                _kill(child)
+                raise
         child_s = time.perf_counter() - started
         if code is None:
             return {"stopped": budget_s}
@@ -194,11 +198,20 @@ def fit_predict(peer: str, s: Split):
     return model.fit(_categoricals(s.x_train), s.y_train).predict(_categoricals(s.x_test))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A killed bench leaves no fit running: the child ends once its parent is gone."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _child(peer: str, split_path: str, out_path: str) -> None:
     import importlib
+    import threading
     import warnings
 
     warnings.filterwarnings("ignore")  # the parent reads only the result, or the last error line
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     split: Split = pickle.loads(Path(split_path).read_bytes())
     importlib.import_module(MODULE[peer])  # imports are not the model's time, nor its budget
     Path("ready").touch()

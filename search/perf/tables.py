@@ -248,7 +248,11 @@ def run_tables_bench(
             say(f"search {_cell(kept_search)} (finished before, kept)")
             row["models"]["search"] = kept_search
         else:
-            say(f"search: python -m search.run ... --timeout {budget_s:g}, then python -m search.export")
+            changed = [w for w, k, v in (("code", "code", code), ("budget", "budget_s", budget_s),
+                                         ("table", "split", fingerprint)) if kept.get(k) != v]  # fmt: skip
+            why = f" (its row's {', '.join(changed)} changed)" if changed else " (it failed)"
+            why = why if kept else ""
+            say(f"search{why}: python -m search.run ... --timeout {budget_s:g}, then python -m search.export")
             with tempfile.TemporaryDirectory(prefix="search-tables-") as tmp:
                 row["models"]["search"] = run_search(t, frames, budget_s=budget_s, folder=Path(tmp))
             say(f"search {_cell(row['models']['search'])}")
