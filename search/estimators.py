@@ -27,6 +27,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
 
 from search.artifacts.predict import Predictor, Preprocess
+from search.data.merged import with_validation_rows
 from search.data.tables import TableSpec, load_table
 from search.device import resolve_device
 from search.errors import UserError
@@ -106,14 +107,15 @@ class _MLPSearch(BaseEstimator):
             raise RuntimeError(f"no trial of the search completed ({len(study.trials)} tried)")
         best = max(done, key=lambda t: t.value)
         config = replay_config(best.params, spec.space, epochs=spec.epochs, seed=best.user_attrs[ATTR_SEED])
-        result = fit_config(config, data.variant(config.numeric), include_val=True)
+        every_row = with_validation_rows(data)  # the preprocessing refitted on all of X, too
+        result = fit_config(config, every_row.variant(config.numeric))
         if result.diverged:
             raise RuntimeError(f"refitting the best config on every row diverged: {result.diverged}")
         self.study_ = study
         self.best_params_ = dict(best.params)
         self.best_score_ = float(best.value)
         self.best_config_ = config
-        self.predictor_ = Predictor(result.model.eval(), Preprocess.of(data, config.numeric), device)
+        self.predictor_ = Predictor(result.model.eval(), Preprocess.of(every_row, config.numeric), device)
         if self._task == "classification":
             self.classes_ = np.asarray(self.predictor_.classes)
         return self

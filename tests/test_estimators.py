@@ -90,3 +90,17 @@ def test_clone_pipeline_cross_val_score_and_grid_search():
     assert len(scores) == 2 and all(s > 0.6 for s in scores)
     grid = GridSearchCV(clf, {"epochs": [3, 6]}, cv=2).fit(X, y)
     assert grid.best_params_["epochs"] in (3, 6) and grid.predict(X).shape == (200,)
+
+
+def test_the_refit_preprocessing_is_fitted_on_all_of_x():
+    """fit searches on a validation split, then refits on every row, the scaler included: its
+    means are those of all of X, computed here by hand."""
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    reg = MLPSearchRegressor(trials=2, epochs=3).fit(x, y)
+    transformer = reg.predictor_.preprocess.transformer
+    scaler = transformer.named_transformers_["numeric"][-1]
+    if hasattr(scaler, "mean_"):  # the standard scaler; another transform has no means to compare
+        assert np.allclose(scaler.mean_, x.to_numpy().mean(0))
+    assert transformer.n_features_in_ == x.shape[1]
+    imputer = transformer.named_transformers_["numeric"][0]
+    assert np.allclose(imputer.statistics_, np.median(x.to_numpy(), axis=0))  # medians of all rows
