@@ -215,7 +215,8 @@ def load_best(
     """The best trial's config and weights (the search's checkpoint, checked against the trial's
     validation value; retrained from its seed where there is none), with the normalization its
     inputs need; `model` is the study's ensemble instead where export would write one (the same
-    selection, on validation)."""
+    selection, on validation; never for a two-objective study, whose best is its best score on
+    the Pareto front)."""
     study = open_finished(storage, study_name)
     name, trial = study.name, study.best()
     data, _ = study.load_data(device=resolve_device(device), data_dir=data_dir)
@@ -226,8 +227,11 @@ def load_best(
     model, numeric, members = found.model.eval(), config.numeric, None
     folder = study_dir(results_dir, name)
     value = value_of(trial)
-    selection, ens = ensemble.choose(folder, study.completed(), data, value)
-    if ens is not None:
+    # A two-objective study exports one trial on its front, never the ensemble (its cost is its
+    # members' together): search.artifacts.export.
+    two = len(study.study.directions) > 1
+    selection, ens = (None, None) if two else ensemble.choose(folder, study.completed(), data, value)
+    if ens is not None and selection is not None:
         model, numeric, members = ens, selection.numeric, selection.weights
     pre = Preprocess.of(data, numeric) if data.table is not None else None
     return BestModel(
