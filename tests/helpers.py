@@ -69,3 +69,59 @@ needs_internals = pytest.mark.skipif(
     not _internals_allowed(),
     reason="Optuna internals off (SEARCH_OPTUNA_INTERNALS=off or an Optuna search was not tested on)",
 )
+
+
+def assert_same_history(ours, theirs, rtol: float) -> None:
+    """An engine fit's epochs against a reference loop's (train loss, val loss, val score) per
+    epoch: the losses to `rtol`, the score to 1e-12."""
+    import math
+
+    assert len(ours.history) == len(theirs)
+    for m, (train_loss, val_loss, val_score) in zip(ours.history, theirs, strict=True):
+        assert math.isclose(m.train_loss, train_loss, rel_tol=rtol), (m, train_loss)
+        assert math.isclose(m.val_loss, val_loss, rel_tol=rtol), (m, val_loss)
+        assert m.val_score == pytest.approx(val_score, abs=1e-12)
+
+
+# A weak study whose ensemble wins by a wide margin on any CPU: one hidden layer of 4 to 8 units
+# trained 2 epochs (weak, different models), random sampling, no pruning.
+WEAK_STUDY = """
+[study]
+dataset = "digits"
+epochs = 2
+val_fraction = 0.2
+sampler = "random"
+pruner = "none"
+ensemble = 4
+
+[space]
+n_layers = 1
+width = {low = 4, high = 8}
+activation = "relu"
+batchnorm = false
+optimizer = "adam"
+lr = {low = 3e-3, high = 3e-2, log = true}
+batch_size = 64
+"""
+
+
+def reference_optimizer(model, config, n: int):
+    """A reference loop's torch.optim optimizer for `config`, its LambdaLR over the engine's lr
+    shape, and the batches per epoch of `n` rows (a last batch of one row folded away, as the
+    engine does): (optimizer, schedule, n_batches)."""
+    from search.training.schedule import lr_factor
+
+    params = dict(lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = {
+        "sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **params),
+        "rmsprop": lambda: torch.optim.RMSprop(model.parameters(), momentum=config.momentum, **params),
+        "adam": lambda: torch.optim.Adam(model.parameters(), **params),
+        "adamw": lambda: torch.optim.AdamW(model.parameters(), **params),
+    }[config.optimizer]()
+    bs = config.batch_size
+    n_batches = n // bs + (1 if n % bs > 1 else 0)
+    total = config.epochs * n_batches
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(config.schedule, config.warmup, s, total)
+    )
+    return optimizer, schedule, n_batches

@@ -14,7 +14,7 @@ from io import StringIO
 import numpy as np
 import pytest
 import torch
-from helpers import one_torch_thread
+from helpers import WEAK_STUDY, one_torch_thread
 
 import search
 from search.data.datasets import load_dataset
@@ -24,24 +24,7 @@ from search.run import main as run_main
 from search.training.config import TrainConfig
 from search.training.model import build_mlp
 
-WEAK = """
-[study]
-dataset = "digits"
-epochs = 2
-val_fraction = 0.2
-sampler = "random"
-pruner = "none"
-ensemble = 4
-
-[space]
-n_layers = 1
-width = {low = 4, high = 8}
-activation = "relu"
-batchnorm = false
-optimizer = "adam"
-lr = {low = 3e-3, high = 3e-2, log = true}
-batch_size = 64
-"""
+WEAK = WEAK_STUDY
 
 
 @pytest.fixture(scope="module", autouse=True)

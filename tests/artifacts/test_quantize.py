@@ -11,7 +11,7 @@ from io import StringIO
 
 import pytest
 import torch
-from helpers import one_torch_thread, run_args
+from helpers import WEAK_STUDY, one_torch_thread, run_args
 from torch import nn
 
 from search.artifacts import smaller
@@ -193,24 +193,7 @@ def test_an_export_without_the_flags_removes_an_earlier_exports_smaller_files(se
     assert "smaller" not in json.loads((out / "best.json").read_text()) and "model-int8" not in printed
 
 
-WEAK = """
-[study]
-dataset = "digits"
-epochs = 2
-val_fraction = 0.2
-sampler = "random"
-pruner = "none"
-ensemble = 4
-
-[space]
-n_layers = 1
-width = {low = 4, high = 8}
-activation = "relu"
-batchnorm = false
-optimizer = "adam"
-lr = {low = 3e-3, high = 3e-2, log = true}
-batch_size = 64
-"""  # tests/test_ensemble_cli.py's: weak, different models whose ensemble wins by a wide margin
+WEAK = WEAK_STUDY
 
 
 def test_with_an_ensemble_exported_the_smaller_files_are_the_best_trials_and_say_so(tmp_path):

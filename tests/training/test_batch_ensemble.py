@@ -22,7 +22,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import as_float64
+from helpers import as_float64, assert_same_history, reference_optimizer
 from torch import nn
 
 from search.artifacts.evaluation import evaluate
@@ -40,7 +40,6 @@ from search.training.model import (
     MemberMean,
     build_mlp,
 )
-from search.training.schedule import lr_factor
 from search.training.stack import StackedMLP, layout_of
 
 RTOL = 1e-9
@@ -230,18 +229,8 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
     ours = build_mlp(config, in_features=data.in_features, n_classes=data.n_classes).double()
     drops = torch.Generator().manual_seed(config.seed + DROPOUT_SEED)
     model = tabm_twin(ours, k, drops)
-    params = dict(lr=config.lr, weight_decay=config.weight_decay)
-    optimizer = {
-        "sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **params),
-        "adam": lambda: torch.optim.Adam(model.parameters(), **params),
-        "adamw": lambda: torch.optim.AdamW(model.parameters(), **params),
-    }[config.optimizer]()
     x, y, n, bs = data.x_train, data.y_train, len(data.x_train), config.batch_size
-    n_batches = n // bs + (1 if n % bs > 1 else 0)
-    total = config.epochs * n_batches
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(config.schedule, config.warmup, s, total)
-    )
+    optimizer, schedule, n_batches = reference_optimizer(model, config, n)
     batches = torch.Generator().manual_seed(config.seed)
     linears = (tabm.LinearBatchEnsemble, tabm.LinearEnsemble)
     matrices = [m.weight for m in model.modules() if isinstance(m, linears)]
@@ -303,11 +292,8 @@ def test_an_ensemble_trains_as_tabms_modules_and_torch_optim_do(digits64, knob):
     config = BASE.replace(**KNOBS[knob])
     ours = fit(config, digits64)
     theirs = reference_fit(config, digits64)
-    assert len(ours.history) == len(theirs) == config.epochs
-    for m, (train_loss, val_loss, val_score) in zip(ours.history, theirs, strict=True):
-        assert math.isclose(m.train_loss, train_loss, rel_tol=RTOL), (m, train_loss)
-        assert math.isclose(m.val_loss, val_loss, rel_tol=RTOL), (m, val_loss)
-        assert m.val_score == pytest.approx(val_score, abs=1e-12)
+    assert len(theirs) == config.epochs
+    assert_same_history(ours, theirs, RTOL)
 
 
 def as_regression(data):

@@ -19,7 +19,7 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from helpers import as_float64
+from helpers import as_float64, assert_same_history, reference_optimizer
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -31,7 +31,6 @@ from search.training.config import TrainConfig
 from search.training.fit import DROPOUT_SEED, fit, fit_stacked
 from search.training.mix import MIX_SEED
 from search.training.model import Block, build_mlp
-from search.training.schedule import lr_factor
 
 RTOL = 1e-9
 
@@ -108,19 +107,8 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
             model[i] = _Dropout(m.p, drops)
         if isinstance(m, Block) and isinstance(m.drop, nn.Dropout):
             m.drop = _Dropout(m.drop.p, drops)
-    params = dict(lr=config.lr, weight_decay=config.weight_decay)
-    optimizer = {
-        "sgd": lambda: torch.optim.SGD(model.parameters(), momentum=config.momentum, **params),
-        "rmsprop": lambda: torch.optim.RMSprop(model.parameters(), momentum=config.momentum, **params),
-        "adam": lambda: torch.optim.Adam(model.parameters(), **params),
-        "adamw": lambda: torch.optim.AdamW(model.parameters(), **params),
-    }[config.optimizer]()
     x, y, n, bs = data.x_train, data.y_train, len(data.x_train), config.batch_size
-    n_batches = n // bs + (1 if n % bs > 1 else 0)
-    total = config.epochs * n_batches
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(config.schedule, config.warmup, s, total)
-    )
+    optimizer, schedule, n_batches = reference_optimizer(model, config, n)
     augment = Augmenter([config], data.image_shape, x) if config.augments else None
     batches = torch.Generator().manual_seed(config.seed)
     mixes = torch.Generator().manual_seed(config.seed + MIX_SEED)
@@ -212,11 +200,8 @@ def test_each_knob_trains_as_pytorchs_own_modules_and_optimizers_do(digits64, kn
     config = BASE.replace(**KNOBS[knob])
     ours = fit(config, digits64)
     theirs = reference_fit(config, digits64)
-    assert len(ours.history) == len(theirs) == config.epochs
-    for m, (train_loss, val_loss, val_score) in zip(ours.history, theirs, strict=True):
-        assert math.isclose(m.train_loss, train_loss, rel_tol=RTOL), (m, train_loss)
-        assert math.isclose(m.val_loss, val_loss, rel_tol=RTOL), (m, val_loss)
-        assert m.val_score == pytest.approx(val_score, abs=1e-12)
+    assert len(theirs) == config.epochs
+    assert_same_history(ours, theirs, RTOL)
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
