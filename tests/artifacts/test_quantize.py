@@ -87,7 +87,7 @@ def _float_model(best) -> nn.Module:
 
 
 def _readme_int8(out, best) -> nn.Module:
-    """The README's way: quantize the rebuilt float model, then load the file into it."""
+    """docs/design.md's way: quantize the rebuilt float model, then load the file into it."""
     model = _float_model(best)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
@@ -97,7 +97,7 @@ def _readme_int8(out, best) -> nn.Module:
 
 
 def _readme_half(out, best) -> nn.Module:
-    """The README's way: the float16 state_dict into the float32 model (upcast by load_state_dict)."""
+    """docs/design.md's way: the float16 state_dict into the float32 model (upcast at load)."""
     model = _float_model(best)
     model.load_state_dict(torch.load(out / "model-half.pt", weights_only=True))
     return model
