@@ -8,6 +8,7 @@
     python -m search.bench --stack          a search at stack 1, 4, 16 and 64: trials per hour, best
     python -m search.bench --storage-load --storage postgresql://...   16 workers, direct and proxied
     python -m search.bench --tables         the table study against its peers on every suite target
+    python -m search.bench --portfolio      [[start]] rows for the table study, learned across the suite
 
 Each writes its figures as JSON with --json PATH (search.perf holds the measurements and their flags).
 """
@@ -25,6 +26,7 @@ from search.errors import UserError
 from search.perf.bench import KINDS, QUALITY_LIMIT, MeasureRequest, measure, write_json
 from search.perf.images import ARCHIVE
 from search.perf.notebook import BenchOptions
+from search.perf.portfolio import DEFAULT_DIR as PORTFOLIO_DIR
 from search.perf.stack_speed import STACKS
 from search.perf.tables import DEFAULT_DIR as TABLES_DIR
 from search.training.config import OPTIMIZERS
@@ -203,6 +205,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument("--rerun-peers", action="store_true", help="fit the peers again, ignoring their cache")
 
+    g = p.add_argument_group(
+        "--portfolio: a warm start learned across the suite's tables (and --only, --tables-suite)"
+    )
+    g.add_argument(
+        "--portfolio",
+        action="store_true",
+        help="train the table study's baseline, [[start]] rows and random draws from its space on every "
+        "suite target; pick greedily the few that do well across them, each target graded by a "
+        "portfolio made without it; print them as [[start]] rows",
+    )
+    g.add_argument(
+        "--portfolio-study", default="table", metavar="NAME|PATH", help="the study whose space is drawn"
+    )
+    g.add_argument("--portfolio-configs", type=positive_int, default=32, metavar="N", help="random draws")
+    g.add_argument("--portfolio-size", type=positive_int, default=4, metavar="K", help="at most K configs")
+    g.add_argument(
+        "--portfolio-dir", default=str(PORTFOLIO_DIR), metavar="DIR",
+        help="every finished fit (a rerun trains only what is missing) and portfolio.toml",
+    )  # fmt: skip
+
 
 def int_list(text: str) -> tuple[int, ...]:
     """A comma-separated list of whole numbers, each at least 1 (an argparse type)."""
@@ -238,6 +260,8 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
         storage=args.storage, load_workers=args.load_workers, load_trials=args.load_trials,
         tables_budget=args.tables_budget, tables_suite=args.tables_suite, tables_only=tuple(args.only or ()),
         tables_dir=args.tables_dir, tables_rerun_peers=args.rerun_peers,
+        portfolio_study=args.portfolio_study, portfolio_configs=args.portfolio_configs,
+        portfolio_size=args.portfolio_size, portfolio_dir=args.portfolio_dir,
     )  # fmt: skip
 
 

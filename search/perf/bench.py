@@ -28,7 +28,18 @@ from search.perf.quality import format_quality, plot_quality, random_subset, run
 from search.perf.stack_speed import STACKS, format_stack_bench, run_stack_bench
 from search.tuning.study_file import load_study
 
-KINDS = ("bench", "suite", "augment", "precision", "quality", "overhead", "stack", "storage-load", "tables")
+KINDS = (
+    "bench",
+    "suite",
+    "augment",
+    "precision",
+    "quality",
+    "overhead",
+    "stack",
+    "storage-load",
+    "tables",
+    "portfolio",
+)
 QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
 
 
@@ -60,6 +71,10 @@ class MeasureRequest:
     tables_only: tuple[str, ...] = ()  # target names (or comma lists of them); () every target
     tables_dir: str = "results/bench-tables"  # finished rows and the peers' cache
     tables_rerun_peers: bool = False  # ignore the peers' cache
+    portfolio_study: str = "table"  # the study whose baseline, [[start]] rows and space give candidates
+    portfolio_configs: int = 32  # random draws from its space
+    portfolio_size: int = 4  # the portfolio's most members
+    portfolio_dir: str = "results/bench-portfolio"  # every finished fit, and portfolio.toml
 
 
 def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tuple[dict[str, Any], str]:
@@ -80,6 +95,15 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
             rounds=request.rounds, progress=progress,
         )  # fmt: skip
         return result, format_storage_load(result)
+    if request.kind == "portfolio":  # tables, no images
+        from search.perf.portfolio import format_portfolio, run_portfolio
+
+        result = run_portfolio(
+            suite=request.tables_suite, only=request.tables_only, study=request.portfolio_study,
+            configs=request.portfolio_configs, size=request.portfolio_size, folder=request.portfolio_dir,
+            device=resolve_device(request.opts.device), progress=progress,
+        )  # fmt: skip
+        return result, format_portfolio(result)
     if request.kind == "tables":  # tables, no images
         from search.perf.tables import format_tables, run_tables_bench
 
