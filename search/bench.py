@@ -8,6 +8,7 @@
     python -m search.bench --stack          a search at stack 1, 4, 16 and 64: trials per hour, best
     python -m search.bench --storage-load --storage postgresql://...   16 workers, direct and proxied
     python -m search.bench --tables         the table study against its peers on every suite target
+    python -m search.bench --predict-speed  an exported table model's rows/s beside HistGradientBoosting's
     python -m search.bench --portfolio      [[start]] rows for the table study, learned across the suite
 
 Each writes its figures as JSON with --json PATH (search.perf holds the measurements and their flags).
@@ -88,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         metavar="N",
         default=5,
-        help="--augment, --precision, --overhead, --stack, --storage-load: alternated rounds",
+        help="--augment, --precision, --overhead, --stack, --storage-load, --predict-speed: "
+        "alternated rounds",
     )
     g.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
 
@@ -225,6 +227,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="every finished fit (a rerun trains only what is missing) and portfolio.toml",
     )  # fmt: skip
 
+    g = p.add_argument_group("--predict-speed: how fast an exported table model predicts (and --only)")
+    g.add_argument(
+        "--predict-speed",
+        action="store_true",
+        help="search one suite target (--only NAME, default HI-whi; without ../shared scikit-learn's "
+        "breast cancer table) and export its model, fit HistGradientBoosting at its defaults on the same "
+        "rows, then time both, DataFrame in and predictions out, and the bare network forward: single rows, "
+        "batches of 1,000 and the whole test split, alternated --rounds times",
+    )
+    g.add_argument(
+        "--predict-budget", type=positive_float, default=60.0, metavar="SECONDS", help="the search's timeout"
+    )
+    g.add_argument(
+        "--predict-rows", type=positive_int, default=200, metavar="N", help="rows predicted one by one a pass"
+    )
+
 
 def int_list(text: str) -> tuple[int, ...]:
     """A comma-separated list of whole numbers, each at least 1 (an argparse type)."""
@@ -260,6 +278,7 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
         storage=args.storage, load_workers=args.load_workers, load_trials=args.load_trials,
         tables_budget=args.tables_budget, tables_suite=args.tables_suite, tables_only=tuple(args.only or ()),
         tables_dir=args.tables_dir, tables_rerun_peers=args.rerun_peers,
+        predict_budget=args.predict_budget, predict_rows=args.predict_rows,
         portfolio_study=args.portfolio_study, portfolio_configs=args.portfolio_configs,
         portfolio_size=args.portfolio_size, portfolio_dir=args.portfolio_dir,
     )  # fmt: skip

@@ -38,6 +38,7 @@ KINDS = (
     "stack",
     "storage-load",
     "tables",
+    "predict-speed",
     "portfolio",
 )
 QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
@@ -71,6 +72,8 @@ class MeasureRequest:
     tables_only: tuple[str, ...] = ()  # target names (or comma lists of them); () every target
     tables_dir: str = "results/bench-tables"  # finished rows and the peers' cache
     tables_rerun_peers: bool = False  # ignore the peers' cache
+    predict_budget: float = 60.0  # predict-speed: the search's timeout
+    predict_rows: int = 200  # predict-speed: rows predicted one at a time a pass
     portfolio_study: str = "table"  # the study whose baseline, [[start]] rows and space give candidates
     portfolio_configs: int = 32  # random draws from its space
     portfolio_size: int = 4  # the portfolio's most members
@@ -104,6 +107,14 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
             device=resolve_device(request.opts.device), progress=progress,
         )  # fmt: skip
         return result, format_portfolio(result)
+    if request.kind == "predict-speed":  # a table, no images
+        from search.perf.predict_speed import format_predict_speed, run_predict_speed
+
+        result = run_predict_speed(
+            suite=request.tables_suite, only=request.tables_only, budget_s=request.predict_budget,
+            single_rows=request.predict_rows, rounds=request.rounds, progress=progress,
+        )  # fmt: skip
+        return result, format_predict_speed(result)
     if request.kind == "tables":  # tables, no images
         from search.perf.tables import format_tables, run_tables_bench
 
