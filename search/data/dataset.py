@@ -36,6 +36,10 @@ class Dataset:
     target: TargetScale | None = None  # regression: how y_* were standardized from the target
     table: Any = field(default=None, repr=False)  # search.data.tables.Table: rows and preprocessing
     numeric: str = "standard"  # a table's numeric transform that x_* were encoded with
+    # The leading columns of x_* that each hold one numeric column's scaled value (a table's
+    # numeric columns come first: search.data.tables), which a periodic embedding takes
+    # (search.training.embeddings); 0 for images, and for a piecewise-linear encoding's bins.
+    numeric_features: int = 0
 
     @property
     def in_features(self) -> int:

@@ -163,6 +163,17 @@ def make_transformer(numeric: str, num_cols: list[str], cat_cols: list[str], *, 
     return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
 
 
+def leading_numeric(transformer) -> int:
+    """How many columns a fitted `make_transformer` puts first that each hold one numeric column's
+    scaled value (`Dataset.numeric_features`): its numeric columns, or 0 where they became bins."""
+    from search.data.piecewise import PiecewiseLinear
+
+    for name, pipeline, columns in transformer.transformers_:
+        if name == "numeric":
+            return 0 if isinstance(pipeline[-1], PiecewiseLinear) else len(columns)
+    return 0
+
+
 def split_table(
     frame, spec: TableSpec, *, test_frame=None, val_fraction: float, split_seed: int, holdout: bool = True
 ):
@@ -404,6 +415,7 @@ def encoded(data: Dataset, numeric: str) -> Dataset:
             k: torch.as_tensor(table.encode(numeric, f), device=data.device) for k, f in table.frames.items()
         }
         cache[numeric] = dataclasses.replace(
-            data, x_train=x["train"], x_val=x["val"], x_test=x["test"], numeric=numeric
-        )
+            data, x_train=x["train"], x_val=x["val"], x_test=x["test"], numeric=numeric,
+            numeric_features=leading_numeric(table.transformer(numeric)),
+        )  # fmt: skip
     return cache[numeric]
