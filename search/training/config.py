@@ -8,10 +8,11 @@ model the search scored.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from search.data.numeric import NUMERICS
+from search.data.numeric import NUMERICS, ple_bins
 from search.errors import UserError
 
 # Names the study files may use; the model and trainer map each to a torch class.
@@ -23,11 +24,13 @@ NORMS = ("batch", "layer", "none")  # a study's `norm` knob: sets batchnorm or l
 MAX_MIX_ALPHA = 10.0  # Beta(alpha, alpha) beyond this is lam = 0.5 to within a few percent
 MAX_TRANSLATE = 16  # pixels; a shift is bounded by the image anyway (checked where the data is known)
 MAX_ENSEMBLE = 256  # ensemble members in one model; TabM uses 32, and each costs a batch's activations
+NUM_EMBEDDINGS = ("none", "periodic")  # a table's `num_embedding` knob (search.training.embeddings)
+MAX_PLR = 1024  # frequencies, or embedding units, per numeric column: far past any useful size
 
 
 _CHOICES = {
     "activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "whiten": WHITENINGS,
-    "numeric": NUMERICS,
+    "numeric": NUMERICS, "num_embedding": NUM_EMBEDDINGS,
 }  # fmt: skip
 # name: (low, high, whether high itself is allowed)
 _RANGES = {
@@ -84,6 +87,17 @@ class TrainConfig:
     whiten: str = "none"  # one of WHITENINGS: "zca" decorrelates pixels, fitted on the train split
     zca_eps: float = 1.0  # added to the covariance's eigenvalues (normalized-pixel variance units)
     numeric: str = "standard"  # tables: one of NUMERICS, how numeric columns are scaled
+    # Tables: "periodic" embeds each numeric column, as `numeric` scaled it, the PLR way (Gorishniy
+    # et al. 2022): plr_frequencies learned frequencies c, [cos 2 pi c x, sin 2 pi c x], a Linear
+    # of the column's own to plr_dim units, ReLU; missing-value and one-hot columns pass unchanged.
+    # Shared by every ensemble member. Images have no numeric columns: there it does nothing.
+    num_embedding: str = "none"
+    plr_frequencies: int = 48  # k, frequencies per column: the paper's and rtdl_num_embeddings' default
+    # The frequencies' initial N(0, sigma) (truncated at 3 sigma). RealMLP's default (Holzmueller et
+    # al. 2024), and the middle of the rtdl_num_embeddings README's advice: the best sigma is under
+    # 0.2 on half the tasks, and too large hurts far more than too small (its own default is 0.01).
+    plr_sigma: float = 0.1
+    plr_dim: int = 24  # units each column's embedding has (rtdl_num_embeddings' default for an MLP)
     epochs: int = 10  # passes over the training split
     seed: int = 0  # weight init and batch order; the same seed on the CPU retrains bit for bit
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, kept for provenance
@@ -124,8 +138,25 @@ class TrainConfig:
                 problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int):
             problems.append(f"translate must be a whole number of pixels, got {self.translate!r}")
+        problems += self._embedding_problems()
         if problems:
             raise UserError("invalid config: " + "; ".join(problems))
+
+    def _embedding_problems(self) -> list[str]:
+        problems = [
+            f"{name} must be a whole number in [1, {MAX_PLR}], got {v!r}"
+            for name in ("plr_frequencies", "plr_dim")
+            if isinstance(v := getattr(self, name), bool) or not isinstance(v, int) or not 1 <= v <= MAX_PLR
+        ]
+        sigma = self.plr_sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
+            problems.append(f"plr_sigma must be a number > 0, got {sigma!r}")
+        if self.num_embedding == "periodic" and ple_bins(self.numeric) is not None:
+            problems.append(
+                f'num_embedding = "periodic" embeds scaled numeric columns, which numeric = '
+                f'"{self.numeric}" turns into bins: pick one of the two'
+            )
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -163,6 +194,11 @@ class TrainConfig:
     def mixes(self) -> bool:
         """Whether training batches are blended with a shuffled copy of themselves."""
         return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def embeds(self) -> bool:
+        """Whether numeric table columns get the periodic embedding (none in image data)."""
+        return self.num_embedding == "periodic"
 
     @property
     def needs_images(self) -> bool:
