@@ -29,7 +29,7 @@ from search.data.targets import losses_and_scores
 from search.errors import UserError, first_line
 from search.files import atomic_write
 from search.training.config import TrainConfig
-from search.training.model import build_mlp
+from search.training.model import build_for, build_mlp
 from search.tuning import pool
 
 STEPS = 25  # greedy steps: AutoGluon's default; auto-sklearn takes 50
@@ -128,12 +128,7 @@ def build(selection: Selection, directory: str | Path, data: Dataset) -> Ensembl
     models, weights = [], []
     for n, w in selection.weights.items():
         config = selection.configs[n]
-        model = build_mlp(
-            config,
-            in_features=data.variant(config.numeric).in_features,
-            n_classes=data.n_classes,
-            image_shape=data.image_shape,
-        )
+        model = build_for(config, data)
         load_state(model, pool.load_weights(directory, n), source=f"pool trial {n}")
         models.append(model.to(device=data.device, dtype=data.x_val.dtype))
         weights.append(w)
@@ -189,14 +184,22 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def load(
-    path: Path, *, in_features: int, n_classes: int, image_shape=None, device: str | torch.device = "cpu"
+    path: Path,
+    *,
+    in_features: int,
+    n_classes: int,
+    image_shape=None,
+    device: str | torch.device = "cpu",
+    numeric_features: int = 0,
 ) -> Ensemble:
+    """ensemble.pt's members on inputs of `in_features` columns, the first `numeric_features` numeric."""
     payload = read(path)
     members = payload["members"]
     models = []
     for m in members:
         config = TrainConfig.from_dict(m["config"])
-        model = build_mlp(config, in_features=in_features, n_classes=n_classes, image_shape=image_shape)
+        model = build_mlp(config, in_features=in_features, n_classes=n_classes, image_shape=image_shape,
+                          numeric_features=numeric_features)  # fmt: skip
         load_state(model, m["state_dict"], source=f"{path} trial {m['trial_number']}")
         models.append(model)
     weights = [m["weight"] for m in members]

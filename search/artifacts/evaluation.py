@@ -331,12 +331,15 @@ def load_model(
     n_classes: int,
     image_shape: tuple[int, ...] | None = None,
     device: str | torch.device = "cpu",
+    numeric_features: int = 0,
 ) -> nn.Module:
-    """The model best.json describes, with model.pt's weights, in eval mode on `device`."""
+    """The model best.json describes, with model.pt's weights, in eval mode on `device`; its
+    inputs' first `numeric_features` columns are a table's numeric ones."""
     model_path = Path(model_path)
     model = build_mlp(
-        best_config(best), in_features=in_features, n_classes=n_classes, image_shape=image_shape
-    )
+        best_config(best), in_features=in_features, n_classes=n_classes, image_shape=image_shape,
+        numeric_features=numeric_features,
+    )  # fmt: skip
     if not model_path.is_file():
         raise UserError(f"{model_path} does not exist; write it with python -m search.export")
     try:

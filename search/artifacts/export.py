@@ -72,7 +72,7 @@ from search.schema import (
 from search.storage.connect import redacted
 from search.training.config import TrainConfig
 from search.training.fit import EpochCallback, fit
-from search.training.model import architecture, build_mlp, count_params
+from search.training.model import architecture, build_for, count_params, shape_of
 from search.tuning import best_weights, pool
 from search.tuning.finished import open_finished
 from search.tuning.trials import value_of
@@ -105,12 +105,7 @@ def checkpoint_weights(
         return f"no checkpoint in {directory}"
     if saved.get("trial_number") != trial.number:
         return f"the checkpoint in {directory} holds trial {saved.get('trial_number')}"
-    model = build_mlp(
-        config,
-        in_features=data.variant(config.numeric).in_features,
-        n_classes=data.n_classes,
-        image_shape=data.image_shape,
-    )
+    model = build_for(config, data)
     load_state(model, saved.get("state_dict"), source=str(path))
     model.to(data.device)
     val = score_split(model, data, "val", config.numeric)
@@ -282,8 +277,7 @@ def export_study(
 
     out = Path(out_dir) if out_dir is not None else study_dir(results_dir, name)
     out.mkdir(parents=True, exist_ok=True)
-    shape = dict(in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes)
-    arch = architecture(config, **shape)
+    arch = architecture(config, **shape_of(config, data))
     best = {
         "format": FORMAT,
         "study": name,

@@ -29,7 +29,7 @@ from torch import nn
 from search.artifacts import ensemble
 from search.artifacts.evaluation import load_model, predict_logits, read_best
 from search.data.image_files import DataError
-from search.data.tables import numbers_only, read_table
+from search.data.tables import leading_numeric, numbers_only, read_table
 from search.data.targets import TargetScale
 from search.errors import UserError, first_line
 from search.files import atomic_write
@@ -228,15 +228,26 @@ def load_predictor(folder: str | Path, *, device: str | torch.device = "cpu") ->
     if best.get("dataset") != "table":
         raise UserError(f"--model {folder}: a {best.get('dataset')} model takes images, not table rows")
     pre = load_preprocess(folder / PREPROCESS_SKOPS)
-    n_inputs = len(pre.transformer.get_feature_names_out())
+    n_inputs, numeric = len(pre.transformer.get_feature_names_out()), leading_numeric(pre.transformer)
     n_out = 1 if pre.task == "regression" else len(pre.classes)
     if (best.get("ensemble") or {}).get("exported") and (folder / ENSEMBLE_PT).is_file():
         # the export chose the ensemble: it is the model, and the preprocessing is its members'
         model: nn.Module = ensemble.load(
-            folder / ENSEMBLE_PT, in_features=n_inputs, n_classes=n_out, device=device
+            folder / ENSEMBLE_PT,
+            in_features=n_inputs,
+            n_classes=n_out,
+            numeric_features=numeric,
+            device=device,
         )
     else:
-        model = load_model(best, folder / MODEL_PT, in_features=n_inputs, n_classes=n_out, device=device)
+        model = load_model(
+            best,
+            folder / MODEL_PT,
+            in_features=n_inputs,
+            n_classes=n_out,
+            numeric_features=numeric,
+            device=device,
+        )
     return Predictor(model, pre, torch.device(device))
 
 

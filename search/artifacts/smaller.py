@@ -38,7 +38,7 @@ from search.errors import UserError, first_line
 from search.files import atomic_write
 from search.schema import MODEL_HALF_PT, MODEL_INT8_PT, MODEL_PT
 from search.training.config import TrainConfig
-from search.training.model import build_mlp, count_params
+from search.training.model import build_for, count_params
 from search.tuning import pool
 
 QUANTIZE = ("int8",)  # --quantize's choices
@@ -134,8 +134,7 @@ def write(
         return evaluate_split(m, x, y, split.classes, **how)  # type: ignore[arg-type]
 
     def rebuilt() -> nn.Module:
-        shape = dict(in_features=split.in_features, n_classes=split.n_classes, image_shape=split.image_shape)
-        return build_mlp(config, **shape).eval()  # type: ignore[arg-type]
+        return build_for(config, split).eval()
 
     float_cpu = copy.deepcopy(model).to("cpu", torch.float32).eval()
     same = split.device.type == "cpu" and split.x_test.dtype == torch.float32

@@ -49,7 +49,7 @@ from search.schema import (
 )  # fmt: skip
 from search.storage.connect import open_storage, redacted
 from search.training.fit import EpochMetrics, fit
-from search.training.model import architecture
+from search.training.model import architecture, shape_of
 from search.tuning.finished import open_finished
 from search.tuning.trials import complete_trials, counts_text, value_of
 
@@ -217,9 +217,7 @@ def audit_study(
             ATTR_SEED: config.seed,
             ATTR_DEVICE: str(data.device),
             ATTR_EPOCHS: result.epochs_run,
-            ATTR_ARCH: architecture(
-                config, in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes
-            ),
+            ATTR_ARCH: architecture(config, **shape_of(config, data)),
             ATTR_SECONDS: round(result.train_seconds, 4),
         }
         if result.diverged:

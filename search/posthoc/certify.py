@@ -56,7 +56,7 @@ from search.schema import (
 )  # fmt: skip
 from search.storage.connect import redacted
 from search.training.config import TrainConfig
-from search.training.model import architecture, count_params
+from search.training.model import architecture, count_params, shape_of
 from search.tuning.finished import open_finished
 from search.tuning.trials import best_trials, value_of
 
@@ -297,9 +297,7 @@ def _best_json(done: Certified, attrs, storage_url, data: Dataset, data_dir, mod
         "metric": data.metric,
         "params": dict(w.trial.params),
         "config": config.to_dict(),
-        "architecture": architecture(
-            config, in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes
-        ),
+        "architecture": architecture(config, **shape_of(config, data)),
         "n_params": count_params(model),
         **data_fields(attrs, data_dir, data),
         "weights": "certified",

@@ -18,7 +18,7 @@ from search.data.datasets import Dataset
 from search.device import worker_device
 from search.training.config import TrainConfig
 from search.training.fit import fit
-from search.training.model import build_mlp
+from search.training.model import build_for
 from search.tuning.binding import load_bound_dataset
 
 # ---------------------------------------------------------------------------- the fits
@@ -112,12 +112,7 @@ def run_fits(
 
 
 def load_weights(config: TrainConfig, fit_: SeedFit, data: Dataset) -> torch.nn.Module:
-    model = build_mlp(
-        config,
-        in_features=data.variant(config.numeric).in_features,
-        n_classes=data.n_classes,
-        image_shape=data.image_shape,
-    )
+    model = build_for(config, data)
     state = torch.load(io.BytesIO(fit_.state), map_location="cpu", weights_only=True)
     load_state(model, state, source=f"the weights of seed {fit_.seed}")
     return model.to(data.device)

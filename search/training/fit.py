@@ -126,7 +126,8 @@ def fit_stacked(
     resume = list(resume) if resume is not None else [None] * len(configs)
     if len({stack_key(c) for c in configs}) > 1:
         raise ValueError(
-            "stacked configs must share depth, blocks, ensemble size, batch size, whitening and epochs"
+            "stacked configs must share depth, blocks, ensemble size, batch size, input transforms "
+            "(whitening, numeric scaling and embedding) and epochs"
         )
     for c, state in zip(configs, resume, strict=True):
         check_augmentable(c, data.image_shape, data.name)
@@ -160,6 +161,9 @@ class _StackRun:
         self.source = data.variant(c.numeric)
         self.source = whitened(self.source, c.zca_eps) if c.whiten == "zca" else self.source
         self.x, self.y = self.source.x_train, self.source.y_train
+        # every member's model's sizes: the inputs (numeric columns first) and outputs
+        self.shape = dict(in_features=self.source.in_features, n_classes=data.n_classes,
+                          numeric_features=self.source.numeric_features)  # fmt: skip
         self.mirror: torch.Tensor | None = None  # the validation split mirrored, for tta_hflip
         if include_val:
             self.x = torch.cat([self.x, self.source.x_val])
@@ -184,9 +188,7 @@ class _StackRun:
         for i in indices:
             c, state = self.configs[i], self.resume[i]
             torch.manual_seed(c.seed)
-            model = build_mlp(
-                c, in_features=self.source.in_features, n_classes=data.n_classes, image_shape=data.image_shape
-            )
+            model = build_mlp(c, image_shape=data.image_shape, **self.shape)
             model = model.to(device=device, dtype=dtype)
             batches = torch.Generator(device=device).manual_seed(c.seed)
             dropout = torch.Generator(device=device).manual_seed(c.seed + DROPOUT_SEED)
@@ -213,7 +215,7 @@ class _StackRun:
         n_batches = max(1, n // bs + (1 if n % bs > 1 else 0))
         first = members[0].state.epoch if members[0].state is not None else 0
         stack = StackedMLP(
-            configs, [m.model for m in members], layout_of(configs, self.source.in_features, data.n_classes),
+            configs, [m.model for m in members], layout_of(configs, **self.shape),
             device, x.dtype, regression=data.task == "regression",
         )  # fmt: skip
         optimizer = MemberOptimizers(configs, stack.param, stack.grad, epochs * n_batches, first * n_batches)
@@ -243,7 +245,7 @@ class _StackRun:
             epoch_started = time.perf_counter()
             k = len(members)
             padded_work += stack.layout.flops() * k
-            real_work += sum(member_flops(m.config, self.source.in_features, data.n_classes) for m in members)
+            real_work += sum(member_flops(m.config, **self.shape) for m in members)
             orders = torch.stack([torch.randperm(n, device=device, generator=m.batches) for m in members])
             loss_sum.zero_()
             drop_gens = [m.dropout for m in members]
@@ -271,7 +273,9 @@ class _StackRun:
             epoch_seconds = time.perf_counter() - epoch_started
             self._charge(members, epoch_seconds)
 
-            widest = k * stack.layout.ensemble * max((*stack.layout.widths, self.source.in_features))
+            layout = stack.layout  # an embedding's widest step: its [2 * frequencies] per column
+            inputs = max(layout.input_width, 2 * layout.embedded * layout.frequencies)
+            widest = k * layout.ensemble * max((*layout.widths, inputs))
             rows = max(1, EVAL_ELEMENTS // widest)
             with stack.weights_from(optimizer.averages()):  # members with `ema` score the average
                 outputs = stack.predict(self.source.x_val, rows)

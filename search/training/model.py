@@ -10,10 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search.data.dataset import Dataset
 from search.data.whiten import fold_into_first_linear
 from search.device import autocast
 from search.errors import UserError
 from search.training.config import TrainConfig
+from search.training.embeddings import (
+    build_embedding,
+    embedded_columns,
+    embedding_flops,
+    embedding_params,
+    input_width,
+)
 
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -28,7 +36,12 @@ ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 
 
 def build_mlp(
-    config: TrainConfig, *, in_features: int, n_classes: int, image_shape: tuple[int, ...] | None = None
+    config: TrainConfig,
+    *,
+    in_features: int,
+    n_classes: int,
+    image_shape: tuple[int, ...] | None = None,
+    numeric_features: int = 0,
 ) -> nn.Sequential:
     """Per hidden layer: Linear -> [BatchNorm1d or LayerNorm] -> activation -> Dropout (with
     `residual`, each hidden layer after the first a `Block`); then a Linear head.
@@ -38,11 +51,15 @@ def build_mlp(
     but it is kept so the notebook's layer shapes match. With `tta_hflip` the model is a
     `MirrorAveraged` Sequential (the same layers and state_dict), which needs the image shape.
 
-    With `feature_scale` a `FeatureScale` comes first. With `ensemble_k` = k > 1 the layers are
-    their ensemble forms (TabM's, on [B, k, width]: `EnsembleView`, `BatchEnsembleLinear`, the
-    norms per member, an `EnsembleLinear` head) and `MemberMean` ends the model: in eval mode it
-    answers with the log of the members' mean probability (their mean output for regression,
-    n_classes = 1), in training mode with every member's output [B, k, n_classes]. ZCA cannot
+    With `num_embedding = "periodic"` a `PeriodicEmbedding` of the `numeric_features` leading
+    columns (a table's numeric ones: `Dataset.numeric_features`) comes first, and the first Linear
+    takes its wider output (search.training.embeddings). With `feature_scale` a `FeatureScale` of
+    the first Linear's inputs comes next (after the embedding, as RealMLP orders the two). With
+    `ensemble_k` = k > 1 the layers are their ensemble forms (TabM's, on [B, k, width]:
+    `EnsembleView`, `BatchEnsembleLinear`, the norms per member, an `EnsembleLinear` head) and
+    `MemberMean` ends the model: in eval mode it answers with the log of the members' mean
+    probability (their mean output for regression, n_classes = 1), in training mode with every
+    member's output [B, k, n_classes]; the embedding comes before the members part. ZCA cannot
     fold into a BatchEnsemble first layer (each member scales the inputs its own way), so such a
     model starts with a `Whitening` (buffers the fit fills, identity until then).
     """
@@ -50,11 +67,13 @@ def build_mlp(
     layers: list[nn.Module] = []
     if k > 1 and config.whiten == "zca":
         layers.append(Whitening(in_features))
+    if (embedding := build_embedding(config, numeric_features)) is not None:
+        layers.append(embedding)
+    width = input_width(config, in_features, numeric_features)
     if config.feature_scale:
-        layers.append(FeatureScale(in_features))
+        layers.append(FeatureScale(width))
     if k > 1:
         layers.append(EnsembleView(k))
-    width = in_features
     for i, out in enumerate(config.hidden):
         if config.residual and i:
             layers.append(Block(config, out))
@@ -75,6 +94,20 @@ def build_mlp(
             raise UserError(f"tta_hflip needs image data (C, H, W); got shape {image_shape}")
         return MirrorAveraged(*layers, width=image_shape[2])
     return nn.Sequential(*layers)
+
+
+def build_for(config: TrainConfig, data: Dataset) -> nn.Sequential:
+    """`build_mlp` for `data` encoded with the config's numeric transform."""
+    return build_mlp(config, image_shape=data.image_shape, **shape_of(config, data))
+
+
+def shape_of(config: TrainConfig, data: Dataset) -> dict[str, int]:
+    """The sizes of `data` in the config's numeric transform that the model's shape depends on:
+    the keyword arguments of `param_count`, `architecture` and `build_mlp` (with image_shape)."""
+    split = data.variant(config.numeric)
+    return dict(
+        in_features=split.in_features, n_classes=data.n_classes, numeric_features=split.numeric_features
+    )
 
 
 def _linear(config: TrainConfig, width: int, out: int, *, first: bool = False) -> nn.Module:
@@ -282,43 +315,57 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def dims(config: TrainConfig, in_features: int, n_classes: int) -> tuple[int, ...]:
-    """Every layer's width, input and output included: (3072, 512, 256, 10)."""
-    return (in_features, *config.hidden, n_classes)
+def dims(config: TrainConfig, in_features: int, n_classes: int, numeric_features: int = 0) -> tuple[int, ...]:
+    """Every layer's width, input and output included: (3072, 512, 256, 10); the input is the
+    first Linear's (a periodic embedding's output: search.training.embeddings.input_width)."""
+    return (input_width(config, in_features, numeric_features), *config.hidden, n_classes)
 
 
-def layer_shapes(config: TrainConfig, in_features: int, n_classes: int) -> list[tuple[int, int]]:
-    """(in, out) of every Linear in forward order; a residual block's two."""
+def layer_shapes(
+    config: TrainConfig, in_features: int, n_classes: int, numeric_features: int = 0
+) -> list[tuple[int, int]]:
+    """(in, out) of every Linear in forward order; a residual block's two. A periodic embedding's
+    per-column matrices are not Linears: `embedding_flops` and `embedding_params` count them."""
+    first = input_width(config, in_features, numeric_features)
     if not config.residual or len(config.hidden) < 2:
-        d = dims(config, in_features, n_classes)
+        d = dims(config, in_features, n_classes, numeric_features)
         return list(zip(d, d[1:], strict=False))
     w, inner = config.hidden[0], config.expansion * config.hidden[0]
-    return [(in_features, w), *[(w, inner), (inner, w)] * (len(config.hidden) - 1), (w, n_classes)]
+    return [(first, w), *[(w, inner), (inner, w)] * (len(config.hidden) - 1), (w, n_classes)]
 
 
-def member_flops(config: TrainConfig, in_features: int, n_classes: int) -> int:
+def member_flops(config: TrainConfig, in_features: int, n_classes: int, numeric_features: int = 0) -> int:
     """Multiply-adds of one sample's forward pass through the Linear layers (of every ensemble
-    member: each multiplies its own copy of the batch by the shared matrices)."""
-    return config.ensemble_k * sum(a * b for a, b in layer_shapes(config, in_features, n_classes))
+    member: each multiplies its own copy of the batch by the shared matrices) and through a
+    periodic embedding (once: the members share it)."""
+    shapes = layer_shapes(config, in_features, n_classes, numeric_features)
+    return config.ensemble_k * sum(a * b for a, b in shapes) + embedding_flops(config, numeric_features)
 
 
-def param_count(config: TrainConfig, *, in_features: int, n_classes: int) -> int:
+def param_count(config: TrainConfig, *, in_features: int, n_classes: int, numeric_features: int = 0) -> int:
     """What `count_params(build_mlp(config, ...))` returns, without building the model."""
     k = config.ensemble_k
-    *hidden, (a, c) = layer_shapes(config, in_features, n_classes)
+    *hidden, (a, c) = layer_shapes(config, in_features, n_classes, numeric_features)
     norms = 2 * k * sum(config.hidden) if config.batchnorm or config.layernorm else 0
-    scale = in_features if config.feature_scale else 0
+    scale = input_width(config, in_features, numeric_features) if config.feature_scale else 0
     if k == 1:
         linears = sum(i * o + o for i, o in hidden)
     else:  # a shared matrix, and each member's r [in], s [out] and bias [out]
         linears = sum(i * o + k * (i + 2 * o) for i, o in hidden)
-    return linears + k * (a * c + c) + norms + scale  # the head: one per member
+    heads = k * (a * c + c)  # one per member
+    return linears + heads + norms + scale + embedding_params(config, numeric_features)
 
 
-def architecture(config: TrainConfig, *, in_features: int, n_classes: int) -> str:
+def architecture(config: TrainConfig, *, in_features: int, n_classes: int, numeric_features: int = 0) -> str:
     """One line naming every layer, e.g. `3072-512(bn,relu,p=0.3)-256(bn,relu,p=0.3)-10`; a
-    feature scale tags the inputs (`64(scale)-...`), an ensemble ends in ` k=32`."""
-    parts = [f"{in_features}(scale)" if config.feature_scale else str(in_features)]
+    periodic embedding of n numeric columns to d units each from k frequencies tags the inputs
+    (`13(plr=10x24,freq=48)-...`, the first Linear takes 13 + 10 * 23), as a feature scale does
+    (`64(scale)-...`); an ensemble ends in ` k=32`."""
+    tags = []
+    if n := embedded_columns(config, numeric_features):
+        tags += [f"plr={n}x{config.plr_dim}", f"freq={config.plr_frequencies}"]
+    tags += ["scale"] if config.feature_scale else []
+    parts = [f"{in_features}({','.join(tags)})" if tags else str(in_features)]
     for i, out in enumerate(config.hidden):
         tags = [f"res*{config.expansion}"] if config.residual and i else []
         tags += {"batch": ["bn"], "layer": ["ln"], "none": []}[config.norm] + [config.activation]

@@ -16,13 +16,16 @@ all three together, which moves the best split less than it moves the times.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from search.data.datasets import Dataset
 from search.device import free_bytes
 from search.training.config import TrainConfig
-from search.training.model import member_flops, param_count
-from search.training.stack import Layout, layout_of
+from search.training.embeddings import embedded_columns, input_width
+from search.training.model import member_flops, param_count, shape_of
+from search.training.stack import layout_of
 
 STEP_S = 1.5e-3  # a stacked step's fixed cost (the loss, the backward's setup, Python), plus
 # its share of the epoch's scoring and reporting
@@ -37,10 +40,11 @@ MEMORY_SHARE = 0.5  # of the device's free memory, what a stack may plan to use
 
 def stack_key(config: TrainConfig, start_epoch: int = 0) -> tuple:
     """What members of one stack share: depth, residual blocks and their expansion, ensemble
-    size, batch size, input transforms, epochs, and the epoch they start from (a resumed member
-    stacks with those resumed from the same epoch)."""
+    size, batch size, input transforms (a periodic embedding's sizes among them), epochs, and the
+    epoch they start from (a resumed member stacks with those resumed from the same epoch)."""
     zca = config.zca_eps if config.whiten == "zca" else None
-    inputs = (config.whiten, zca, config.numeric)
+    embedding = (config.plr_frequencies, config.plr_dim) if config.embeds else None
+    inputs = (config.whiten, zca, config.numeric, embedding)
     blocks = config.expansion if config.residual and len(config.hidden) > 1 else 0
     shape = (len(config.hidden), blocks, config.ensemble_k)
     return (*shape, config.batch_size, *inputs, config.epochs, start_epoch)
@@ -50,10 +54,15 @@ def member_bytes(config: TrainConfig, data: Dataset) -> int:
     """A generous estimate of one member's memory in a stack: weights, gradient and optimizer
     state (float32), plus one batch's activations and inputs kept for the backward pass."""
     states = 1 if config.optimizer == "sgd" else 2
-    width = data.variant(config.numeric).in_features  # a piecewise-linear encoding is wider
-    weights = 4 * param_count(config, in_features=width, n_classes=data.n_classes) * (2 + states)
+    shape = shape_of(config, data)  # a piecewise-linear encoding is wider, as is an embedding's output
+    weights = 4 * param_count(config, **shape) * (2 + states)
+    width = input_width(config, shape["in_features"], shape["numeric_features"])
     per_row = 8 * sum(config.hidden) + 3 * width + 4 * data.n_classes  # each ensemble member's copy
-    activations = 4 * config.batch_size * config.ensemble_k * per_row
+    # a periodic embedding's, once: the angles, their cosines and sines and the two side by side
+    # (5k), laid out per column for its matmul (2k), the matmul's output, its ReLU, the joined row
+    k, d = config.plr_frequencies, config.plr_dim
+    embedding = embedded_columns(config, shape["numeric_features"]) * (7 * k + 3 * d)
+    activations = 4 * config.batch_size * (config.ensemble_k * per_row + embedding)
     return weights + activations
 
 
@@ -62,9 +71,11 @@ def stack_capacity(config: TrainConfig, data: Dataset) -> int:
     return max(1, int(free_bytes(data.device) * MEMORY_SHARE) // member_bytes(config, data))
 
 
-def step_seconds(configs: list[TrainConfig], in_features: int, n_classes: int) -> float:
+def step_seconds(
+    configs: list[TrainConfig], in_features: int, n_classes: int, numeric_features: int = 0
+) -> float:
     """The CPU model's time for one training step of these configs stacked."""
-    padded = layout_of(configs, in_features, n_classes).flops()
+    padded = layout_of(configs, in_features, n_classes, numeric_features).flops()
     return _step_cost(len(configs), configs[0].batch_size, padded)
 
 
@@ -73,11 +84,18 @@ def _step_cost(k: int, batch: int, padded: int) -> float:
 
 
 def split_by_width(
-    configs: list[TrainConfig], in_features: int, n_classes: int, device: torch.device
+    configs: list[TrainConfig],
+    in_features: int,
+    n_classes: int,
+    device: torch.device,
+    *,
+    numeric_features: int = 0,
 ) -> list[list[int]]:
     """Indices into `configs` (which share a stack key), grouped into the sub-stacks to train one
-    after another; one group holding all of them on a GPU, where padding costs little."""
-    order = sorted(range(len(configs)), key=lambda i: (member_flops(configs[i], in_features, n_classes), i))
+    after another; one group holding all of them on a GPU, where padding costs little. The
+    inputs' first `numeric_features` columns are numeric (an embedding's)."""
+    shape = dict(in_features=in_features, n_classes=n_classes, numeric_features=numeric_features)
+    order = sorted(range(len(configs)), key=lambda i: (member_flops(configs[i], **shape), i))
     if device.type == "cuda" or len(configs) < 2:
         return [order]
     run = -(-len(order) // MAX_PLANNED)  # members per planning unit
@@ -86,20 +104,18 @@ def split_by_width(
     best = [0.0] + [float("inf")] * n  # best[j]: cheapest plan for units[:j]
     cut = [0] * (n + 1)
     batch = configs[0].batch_size
-    shared = layout_of(configs[:1], in_features, n_classes)  # expansion and ensemble: the stack key's
+    shared = layout_of(configs[:1], **shape)  # expansion, ensemble and embedding: the stack key's
     for j in range(1, n + 1):
         widths, k = [0] * len(configs[0].hidden), 0
         for i in range(j - 1, -1, -1):  # the last group is units[i:j], grown to the left
             for m in units[i]:
                 widths = [max(w, h) for w, h in zip(widths, configs[m].hidden, strict=True)]
             k += len(units[i])
-            layout = Layout(in_features, n_classes, tuple(widths), False, expansion=shared.expansion,
-                            ensemble=shared.ensemble)  # fmt: skip
-            padded = layout.flops()
+            padded = dataclasses.replace(shared, widths=tuple(widths)).flops()
             cost = best[i] + _step_cost(k, batch, padded)
             if cost < best[j]:
                 best[j], cut[j] = cost, i
-    if best[n] > (1 - MIN_SAVING) * step_seconds(configs, in_features, n_classes):
+    if best[n] > (1 - MIN_SAVING) * step_seconds(configs, **shape):
         return [order]
     groups, j = [], n
     while j > 0:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.training.config import TrainConfig
+from search.training.embeddings import PeriodicEmbedding, embedded_columns, periodic
 from search.training.model import (
     BatchEnsembleLinear,
     Block,
@@ -31,7 +32,6 @@ from search.training.model import (
     EnsembleLinear,
     EnsembleView,
     FeatureScale,
-    dims,
     mean_over_members,
 )
 
@@ -61,23 +61,38 @@ class Layout:
     layernorm: bool = False  # any member has LayerNorm: its weights (in the same entries) exist
     expansion: int = 0  # residual blocks after the first layer, this many times wider inside; 0: none
     ensemble: int = 1  # BatchEnsemble members inside each model (ensemble_k, shared by the stack)
-    feature_scale: bool = False  # any member scales its inputs: the scale "fs" [in] exists
+    feature_scale: bool = False  # any member scales its inputs: the scale "fs" [input_width] exists
+    # A periodic embedding of the first `embedded` input columns (the stack key holds its sizes):
+    # each becomes `embed_dim` units from `frequencies` frequencies (search.training.embeddings).
+    embedded: int = 0
+    frequencies: int = 0
+    embed_dim: int = 0
+
+    @property
+    def input_width(self) -> int:
+        """The first Linear's input width: the inputs, embedded columns widened."""
+        return self.in_features + self.embedded * (self.embed_dim - 1)
 
     def entries(self) -> list[tuple[str, tuple[int, ...]]]:
         """Per plain layer i: w{i} [in, out], b{i}, then its norm's g{i}, be{i}. Per residual block
         i: the norm of its input (g{i}, be{i}), then w{i} [w, e*w], b{i}, u{i} [e*w, w], c{i}.
-        With a feature scale, fs [in] first. With an ensemble of k, every vector but fs is one per
-        ensemble member ([k, out]), each shared matrix w{i} has the members' input and output
-        scalings r{i} [k, in] and s{i} [k, out] (a block's u{i}: ru{i}, su{i}), and the head is one
-        per member: wh [k, width, n_classes], bh [k, n_classes]."""
+        With a periodic embedding of n columns, its frequencies pf [n, k], matrices pw [n, 2k, d]
+        and biases pb [n, d] first; with a feature scale, fs [input_width] next. With an ensemble of k,
+        every vector but fs is one per ensemble member ([k, out]), each shared matrix w{i} has the
+        members' input and output scalings r{i} [k, in] and s{i} [k, out] (a block's u{i}: ru{i},
+        su{i}), and the head is one per member: wh [k, width, n_classes], bh [k, n_classes]."""
         k = self.ensemble
         member = (k,) if k > 1 else ()
 
         def scales(r: str, n_in: int, s: str, n_out: int) -> list[tuple[str, tuple[int, ...]]]:
             return [(r, (k, n_in)), (s, (k, n_out))] if k > 1 else []
 
-        out: list[tuple[str, tuple[int, ...]]] = [("fs", (self.in_features,))] if self.feature_scale else []
-        width = self.in_features
+        out: list[tuple[str, tuple[int, ...]]] = []
+        if n := self.embedded:
+            f, d = self.frequencies, self.embed_dim
+            out += [("pf", (n, f)), ("pw", (n, 2 * f, d)), ("pb", (n, d))]
+        out += [("fs", (self.input_width,))] if self.feature_scale else []
+        width = self.input_width
         norms = self.batchnorm or self.layernorm
         for i, w in enumerate(self.widths):
             norm = [(f"g{i}", (*member, w)), (f"be{i}", (*member, w))] if norms else []
@@ -107,23 +122,30 @@ class Layout:
 
     def flops(self) -> int:
         """Multiply-adds of one sample's forward pass through one member's padded layers (each of
-        its ensemble members multiplies by the shared matrices; the head is theirs already)."""
+        its ensemble members multiplies by the shared matrices; the head is theirs already) and
+        its embedding's matrices (once: the ensemble members share them)."""
         return sum(
-            math.prod(shape) * (1 if name == "wh" else self.ensemble)
+            math.prod(shape) * (1 if name in ("wh", "pw") else self.ensemble)
             for name, shape in self.entries()
-            if name[0] in "wu"
+            if name[0] in "wu" or name == "pw"
         )
 
 
-def layout_of(configs: list[TrainConfig], in_features: int, n_classes: int) -> Layout:
-    depth = len(configs[0].hidden)
-    widths = tuple(max(c.hidden[i] for c in configs) for i in range(depth))
-    expansion = configs[0].expansion if configs[0].residual else 0  # shared: the stack key holds it
-    norms = any(c.batchnorm for c in configs), any(c.layernorm for c in configs)
-    scale = any(c.feature_scale for c in configs)
+def layout_of(
+    configs: list[TrainConfig], in_features: int, n_classes: int, numeric_features: int = 0
+) -> Layout:
+    """The layout of these configs (which share a stack key) on inputs of `in_features` columns,
+    the first `numeric_features` of them numeric."""
+    c = configs[0]
+    widths = tuple(max(m.hidden[i] for m in configs) for i in range(len(c.hidden)))
+    expansion = c.expansion if c.residual else 0  # shared: the stack key holds it
+    norms = any(m.batchnorm for m in configs), any(m.layernorm for m in configs)
+    scale = any(m.feature_scale for m in configs)
+    n = embedded_columns(c, numeric_features)
     return Layout(
-        in_features, n_classes, widths, *norms, expansion=expansion, ensemble=configs[0].ensemble_k,
-        feature_scale=scale,
+        in_features, n_classes, widths, *norms, expansion=expansion, ensemble=c.ensemble_k,
+        feature_scale=scale, embedded=n, frequencies=c.plr_frequencies if n else 0,
+        embed_dim=c.plr_dim if n else 0,
     )  # fmt: skip
 
 
@@ -131,9 +153,12 @@ def member_slices(config: TrainConfig, layout: Layout) -> dict[str, tuple[slice,
     """Where a member's own (unpadded) tensors lie inside each padded entry, BN statistics
     (`rm`, `rv`) included; norm entries only for a member with that norm."""
     names = {"batch": ("b", "g", "be", "rm", "rv"), "layer": ("b", "g", "be"), "none": ("b",)}[config.norm]
-    d = dims(config, layout.in_features, layout.n_classes)
+    d = (layout.input_width, *config.hidden, layout.n_classes)
     lead = (slice(None),) * (layout.ensemble > 1)  # every ensemble member's row of a vector
-    out: dict[str, tuple[slice, ...]] = {"fs": (slice(None),)} if config.feature_scale else {}
+    every = (slice(None),)
+    out: dict[str, tuple[slice, ...]] = {"fs": every} if config.feature_scale else {}
+    if layout.embedded:  # every member's embedding has the stack's sizes
+        out.update(pf=every, pw=every, pb=every)
     for i in range(len(config.hidden)):
         unit, stream = slice(0, d[i + 1]), slice(0, d[i])
         out.update({f"{n}{i}": (*lead, unit) for n in names})
@@ -182,6 +207,8 @@ def portable_tensors(model: nn.Sequential) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for scale in _modules(model, FeatureScale):
         out["fs"] = scale.weight
+    for embedding in _modules(model, PeriodicEmbedding):
+        out["pf"], out["pw"], out["pb"] = embedding.frequencies, embedding.weight, embedding.bias
 
     def per_member(t: torch.Tensor) -> torch.Tensor:
         return t.view(k, -1) if k > 1 else t
@@ -302,6 +329,8 @@ class StackedMLP:
         k, e = len(self.configs), self.layout.ensemble
         if h.dim() == 2 and first is None:  # scoring without the one-matmul first layer
             h = h.expand(k, *h.shape)
+        if self.layout.embedded:  # each member's own embedding of the numeric columns
+            h = periodic(h, v["pf"], v["pw"], v["pb"])
         if self.layout.feature_scale and h.dim() == 3:
             h = h * self._feature_scales().unsqueeze(1)
         shared = True  # h is one batch per member, not yet one per ensemble member
@@ -479,7 +508,7 @@ class StackedMLP:
         """Every member's outputs for one input x [N, in], in eval mode: [K, N, outputs]; an
         ensemble's members averaged as the portable model's `MemberMean` averages them."""
         first, e = None, self.layout.ensemble
-        if self.layout.widths and e == 1:  # one copy per scoring: every pass is one matmul for all
+        if self.layout.widths and e == 1 and not self.layout.embedded:  # one matmul for all members
             w0 = self.views["w0"]
             if self.layout.feature_scale:  # (x * fs) @ w0 as x @ (fs w0)
                 w0 = w0 * self._feature_scales().unsqueeze(2)
@@ -533,7 +562,7 @@ class StackedMLP:
         """Drop the other members, and the padding only they needed; returns the function that
         carries any [n, P] tensor of the old layout (optimizer state) over to the new one."""
         old, configs = self.layout, [self.configs[r] for r in rows]
-        new = layout_of(configs, old.in_features, old.n_classes)
+        new = layout_of(configs, old.in_features, old.n_classes, old.embedded)
         index = torch.tensor(rows, device=self.param.device)
 
         def move(flat: torch.Tensor) -> torch.Tensor:

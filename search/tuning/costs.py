@@ -24,7 +24,7 @@ import torch
 from search.data.datasets import Dataset
 from search.device import autocast
 from search.training.config import TrainConfig
-from search.training.model import build_mlp
+from search.training.model import build_for
 
 IMAGE_ROWS, TABLE_ROWS = 256, 1000  # the latency batch: images, or table rows
 WARMUP, RUNS = 3, 9  # forward passes before timing, and timed (the median is kept)
@@ -83,12 +83,7 @@ def latency_ms(config: TrainConfig, data: Dataset, *, warmup: int = WARMUP, runs
     The model is built under a forked random state, so measuring leaves the process's random
     streams (and with them every later draw of the search) as they were."""
     with torch.random.fork_rng(devices=[]):
-        model = build_mlp(
-            config,
-            in_features=data.variant(config.numeric).in_features,
-            n_classes=data.n_classes,
-            image_shape=data.image_shape,
-        )
+        model = build_for(config, data)
     model.to(data.device)
     return forward_ms(model, latency_batch(data, config.numeric), warmup=warmup, runs=runs)
 

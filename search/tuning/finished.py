@@ -32,7 +32,7 @@ from search.schema import (
 )
 from search.storage.connect import check_storage, choose_study, open_readonly
 from search.training.config import TrainConfig
-from search.training.model import architecture, param_count
+from search.training.model import architecture, param_count, shape_of
 from search.tuning.binding import load_bound_dataset, study_binding
 from search.tuning.space import parse_space, replay_config, trial_seed
 from search.tuning.trials import complete_trials, counts_text, pareto_front, value_of
@@ -114,7 +114,7 @@ class Finished:
         space = parse_space(attrs[STUDY_SPACE], where=f"study {self.name!r}")
         seed = trial.user_attrs.get(ATTR_SEED, trial_seed(int(attrs.get(STUDY_SEED, 0)), trial.number))
         config = replay_config(dict(trial.params), space, epochs=int(attrs[STUDY_EPOCHS]), seed=int(seed))
-        shape = dict(in_features=data.variant(config.numeric).in_features, n_classes=data.n_classes)
+        shape = shape_of(config, data)
         arch, n_params = architecture(config, **shape), param_count(config, **shape)
         drift = []
         if ATTR_ARCH in trial.user_attrs and trial.user_attrs[ATTR_ARCH] != arch:

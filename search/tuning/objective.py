@@ -39,7 +39,7 @@ from search.schema import (
 from search.storage.running import publish
 from search.training.config import TrainConfig
 from search.training.fit import FitResult
-from search.training.model import architecture, param_count
+from search.training.model import architecture, param_count, shape_of
 from search.training.state import TrainState
 from search.tuning import best_weights, costs, pool
 from search.tuning.recovery import StateKeeper
@@ -94,7 +94,7 @@ class Objective:
             trial.set_user_attr(ATTR_REASON, None)
         trial.set_user_attr(ATTR_FIRST_ATTEMPT, first)
         config = sample_config(trial, self.spec.space, epochs=self.spec.epochs, seed=seed)
-        shape = dict(in_features=self.data.variant(config.numeric).in_features, n_classes=self.data.n_classes)
+        shape = shape_of(config, self.data)
         n_params = param_count(config, **shape)
         trial.set_user_attr(ATTR_SEED, seed)
         trial.set_user_attr(ATTR_ARCH, architecture(config, **shape))

@@ -102,8 +102,9 @@ def run_stack(
             configs = [m.begun.config for m in group]
             earlier: list[dict[int, float]] = []  # what this group's completed sub-stacks reported
             before: list[_Member] = []  # every member of this group's earlier sub-stacks
-            width = data.variant(configs[0].numeric).in_features  # numeric is in the stack key
-            for part in split_by_width(configs, width, data.n_classes, data.device):
+            split = data.variant(configs[0].numeric)  # numeric is in the stack key
+            sizes = (split.in_features, data.n_classes, data.device)
+            for part in split_by_width(configs, *sizes, numeric_features=split.numeric_features):
                 sub = [group[i] for i in sorted(part)]  # in the order they were asked
                 stacks.append((len(sub), _train(study, objective, sub, tell_done, earlier, before)))
                 earlier += [m.begun.reported for m in sub if m.trial.number in completed]
