@@ -21,14 +21,16 @@ from typing import Any
 
 import optuna
 
-from search.data.numeric import NUMERICS
+from search.data.numeric import NUMERICS, ple_bins
 from search.errors import UserError
 from search.training.config import (
     ACTIVATIONS,
     MAX_ENSEMBLE,
     MAX_MIX_ALPHA,
+    MAX_PLR,
     MAX_TRANSLATE,
     NORMS,
+    NUM_EMBEDDINGS,
     OPTIMIZERS,
     SCHEDULES,
     WHITENINGS,
@@ -43,6 +45,8 @@ INT_KNOBS = {
     "translate": (0, MAX_TRANSLATE),
     "expansion": (1, 64),
     "ensemble_k": (1, MAX_ENSEMBLE),
+    "plr_frequencies": (1, MAX_PLR),
+    "plr_dim": (1, MAX_PLR),
 }
 FLOAT_KNOBS = {
     "dropout": (0.0, 0.99),
@@ -57,6 +61,7 @@ FLOAT_KNOBS = {
     "mixup": (0.0, MAX_MIX_ALPHA),
     "cutmix": (0.0, MAX_MIX_ALPHA),
     "zca_eps": (1e-8, 1e4),
+    "plr_sigma": (1e-4, 100.0),  # the PLR paper searched up to 100 (its README: 10 is often enough)
 }
 BOOL_KNOBS = ("batchnorm", "residual", "hflip", "tta_hflip", "feature_scale")
 CHOICE_KNOBS = {
@@ -71,6 +76,7 @@ CHOICE_KNOBS = {
     "feature_scale": (True, False),
     "whiten": WHITENINGS,
     "numeric": NUMERICS,  # tables: how numeric columns are scaled (search.data.tables)
+    "num_embedding": NUM_EMBEDDINGS,  # tables: "periodic" embeds them (search.training.embeddings)
 }
 KNOBS = (*INT_KNOBS, *FLOAT_KNOBS, *CHOICE_KNOBS)
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers that take `momentum`
@@ -106,6 +112,13 @@ def parse_space(table: dict[str, Any], *, where: str) -> dict[str, Param]:
         raise UserError(f"{where}: [space] must be a table of knobs")
     if "batchnorm" in table and "norm" in table:
         raise UserError(f"{where}: space.batchnorm and space.norm both choose the norm: keep one")
+    embeddings, numerics = table.get("num_embedding"), table.get("numeric", TrainConfig().numeric)
+    embeddings, numerics = (v if isinstance(v, list) else [v] for v in (embeddings, numerics))
+    if "periodic" in embeddings and all(isinstance(n, str) and ple_bins(n) for n in numerics):
+        raise UserError(
+            f'{where}: space.num_embedding = "periodic" never applies: it embeds scaled numeric columns, '
+            "and every space.numeric is a piecewise-linear encoding (bins)"
+        )
     space = {}
     for name, raw in table.items():
         if name not in KNOBS:
@@ -227,7 +240,8 @@ def sample_config(
     The space is conditional: `width_i` exists only for i < n_layers (only `width_0` with
     residual blocks, which share it; `residual` from 2 layers, `expansion` with it), `bn_momentum` only with
     BatchNorm, `momentum` only for sgd and rmsprop, `lr_<optimizer>` only for its optimizer,
-    `zca_eps` only with ZCA, so no param is stored that did nothing.
+    `zca_eps` only with ZCA, `num_embedding` only with a scaled (not piecewise-linear) `numeric`,
+    the `plr_*` sizes only with the periodic embedding, so no param is stored that did nothing.
     """
     base = defaults or TrainConfig()
 
@@ -285,6 +299,15 @@ def sample_config(
         whiten=whiten,
         zca_eps=draw("zca_eps", base.zca_eps) if whiten == "zca" else base.zca_eps,
         numeric=draw("numeric", base.numeric),
+    )
+    # the embedding takes scaled numeric columns, which a piecewise-linear encoding has made bins
+    scaled = ple_bins(values["numeric"]) is None
+    periodic = (draw("num_embedding", base.num_embedding) if scaled else "none") == "periodic"
+    values.update(
+        num_embedding="periodic" if periodic else "none",
+        plr_frequencies=draw("plr_frequencies", base.plr_frequencies) if periodic else base.plr_frequencies,
+        plr_sigma=draw("plr_sigma", base.plr_sigma) if periodic else base.plr_sigma,
+        plr_dim=draw("plr_dim", base.plr_dim) if periodic else base.plr_dim,
     )
     return TrainConfig(**values, epochs=epochs, seed=seed)
 
@@ -348,6 +371,10 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
         inert.append("expansion")
     if not config.hidden:
         inert += ["activation", "dropout", "batchnorm", "layernorm"]
+    if config.num_embedding != "periodic":
+        inert += ["plr_frequencies", "plr_sigma", "plr_dim"]
+    if ple_bins(config.numeric) is not None:
+        inert.append("num_embedding")
     return tuple(inert)
 
 
@@ -355,6 +382,7 @@ def _inert(config: TrainConfig) -> tuple[str, ...]:
 # members of one stack share them, every other param is per member.
 STACK_PARAMS = (
     "n_layers", "residual", "expansion", "ensemble_k", "batch_size", "whiten", "zca_eps", "numeric",
+    "num_embedding", "plr_frequencies", "plr_dim",
 )  # fmt: skip
 
 

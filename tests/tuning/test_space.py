@@ -254,3 +254,58 @@ def test_residual_blocks_share_one_width_and_draw_their_expansion_only_when_on()
         seen.add(on)
     assert seen == {True, False}
     assert {"residual", "expansion"} <= set(STACK_PARAMS)  # a stack's members share its blocks
+
+
+def test_the_periodic_embedding_draws_its_sizes_only_when_on_and_never_with_bins():
+    from search.tuning.space import STACK_PARAMS
+
+    plr = {
+        "num_embedding": ["none", "periodic"], "plr_frequencies": {"low": 4, "high": 64},
+        "plr_sigma": {"low": 0.01, "high": 10.0, "log": True}, "plr_dim": {"low": 4, "high": 32},
+    }  # fmt: skip
+    space = parse_space({**SPACE, **plr, "numeric": ["standard", "ple16"]}, where="t.toml")
+    seen = set()
+    for trial, c in _sample_many(space, 80):
+        on = c.num_embedding == "periodic"
+        assert ("num_embedding" in trial.params) == (c.numeric == "standard")  # bins take no embedding
+        assert all((name in trial.params) == on for name in ("plr_frequencies", "plr_sigma", "plr_dim"))
+        if on:
+            assert 4 <= c.plr_frequencies <= 64 and 4 <= c.plr_dim <= 32 and 0.01 <= c.plr_sigma <= 10.0
+            assert trial.distributions["plr_sigma"].log
+        assert replay_config(trial.params, space, epochs=3, seed=0) == c
+        seen.add((c.numeric, c.num_embedding))
+    assert seen == {("standard", "none"), ("standard", "periodic"), ("ple16", "none")}
+    assert {"num_embedding", "plr_frequencies", "plr_dim"} <= set(STACK_PARAMS)  # they shape the input
+    assert "plr_sigma" not in STACK_PARAMS  # only where the frequencies start: per member
+
+
+def test_a_baseline_without_the_embedding_fits_a_space_that_searches_it():
+    from search.training.config import TrainConfig
+    from search.tuning.space import config_params
+
+    space = parse_space({**SPACE, **PER_OPTIMIZER, "num_embedding": ["none", "periodic"],
+                         "plr_dim": {"low": 4, "high": 32}}, where="t.toml")  # fmt: skip
+    base = TrainConfig(hidden=(64,), optimizer="sgd", lr=0.05, momentum=0.8, batch_size=32, plr_dim=99)
+    params = config_params(base, space, epochs=3)  # plr_dim is inert without the embedding
+    assert params["num_embedding"] == "none" and "plr_dim" not in params
+    with_it = base.replace(num_embedding="periodic", plr_dim=8)
+    params = config_params(with_it, space, epochs=3)
+    assert replay_config(params, space, epochs=3, seed=0) == with_it.replace(epochs=3)
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ({"num_embedding": "periodic", "numeric": "ple16"}, ["space.num_embedding", "never applies"]),
+        ({"num_embedding": ["periodic"], "numeric": ["ple8", "ple64"]}, ["piecewise-linear"]),
+        ({"num_embedding": ["plr"]}, ["space.num_embedding", "none, periodic"]),
+        ({"plr_sigma": {"low": 0.0, "high": 1.0}}, ["space.plr_sigma", "outside"]),
+        ({"plr_dim": {"low": 1, "high": 4096}}, ["space.plr_dim", "outside"]),
+    ],
+)
+def test_a_bad_embedding_space_is_refused(table, words):
+    with pytest.raises(UserError) as e:
+        parse_space(table, where="t.toml")
+    assert "\n" not in str(e.value)
+    for w in words:
+        assert w in str(e.value)
