@@ -64,6 +64,43 @@ def export(tmp_path_factory):
     return out, f"sqlite:///{root}/s.db", "rows-kind"
 
 
+PERIODIC_STUDY = """
+[study]
+dataset = "table"
+epochs = 3
+sampler = "random"
+pruner = "none"
+
+[space]
+n_layers = 1
+width = 16
+optimizer = "adam"
+lr = 0.003
+batch_size = 64
+num_embedding = "periodic"
+plr_frequencies = {low = 4, high = 8}
+plr_sigma = {low = 0.05, high = 0.5, log = true}
+plr_dim = {low = 2, high = 6}
+"""
+
+
+@pytest.fixture(scope="module")
+def periodic_export(tmp_path_factory):
+    """The same table searched with the periodic embedding (2 trials), exported with the search's
+    own weights (--no-refit): (folder, storage URL, study name)."""
+    root = tmp_path_factory.mktemp("periodic")
+    _frame().to_csv(root / "rows.csv", index=False)
+    (root / "plr.toml").write_text(PERIODIC_STUDY)
+    args = ["--storage", f"sqlite:///{root}/s.db", "--results-dir", str(root / "results"), "--device",
+            "cpu", "--no-progress"]  # fmt: skip
+    with one_torch_thread("search.tuning.run"):
+        run = [*args, "--study", str(root / "plr.toml"), "--data", str(root / "rows.csv"), "--target", "kind",
+               "--trials", "2"]  # fmt: skip
+        assert run_main(run) == 0
+        assert export_main([*args, "--no-refit"]) == 0
+    return root / "results" / "plr", f"sqlite:///{root}/s.db", "plr"
+
+
 def _copy(export, tmp_path: Path) -> Path:
     folder = tmp_path / "model"
     shutil.copytree(export[0], folder)
@@ -128,8 +165,9 @@ def test_classes_and_the_target_scale_come_back_exactly_as_they_were(tmp_path):
 # ---------------------------------------------------------------------------- the round trip
 
 
-def test_an_exported_model_predicts_exactly_what_the_in_memory_predictor_did(export):
-    folder, storage, name = export
+@pytest.mark.parametrize("which", ["export", "periodic_export"])
+def test_an_exported_model_predicts_exactly_what_the_in_memory_predictor_did(request, which):
+    folder, storage, name = request.getfixturevalue(which)
     loaded = load_predictor(folder)
     study = open_finished(storage, name)
     data, _ = study.load_data(device="cpu")
@@ -144,6 +182,34 @@ def test_an_exported_model_predicts_exactly_what_the_in_memory_predictor_did(exp
     predicted = loaded.predict(rows)
     assert [(type(v), v) for v in predicted] == [(type(v), v) for v in memory.predict(rows)]
     assert np.array_equal(loaded.predict_proba(rows), memory.predict_proba(rows))
+
+
+def test_an_exported_periodic_embedding_loads_with_weights_only_and_predicts_as_the_trained_model(
+    periodic_export,
+):
+    """model.pt (torch.load(weights_only=True) in load_model) holds the embedding, and predicts
+    exactly what the search's trained weights predict (load_best: its checkpoint, rebuilt and
+    checked against the trial's validation score)."""
+    import torch
+
+    from search.api import load_best
+    from search.training.embeddings import PeriodicEmbedding
+
+    folder, storage, name = periodic_export
+    best = json.loads((folder / BEST_JSON).read_text())
+    config = TrainConfig.from_dict(best["config"])
+    assert config.num_embedding == "periodic" and best["refit"] is None
+    loaded = load_predictor(folder)
+    embedding = next(m for m in loaded.model.modules() if isinstance(m, PeriodicEmbedding))
+    assert embedding.frequencies.shape == (3, config.plr_frequencies)  # a, b, c: the numeric columns
+    state = torch.load(folder / "model.pt", weights_only=True)
+    assert {k for k in state if k.startswith("0.")} == {"0.frequencies", "0.weight", "0.bias"}
+    trained = load_best(study_name=name, storage=storage, results_dir=folder.parent, device="cpu")
+    assert trained.ensemble is None or best["ensemble"]["exported"]
+    rows = pd.concat([trained.data.table.frames["test"], trained.data.table.frames["val"]])
+    assert np.array_equal(loaded.predict_proba(rows), trained.predict_proba(rows))
+    assert list(loaded.predict(rows)) == list(trained.predict(rows))
+    assert "(plr=3x" in best["architecture"]
 
 
 # ---------------------------------------------------------------------------- refusals
