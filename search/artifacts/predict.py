@@ -187,7 +187,9 @@ class Predictor:
                 f"{what}: the rows lack column(s) {', '.join(map(repr, missing[:8]))} that the model was "
                 f"trained on; it takes {', '.join(self.preprocess.columns)}"
             )
-        return numbers_only(frame[self.preprocess.columns], self.numeric_columns, what=what)
+        if list(frame.columns) != list(self.preprocess.columns):  # a selection costs ~2 ms a call
+            frame = frame[self.preprocess.columns]
+        return numbers_only(frame, self.numeric_columns, what=what)
 
     @property
     def numeric_columns(self) -> list[str]:
