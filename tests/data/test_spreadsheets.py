@@ -158,6 +158,19 @@ def test_prediction_takes_values_of_the_wrong_kind_as_missing_in_one_warning(pre
         predictor.predict(rows.iloc[3:4])  # a good row: no warning
 
 
+def test_an_infinity_in_a_float_column_is_missing_and_whole_numbers_pass_as_they_are(predictor):
+    rows = pd.DataFrame({"shade": ["a", "b", "a"], "size": [np.inf, 2.5, -np.inf]})
+    with pytest.warns(UserWarning, match=r"'size' 2 infinite"):
+        frame = predictor.rows(rows)
+    assert np.isnan(frame["size"].iloc[0]) and np.isnan(frame["size"].iloc[2])
+    assert frame["size"].iloc[1] == 2.5 and np.isinf(rows["size"].iloc[0])  # the caller's rows kept
+    whole = pd.DataFrame({"size": np.array([3, 4], dtype=np.int64), "shade": ["a", "b"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = predictor.rows(whole)
+    assert frame["size"].tolist() == [3, 4]
+
+
 def test_prediction_reads_decimal_commas_where_the_file_has_them(predictor, tmp_path):
     (tmp_path / "new.csv").write_text("shade;size\na;12,5\nb;abc\n")
     with pytest.warns(UserWarning, match=r"'size' 1 not a number \(e.g. 'abc'\)"):
