@@ -371,8 +371,8 @@ def _names(names) -> str:
 
 
 def y_tensor(y: np.ndarray, task: str, target: TargetScale | None, device) -> torch.Tensor:
-    if task == "classification":
-        return torch.as_tensor(y, dtype=torch.int64, device=device)
+    if task == "classification":  # a copy: pandas may hand out read-only arrays, which torch warns about
+        return torch.tensor(np.asarray(y, dtype=np.int64), device=device)
     assert target is not None  # load_table fits a regression target's scale
     return torch.as_tensor(target.forward(y.astype(np.float64)), dtype=torch.float32, device=device)
 
