@@ -223,6 +223,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--portfolio-configs", type=positive_int, default=32, metavar="N", help="random draws")
     g.add_argument("--portfolio-size", type=positive_int, default=4, metavar="K", help="at most K configs")
     g.add_argument(
+        "--portfolio-rows", type=positive_int, default=None, metavar="N",
+        help="train each candidate on at most N of a target's training rows (default: all)",
+    )  # fmt: skip
+    g.add_argument(
         "--portfolio-dir", default=str(PORTFOLIO_DIR), metavar="DIR",
         help="every finished fit (a rerun trains only what is missing) and portfolio.toml",
     )  # fmt: skip
@@ -280,7 +284,8 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
         tables_dir=args.tables_dir, tables_rerun_peers=args.rerun_peers,
         predict_budget=args.predict_budget, predict_rows=args.predict_rows,
         portfolio_study=args.portfolio_study, portfolio_configs=args.portfolio_configs,
-        portfolio_size=args.portfolio_size, portfolio_dir=args.portfolio_dir,
+        portfolio_size=args.portfolio_size, portfolio_rows=args.portfolio_rows,
+        portfolio_dir=args.portfolio_dir,
     )  # fmt: skip
 
 

@@ -77,6 +77,7 @@ class MeasureRequest:
     portfolio_study: str = "table"  # the study whose baseline, [[start]] rows and space give candidates
     portfolio_configs: int = 32  # random draws from its space
     portfolio_size: int = 4  # the portfolio's most members
+    portfolio_rows: int | None = None  # training rows a candidate draws from a target; None: all
     portfolio_dir: str = "results/bench-portfolio"  # every finished fit, and portfolio.toml
 
 
@@ -103,7 +104,8 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
 
         result = run_portfolio(
             suite=request.tables_suite, only=request.tables_only, study=request.portfolio_study,
-            configs=request.portfolio_configs, size=request.portfolio_size, folder=request.portfolio_dir,
+            configs=request.portfolio_configs, size=request.portfolio_size, rows=request.portfolio_rows,
+            folder=request.portfolio_dir,
             device=resolve_device(request.opts.device), progress=progress,
         )  # fmt: skip
         return result, format_portfolio(result)

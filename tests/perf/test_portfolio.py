@@ -12,6 +12,7 @@ import torch
 from sklearn.metrics import accuracy_score
 
 from search.bench import build_parser, request_from_args
+from search.data import tables as tables_module
 from search.data.tables import TableSpec, load_table
 from search.perf import portfolio
 from search.perf.portfolio import (
@@ -132,10 +133,26 @@ def test_a_real_matrix_is_kept_and_scores_what_a_lone_fit_scores(tmp_path, monke
     assert not any("trained" in line for line in again)
     assert second["rows"] == first["rows"]
     tomllib.loads((tmp_path / "out" / "portfolio.toml").read_text())
+    # a cap on the rows is another matrix: each fit sees that many training rows, the test whole
+    seen = []
+    real_load = tables_module.load_table
+
+    def load(spec, **kw):
+        seen.append((len(kw["frame"]), len(kw["test_frame"])))
+        return real_load(spec, **kw)
+
+    monkeypatch.setattr(tables_module, "load_table", load)
+    capped = run_portfolio(
+        suite=suite, study=str(study), configs=3, size=2, folder=tmp_path / "out", rows=120
+    )
+    assert capped["rows_cap"] == 120 and len(seen) == 2
+    assert all(n == 120 for n, _ in seen) and sorted(t for _, t in seen) == [89, 114]
+    entries = json.loads((tmp_path / "out" / "matrix.json").read_text())["entries"]
+    assert len(entries) == 4 * len(first["candidates"])
 
 
 def test_the_bench_flags_ask_for_a_portfolio():
-    args = build_parser().parse_args(["--portfolio", "--portfolio-configs", "5", "--portfolio-size", "3"])
-    request = request_from_args(args)
+    flags = ["--portfolio", "--portfolio-configs", "5", "--portfolio-size", "3", "--portfolio-rows", "900"]
+    request = request_from_args(build_parser().parse_args(flags))
     assert request.kind == "portfolio"
-    assert (request.portfolio_configs, request.portfolio_size) == (5, 3)
+    assert (request.portfolio_configs, request.portfolio_size, request.portfolio_rows) == (5, 3, 900)
