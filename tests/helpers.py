@@ -125,3 +125,18 @@ def reference_optimizer(model, config, n: int):
         optimizer, lambda s: lr_factor(config.schedule, config.warmup, s, total)
     )
     return optimizer, schedule, n_batches
+
+
+class StreamDropout(torch.nn.Module):
+    """nn.Dropout drawing its mask from a given generator (the engine's per-member stream), for
+    the reference loops that train torch modules beside the engine."""
+
+    def __init__(self, p: float, gen: torch.Generator):
+        super().__init__()
+        self.p, self.gen = p, gen
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        mask = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.gen)
+        return x * mask / (1 - self.p)

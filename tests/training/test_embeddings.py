@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import as_float64, reference_optimizer
+from helpers import StreamDropout, as_float64, reference_optimizer
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from torch import nn
 
@@ -201,7 +201,7 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
     drops = torch.Generator().manual_seed(config.seed + DROPOUT_SEED)
     for i, m in enumerate(model):
         if isinstance(m, nn.Dropout):
-            model[i] = _Dropout(m.p, drops)
+            model[i] = StreamDropout(m.p, drops)
     x, y, n, bs = data.x_train, data.y_train, len(data.x_train), config.batch_size
     optimizer, schedule, n_batches = reference_optimizer(model, config, n)
     batches = torch.Generator().manual_seed(config.seed)
@@ -227,19 +227,6 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
         accuracy = (logits.argmax(1) == data.y_val).double().mean().item()
         out.append((sum(losses) / n_batches, F.cross_entropy(logits, data.y_val).item(), accuracy))
     return out
-
-
-class _Dropout(nn.Module):
-    """nn.Dropout drawing its mask from the engine's per-member stream."""
-
-    def __init__(self, p: float, gen: torch.Generator):
-        super().__init__()
-        self.p, self.gen = p, gen
-
-    def forward(self, x):
-        if not self.training:
-            return x
-        return x * torch.empty_like(x).bernoulli_(1 - self.p, generator=self.gen) / (1 - self.p)
 
 
 BASE = TrainConfig(

@@ -19,7 +19,7 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from helpers import as_float64, assert_same_history, reference_optimizer
+from helpers import StreamDropout, as_float64, assert_same_history, reference_optimizer
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -45,20 +45,6 @@ def digits():
 @pytest.fixture(scope="module")
 def digits64(digits):
     return as_float64(digits)
-
-
-class _Dropout(nn.Module):
-    """nn.Dropout drawing its mask from a given generator (the engine's per-member stream)."""
-
-    def __init__(self, p: float, gen: torch.Generator):
-        super().__init__()
-        self.p, self.gen = p, gen
-
-    def forward(self, x):
-        if not self.training:
-            return x
-        mask = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.gen)
-        return x * mask / (1 - self.p)
 
 
 class _Scale(nn.Module):
@@ -104,9 +90,9 @@ def reference_fit(config: TrainConfig, data) -> list[tuple[float, float, float]]
     drops = torch.Generator().manual_seed(config.seed + DROPOUT_SEED)
     for i, m in enumerate(model):
         if isinstance(m, nn.Dropout):
-            model[i] = _Dropout(m.p, drops)
+            model[i] = StreamDropout(m.p, drops)
         if isinstance(m, Block) and isinstance(m.drop, nn.Dropout):
-            m.drop = _Dropout(m.drop.p, drops)
+            m.drop = StreamDropout(m.drop.p, drops)
     x, y, n, bs = data.x_train, data.y_train, len(data.x_train), config.batch_size
     optimizer, schedule, n_batches = reference_optimizer(model, config, n)
     augment = Augmenter([config], data.image_shape, x) if config.augments else None
