@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,24 @@ class StreamDropout(torch.nn.Module):
             return x
         mask = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.gen)
         return x * mask / (1 - self.p)
+
+
+def made_up_suite(tmp_path) -> str:
+    """Two small tables: a classification with an id column to drop and a missing target, and a
+    regression with a text column."""
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer, load_diabetes
+
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    cancer = x.iloc[:, :5].assign(kind=np.where(y == 1, "b", "m"), id=np.arange(len(y)))
+    cancer.loc[3, "kind"] = None
+    cancer.to_csv(tmp_path / "cancer.csv", index=False)
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    x.assign(sex=np.where(x["sex"] > 0, "f", "m"), y=y).to_csv(tmp_path / "diabetes.csv", index=False)
+    cancer_kind = {"name": "cancer-kind", "table": "cancer.csv", "target": "kind", "task": "classification"}
+    suite = {"targets": [
+        {**cancer_kind, "drop": ["id"]},
+        {"name": "diabetes-y", "table": "diabetes.csv", "target": "y", "task": "regression"},
+    ]}  # fmt: skip
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    return str(tmp_path / "suite.json")

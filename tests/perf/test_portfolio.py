@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tomllib
 import torch
+from helpers import made_up_suite
 from sklearn.metrics import accuracy_score
 
 from search.bench import build_parser, request_from_args
@@ -26,7 +27,6 @@ from search.perf.portfolio import (
 from search.perf.tables import Target, reference_split
 from search.training.fit import fit
 from search.tuning.study_file import load_study, parse_study
-from tests.perf.test_tables_bench import made_up_suite
 
 TINY_STUDY = """
 [study]
