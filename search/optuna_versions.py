@@ -18,7 +18,7 @@ import os
 import warnings
 from importlib import metadata
 
-TESTED = ("5.0",)  # Optuna major.minor versions the whole suite has passed on with the internals on
+TESTED = ("5.0", "5.1")  # Optuna major.minor versions the whole suite has passed on with the internals on
 ENV = "SEARCH_OPTUNA_INTERNALS"  # off: public API only; on: internals whatever the version
 _OFF = ("0", "off", "false", "no")
 _ON = ("1", "on", "true", "yes")
