@@ -28,6 +28,8 @@ from search.device import resolve_device, split_cpu_threads, worker_device
 from search.errors import UserError
 from search.schema import (
     ATTR_BASELINE,
+    ATTR_LATENCY,
+    ATTR_PARAMS,
     ATTR_REASON,
     ATTR_SECONDS,
     ATTR_START,
@@ -40,6 +42,7 @@ from search.storage.connect import open_storage, open_worker_storage
 from search.training.fit import import_lazy_parts
 from search.tuning import interrupts, pool
 from search.tuning.binding import check_resumable, study_attrs
+from search.tuning.costs import REJECTED
 from search.tuning.objective import Objective
 from search.tuning.recovery import fail_orphans, retry_dead_local_workers, retry_trials
 from search.tuning.stacking import run_stack
@@ -48,6 +51,9 @@ from search.tuning.study_file import StudySpec
 from search.tuning.summary import RunSummary, WorkerReport, summarize
 
 MAX_CONSECUTIVE_FAILURES = 5
+# Configs in a row over a hard limit before a worker stops: rejecting costs milliseconds, so a
+# limit below the space's smallest models would otherwise spin through thousands of them.
+MAX_CONSECUTIVE_REJECTIONS = 200
 
 
 @dataclass(frozen=True)
@@ -224,11 +230,16 @@ def run_worker(
             resume_every=opts.resume_every or 0.0, deadline=deadline, pool_size=opts.spec.ensemble,
         )  # fmt: skip
         consecutive, last_reason = 0, None
+        rejected: list[optuna.trial.FrozenTrial] = []  # the current run of rejected configs
 
         def after(frozen: optuna.trial.FrozenTrial) -> None:
             nonlocal consecutive, last_reason
             report.train_seconds += float(frozen.user_attrs.get(ATTR_SECONDS, 0.0))
             reason = frozen.user_attrs.get(ATTR_REASON)
+            if str(reason or "").startswith(REJECTED):
+                rejected.append(frozen)
+            else:
+                rejected.clear()
             failed = frozen.state == TrialState.FAIL
             slots.done(worker, counted=not failed)
             if failed:
@@ -253,6 +264,9 @@ def run_worker(
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
                 report.error = f"{consecutive} trials failed in a row; the last: {last_reason}"
                 break
+            if len(rejected) >= MAX_CONSECUTIVE_REJECTIONS:
+                report.error = _rejections_note(rejected, opts.spec)
+                break
     except KeyboardInterrupt as e:
         report.interrupted = interrupts.caught(e)
     except UserError as e:
@@ -265,6 +279,24 @@ def run_worker(
                 retry_trials(study, set(interrupted_trials))
         report.wall_seconds = time.perf_counter() - started
     return report
+
+
+def _rejections_note(rejected: list[optuna.trial.FrozenTrial], spec: StudySpec) -> str:
+    """One line for a worker that met only configs over the limits: the smallest it saw."""
+    sizes = [int(t.user_attrs.get(ATTR_PARAMS, 0)) for t in rejected]
+    times = [float(t.user_attrs[ATTR_LATENCY]) for t in rejected if ATTR_LATENCY in t.user_attrs]
+    smallest = f"the smallest had {min(sizes):,} parameters" + (
+        f", the fastest {min(times):.3g} ms" if times else ""
+    )
+    limits = []
+    if spec.max_params is not None:
+        limits.append(f"max_params {spec.max_params:,}")
+    if spec.max_latency_ms is not None:
+        limits.append(f"max_latency_ms {spec.max_latency_ms:g}")
+    return (
+        f"{len(rejected)} configs in a row broke {' or '.join(limits)}, untrained "
+        f"({smallest}): loosen the limit or search smaller models"
+    )
 
 
 def _worker_process(opts, worker, slots, events, reports, deadline) -> None:

@@ -11,7 +11,7 @@ from search.data.datasets import load_dataset
 from search.errors import UserError
 from search.schema import ATTR_EPOCHS, ATTR_LATENCY, ATTR_PARAMS, ATTR_REASON
 from search.training.config import TrainConfig
-from search.tuning import costs, stacking
+from search.tuning import costs, runner, stacking
 from search.tuning.objective import Objective
 from search.tuning.runner import RunOptions, run_search, run_trials
 from search.tuning.space import parse_space
@@ -85,6 +85,22 @@ def test_rejected_trials_count_as_finished_not_as_failures(tmp_path, fits):
     summary = run_search(opts)
     assert summary.error is None and summary.finished == 6 and summary.states == {"PRUNED": 6}
     assert summary.rejected == 6 and fits == []
+
+
+def test_a_limit_no_config_meets_ends_the_run_in_one_line_naming_the_smallest(tmp_path, fits, monkeypatch):
+    monkeypatch.setattr(runner, "MAX_CONSECUTIVE_REJECTIONS", 4)
+    opts = RunOptions(
+        spec=_spec(max_params=1000), storage_url=f"sqlite:///{tmp_path}/s.db", study_name="digits",
+        trials=50, device="cpu", results_dir=tmp_path, heartbeat_s=None,
+    )  # fmt: skip
+    summary = run_search(opts)
+    study = optuna.load_study(study_name="digits", storage=opts.storage_url)
+    assert len(study.trials) == 4 and fits == []  # stopped at the fourth, none trained
+    smallest = min(t.user_attrs[ATTR_PARAMS] for t in study.trials)
+    assert summary.error == (
+        f"4 configs in a row broke max_params 1,000, untrained (the smallest had {smallest:,} "
+        "parameters): loosen the limit or search smaller models"
+    )
 
 
 def test_the_study_file_takes_objectives_and_limits():
