@@ -95,8 +95,13 @@ def test_start_rows_read_back_as_the_same_configs(tmp_path):
     assert cands[0] == spec.baseline.replace(epochs=spec.epochs, seed=cands[0].seed)
     doc = tomllib.loads(spec.path.read_text() + "\n" + start_rows(cands[1:]))
     read = parse_study(doc, name="table", path=spec.path)  # also checks each row fits the space
-    same = [c.replace(seed=0, epochs=1) for c in read.start]  # a study sets those two
-    assert same == [c.replace(seed=0, epochs=1) for c in cands[1:]]
+
+    def plain(configs):  # a study sets epochs and seeds
+        return [c.replace(seed=0, epochs=1) for c in configs]
+
+    n = len(spec.start)  # the study's own [[start]] rows are candidates after its baseline
+    assert plain(cands[1 : 1 + n]) == plain(spec.start)
+    assert plain(read.start[n:]) == plain(cands[1:])
     assert len({c.seed for c in cands}) == len(cands)  # each candidate its own training seed
 
 
