@@ -48,6 +48,15 @@ def build_parser() -> cli.ArgumentParser:
         help="tables: train the chosen model again on the training and validation rows and export that "
         "(the search's own model is scored on the test split beside it)",
     )
+    p.add_argument(
+        "--crossfit",
+        type=cli.positive_int,
+        metavar="K",
+        default=0,
+        help="tables: instead of one refit, train each chosen config K times, each time leaving one fold "
+        "of the training and validation rows out, and export the K models averaged (ensemble.pt; "
+        "K times the refit's training)",
+    )
     p.add_argument("--max-params", type=cli.positive_int, metavar="N",
                    help="export the best trial with at most N parameters (never the ensemble)")  # fmt: skip
     p.add_argument("--max-latency-ms", type=cli.milliseconds, metavar="MS",
@@ -71,6 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
             storage_url=storage_url, study_name=args.study_name, out_dir=args.out,
             results_dir=args.results_dir, device=device, data_dir=args.data_dir, retrain=args.retrain,
             argv=argv, on_epoch=on_epoch, quantize=args.quantize, half=args.half, refit=args.refit,
+            crossfit=args.crossfit,
             max_params=args.max_params, max_latency_ms=args.max_latency_ms,
         )  # fmt: skip
     ev, score = done.evaluation, value_of(done.trial)

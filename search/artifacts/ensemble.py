@@ -164,10 +164,15 @@ def save(
 
 def save_selected(path: Path, selection: Selection, ensemble: Ensemble, *, half: bool = True) -> Path:
     """ensemble.pt for the selection: in half precision as the pool kept it, or (`half=False`) as
-    trained, for members refit on every row (search.artifacts.refit), so the file scores exactly
-    what the export scored."""
+    trained, so the file scores exactly what was scored."""
     trials = list(selection.weights)
     return save(path, ensemble, trials, [selection.configs[n] for n in trials], selection.numeric, half=half)
+
+
+def is_the_model(best: dict[str, Any]) -> bool:
+    """Whether best.json's export is its ensemble.pt: the selection's ensemble won, or the
+    chosen configs were cross-fitted (search.artifacts.refit) into one."""
+    return bool((best.get("ensemble") or {}).get("exported") or (best.get("refit") or {}).get("folds"))
 
 
 def read(path: Path) -> dict[str, Any]:

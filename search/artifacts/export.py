@@ -227,18 +227,29 @@ def export_study(
     quantize: str | None = None,
     half: bool = False,
     refit: bool = True,
+    crossfit: int = 0,
     max_params: int | None = None,
     max_latency_ms: float | None = None,
 ) -> Exported:
     """The study's best trial (or its ensemble) as files. With `refit` (tables only), the chosen
     configs are trained again on the training and validation rows (search.artifacts.refit) and
     that model is exported; the search's own model is still scored on the test split beside it.
+    `crossfit` K >= 2: cross-fitted instead, the exported model the average of K fold models per
+    chosen config (search.artifacts.refit).
     `max_params`, `max_latency_ms`: the best trial within them (its recorded n_params and
     latency_ms), alone; a two-objective study's best score on its Pareto front, alone, likewise."""
     if quantize not in (None, *smaller.QUANTIZE):
         raise UserError(f"--quantize {quantize!r}: expected one of {', '.join(smaller.QUANTIZE)}")
     if out_dir is not None:
         check_out_dir(Path(out_dir))
+    if crossfit == 1:
+        raise UserError("--crossfit K: K folds leave one out each, so K must be at least 2")
+    if crossfit and not refit:
+        raise UserError("--crossfit trains the chosen configs on the training and validation rows: "
+                        "it cannot go with --no-refit")  # fmt: skip
+    if crossfit and (max_params is not None or max_latency_ms is not None):
+        raise UserError("--crossfit exports several models averaged: it cannot go with --max-params or "
+                        "--max-latency-ms, which choose one trial by its own size")  # fmt: skip
     study = open_finished(storage_url, study_name)
     trial = study.best(max_params=max_params, max_latency_ms=max_latency_ms)
     name, attrs = study.name, study.binding
@@ -262,8 +273,13 @@ def export_study(
         (None, None) if single else ensemble.choose(ckpt_dir, study.completed(), data, value_of(trial))
     )
     selection, ens = choice
+    if crossfit and (two or data.table is None):
+        why = "" if data.table is None else " (a Pareto front is chosen by each model's own cost)"
+        raise UserError(f"--crossfit is for a table study with one objective{why}")
+    chose_ensemble = ens is not None
     searched, searched_rows = None, len(data.y_train)  # the search's own model, where a refit is exported
-    every_row = refit_rows(config, selection, data, with_ensemble=ens is not None, on_epoch=on_epoch) if (
+    every_row = refit_rows(config, selection, data, with_ensemble=chose_ensemble, trial_number=trial.number,
+                           folds=crossfit, on_epoch=on_epoch) if (
         refit and data.table is not None
     ) else None  # fmt: skip
     # The test split is touched once per model, after every choice was made on validation.
@@ -272,7 +288,8 @@ def export_study(
                                  selection.numeric if ens is not None else config.numeric)  # fmt: skip
         data, weights.model, ens = every_row.data, every_row.single, every_row.ensemble
     single_eval = evaluate_test(weights.model, data, config.numeric)
-    model, numeric = (ens, selection.numeric) if ens is not None else (weights.model, config.numeric)
+    ens_numeric = selection.numeric if chose_ensemble and selection is not None else config.numeric
+    model, numeric = (ens, ens_numeric) if ens is not None else (weights.model, config.numeric)
     evaluation = single_eval if ens is None else evaluate_test(ens, data, numeric)
 
     out = Path(out_dir) if out_dir is not None else study_dir(results_dir, name)
@@ -306,7 +323,9 @@ def export_study(
             **every_row.record(searched_rows=searched_rows),
             "searched_model_test_score": searched.score,
         },
-        "ensemble": ensemble_record(selection, ens, ckpt_dir, single_eval.score, evaluation.score),
+        "ensemble": ensemble_record(
+            selection, ens if chose_ensemble else None, ckpt_dir, single_eval.score, evaluation.score
+        ),
         "trial_user_attrs": dict(trial.user_attrs),
         **study_fields(attrs),
         "provenance": provenance.collect(prog=PROG, argv=argv, device=device),
@@ -321,15 +340,21 @@ def export_study(
     if chosen:
         header.append(chosen)
     files = [BEST_JSON, MODEL_PT, MODEL_TXT, REPORT_TXT, REPORT_JSON, TRIALS_CSV]
-    lines = ensemble_lines(selection, ens, data.metric, single_eval.score, evaluation.score)
+    lines = ensemble_lines(selection, ens if chose_ensemble else None, data.metric, single_eval.score,
+                           evaluation.score)  # fmt: skip
     if every_row is not None and searched is not None:
+        how = (f"cross-fitted: {len(every_row.members)} models, {every_row.folds} folds of"
+               if every_row.folds else "refit on")  # fmt: skip
         lines.append(
-            f"refit on {every_row.rows} rows (training + validation, preprocessing refitted) in "
+            f"{how} {every_row.rows} rows (training + validation, preprocessing refitted) in "
             f"{every_row.seconds:.0f} s: test {data.metric} {evaluation.score:.4f}; "
             f"the search's own model, on {searched_rows} rows: {searched.score:.4f}"
         )
-    if ens is not None:
-        files.append(ensemble.save_selected(out / ENSEMBLE_PT, selection, ens, half=every_row is None).name)
+    if ens is not None and every_row is not None:  # trained here, kept in full precision
+        trials, configs = [n for n, _ in every_row.members], [c for _, c in every_row.members]
+        files.append(ensemble.save(out / ENSEMBLE_PT, ens, trials, configs, numeric, half=False).name)
+    elif ens is not None:
+        files.append(ensemble.save_selected(out / ENSEMBLE_PT, selection, ens, half=True).name)
     header += lines
     meta = {
         "study": name,

@@ -232,8 +232,8 @@ def load_predictor(folder: str | Path, *, device: str | torch.device = "cpu") ->
     pre = load_preprocess(folder / PREPROCESS_SKOPS)
     n_inputs, numeric = len(pre.transformer.get_feature_names_out()), leading_numeric(pre.transformer)
     n_out = 1 if pre.task == "regression" else len(pre.classes)
-    if (best.get("ensemble") or {}).get("exported") and (folder / ENSEMBLE_PT).is_file():
-        # the export chose the ensemble: it is the model, and the preprocessing is its members'
+    if ensemble.is_the_model(best) and (folder / ENSEMBLE_PT).is_file():
+        # the export's model is the ensemble, and the preprocessing is its members'
         model: nn.Module = ensemble.load(
             folder / ENSEMBLE_PT,
             in_features=n_inputs,

@@ -84,6 +84,11 @@ def ensemble_section(best: Mapping[str, Any]) -> str:
         if e["exported"]
         else "It does not beat the best single trial on validation, so the trial is exported alone."
     )
+    folds = (best.get("refit") or {}).get("folds")
+    if folds:
+        verdict += (f" Then each chosen config was trained {folds} times, each time leaving one fold of the "
+                    f"training and validation rows out, and the export is their average: test {metric} "
+                    f"{best['test_score']:.4f}.")  # fmt: skip
     lines = [
         f"Greedy selection with replacement ({e['steps']} steps) over the validation outputs of the "
         f"trials the search kept ({e['pool_weights_bytes'] / 1e6:.1f} MB of half-precision weights).",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from search.pages.report import extra_sections, write_report
+from search.pages.sections import ensemble_section
 from search.posthoc.audit import AUDIT_JSON, audit_study
 from search.posthoc.certify import CERTIFIED_JSON, certify_study
 
@@ -103,3 +104,13 @@ def test_a_damaged_file_becomes_a_note_not_a_failed_report(tmp_path):
     certified, audited = extra_sections(tmp_path)
     assert 'id="certified"' in certified and "cannot be shown" in certified and "JSONDecodeError" in certified
     assert 'id="audit"' in audited and "cannot be shown" in audited and "KeyError" in audited
+
+
+def test_the_ensemble_section_says_when_the_export_is_cross_fitted():
+    e = {"members": [{"trial_number": 3, "picks": 25, "weight": 1.0}], "exported": False, "steps": 25,
+         "test_score": None, "single_test_score": 0.5, "pool_weights_bytes": 1e6, "val_score": 0.61,
+         "single_trial": 3, "single_val_score": 0.61, "val_gain": 0.0}  # fmt: skip
+    alone = ensemble_section({"ensemble": e, "metric": "r2", "test_score": 0.52, "refit": {"folds": 0}})
+    assert "exported alone" in alone and "folds" not in alone
+    crossed = ensemble_section({"ensemble": e, "metric": "r2", "test_score": 0.52, "refit": {"folds": 5}})
+    assert "trained 5 times" in crossed and "test r2 0.5200" in crossed
