@@ -10,6 +10,7 @@
     python -m search.bench --tables         the table study against its peers on every suite target
     python -m search.bench --predict-speed  an exported table model's rows/s beside HistGradientBoosting's
     python -m search.bench --portfolio      [[start]] rows for the table study, learned across the suite
+    python -m search.bench --every-row      the export's refit against k-fold cross-fitting, same study
 
 Each writes its figures as JSON with --json PATH (search.perf holds the measurements and their flags).
 """
@@ -25,6 +26,7 @@ from search.cli import ArgumentParser, non_negative_int, positive_float, positiv
 from search.device import resolve_device
 from search.errors import UserError
 from search.perf.bench import KINDS, QUALITY_LIMIT, MeasureRequest, measure, write_json
+from search.perf.every_row import DEFAULT_DIR as EVERY_ROW_DIR
 from search.perf.images import ARCHIVE
 from search.perf.notebook import BenchOptions
 from search.perf.portfolio import DEFAULT_DIR as PORTFOLIO_DIR
@@ -231,6 +233,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="every finished fit (a rerun trains only what is missing) and portfolio.toml",
     )  # fmt: skip
 
+    g = p.add_argument_group("--every-row: how the exported table model learns from every row (and --only)")
+    g.add_argument(
+        "--every-row",
+        action="store_true",
+        help="on each suite target, one search, then two exports of that study: refit once on the "
+        "training and validation rows (the default) and --crossfit K; their test figures beside the "
+        "search's own model",
+    )
+    g.add_argument("--every-row-budget", type=positive_float, default=120.0, metavar="SECONDS",
+                   help="each target's search timeout")  # fmt: skip
+    g.add_argument("--crossfit", type=positive_int, default=5, metavar="K",
+                   help="the cross-fitted export's folds (at least 2)")  # fmt: skip
+    g.add_argument("--every-row-dir", default=str(EVERY_ROW_DIR), metavar="DIR",
+                   help="each target's study and exports, and rows.json (a rerun keeps "
+                   "the finished rows)")  # fmt: skip
+
     g = p.add_argument_group("--predict-speed: how fast an exported table model predicts (and --only)")
     g.add_argument(
         "--predict-speed",
@@ -265,6 +283,8 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
     if len(kinds) > 1:
         raise UserError(f"{', '.join(f'--{k}' for k in KINDS[1:])} are separate benches: pass one")
     kind = kinds[0] if kinds else "bench"
+    if kind == "every-row" and args.crossfit < 2:
+        raise UserError(f"--crossfit {args.crossfit}: K folds leave one out each, so K must be at least 2")
     if kind == "storage-load" and not args.storage:
         raise UserError("--storage-load needs --storage postgresql://USER@HOST/DBNAME")
     opts = BenchOptions(
@@ -285,7 +305,8 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
         predict_budget=args.predict_budget, predict_rows=args.predict_rows,
         portfolio_study=args.portfolio_study, portfolio_configs=args.portfolio_configs,
         portfolio_size=args.portfolio_size, portfolio_rows=args.portfolio_rows,
-        portfolio_dir=args.portfolio_dir,
+        portfolio_dir=args.portfolio_dir, every_row_budget=args.every_row_budget, crossfit=args.crossfit,
+        every_row_dir=args.every_row_dir,
     )  # fmt: skip
 
 

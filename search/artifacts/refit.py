@@ -54,6 +54,7 @@ class Refit:
             "rows": self.rows,
             "searched_rows": searched_rows,
             "folds": self.folds,
+            "models": len(self.members) or 1,  # networks trained and exported together
             "seconds": round(self.seconds, 2),
             "note": f"{how}, preprocessing refitted on them; "
             "the validation figures are the search's, the test figures this model's",

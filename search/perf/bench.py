@@ -40,6 +40,7 @@ KINDS = (
     "tables",
     "predict-speed",
     "portfolio",
+    "every-row",
 )
 QUALITY_LIMIT = 10_000  # --quality's default training images: 3 seeds x 2 arms fit a CPU half-hour
 
@@ -79,6 +80,9 @@ class MeasureRequest:
     portfolio_size: int = 4  # the portfolio's most members
     portfolio_rows: int | None = None  # training rows a candidate draws from a target; None: all
     portfolio_dir: str = "results/bench-portfolio"  # every finished fit, and portfolio.toml
+    every_row_budget: float = 120.0  # every-row: seconds of search per target
+    crossfit: int = 5  # every-row: the cross-fitted export's folds
+    every_row_dir: str = "results/bench-every-row"  # every-row: the studies and rows.json
 
 
 def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tuple[dict[str, Any], str]:
@@ -109,6 +113,14 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
             device=resolve_device(request.opts.device), progress=progress,
         )  # fmt: skip
         return result, format_portfolio(result)
+    if request.kind == "every-row":  # tables, no images
+        from search.perf.every_row import format_every_row, run_every_row
+
+        result = run_every_row(
+            suite=request.tables_suite, only=request.tables_only, budget_s=request.every_row_budget,
+            folds=request.crossfit, folder=request.every_row_dir, progress=progress,
+        )  # fmt: skip
+        return result, format_every_row(result)
     if request.kind == "predict-speed":  # a table, no images
         from search.perf.predict_speed import format_predict_speed, run_predict_speed
 

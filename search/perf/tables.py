@@ -133,27 +133,42 @@ def code_fingerprint(files: Sequence[Path] = CODE_FILES) -> str:
     return h.hexdigest()[:16]
 
 
-def run_search(t: Target, frames, *, budget_s: float, folder: Path) -> dict[str, Any]:
-    """The user's two commands in `folder`: search for `budget_s`, export, read the test figure."""
+def search_command(t: Target, frames, *, budget_s: float, folder: Path) -> list[str]:
+    """`python -m search.run`'s arguments (after `-m`) for target `t` searched for `budget_s`,
+    its split written into `folder` as two CSVs."""
     train, test = frames
     data, test_file = folder / f"{t.table.stem}.csv", folder / f"{t.table.stem}-test.csv"
     train.to_csv(data, index=False)
     test.to_csv(test_file, index=False)
     drops = [a for c in t.drop for a in ("--drop", c)]
-    run = ["search.run", "--data", data.name, "--test", test_file.name, "--target", t.target, *drops,
-           "--task", t.task, "--timeout", f"{budget_s:g}"]  # fmt: skip
+    return ["search.run", "--data", data.name, "--test", test_file.name, "--target", t.target, *drops,
+            "--task", t.task, "--timeout", f"{budget_s:g}"]  # fmt: skip
+
+
+def run_commands(commands: Sequence[list[str]], *, folder: Path, limit_s: float) -> str | None:
+    """Each `python -m` command in turn in `folder`, with the default storage's file named; the
+    first failure's one line, or None when all ran."""
     quiet = ["--no-progress", "--storage", "sqlite:///search.db"]  # the defaults, but for the file name
-    limit = 2 * budget_s + 600  # a hung command must not hang the bench
-    started = time.perf_counter()
-    for cmd in (run, ["search.export"]):
+    for cmd in commands:
         try:
             done = subprocess.run([sys.executable, "-m", *cmd, *quiet], cwd=folder, capture_output=True,
-                                  text=True, timeout=limit, check=False)  # fmt: skip
+                                  text=True, timeout=limit_s, check=False)  # fmt: skip
         except subprocess.TimeoutExpired:
-            return {"failed": f"{cmd[0]} did not end within {limit:.0f} s"}
+            return f"{cmd[0]} did not end within {limit_s:.0f} s"
         if done.returncode != 0:
             lines = (done.stderr or done.stdout).strip().splitlines()
-            return {"failed": f"{cmd[0]}: {lines[-1] if lines else f'exit code {done.returncode}'}"}
+            return f"{cmd[0]}: {lines[-1] if lines else f'exit code {done.returncode}'}"
+    return None
+
+
+def run_search(t: Target, frames, *, budget_s: float, folder: Path) -> dict[str, Any]:
+    """The user's two commands in `folder`: search for `budget_s`, export, read the test figure."""
+    run = search_command(t, frames, budget_s=budget_s, folder=folder)
+    limit = 2 * budget_s + 600  # a hung command must not hang the bench
+    started = time.perf_counter()
+    failed = run_commands([run, ["search.export"]], folder=folder, limit_s=limit)
+    if failed is not None:
+        return {"failed": failed}
     wall = time.perf_counter() - started
     (report_path,) = (folder / "results").glob("*/test_report.json")
     report = json.loads(report_path.read_text())
