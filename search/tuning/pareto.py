@@ -18,9 +18,10 @@ values:
   point dominates them; front 2: only front 1's do; ...), within a front by crowding distance
   (NSGA-II's: the two ends of a front first, then the points whose neighbours on the front lie
   furthest apart, each objective scaled by its range on the front), then by score, then by
-  trial number. The first max(1, n // reduction_factor) go on; the trial is pruned if it is not
-  among them. So with fewer than `reduction_factor` trials at a rung only the first goes on, as
-  Optuna's ASHA lets only the best go on there; a NaN score is pruned.
+  trial number. The first n // reduction_factor + 1 go on, as in Syne Tune's MO-ASHA (a trial
+  goes on where its place p, from 0, has p / n <= 1 / reduction_factor), and never fewer than
+  the first front's two ends (its best score and its lowest cost): the trial is pruned if it is
+  not among them. A NaN score is pruned.
 
 A point (s1, c1) dominates (s2, c2) when s1 >= s2 and c1 <= c2, one of them strictly.
 A two-objective trial keeps its per-epoch scores in the user attr `epoch_scores` (search.schema),
@@ -111,8 +112,10 @@ def ranked(points: Sequence[Point]) -> list[Point]:
 
 def survivors(points: Sequence[Point], reduction_factor: int) -> set[int]:
     """The numbers of the trials that go on from a rung reached by `points`: the first
-    max(1, n // reduction_factor) of `ranked(points)`."""
-    keep = max(1, len(points) // reduction_factor)
+    n // reduction_factor + 1 of `ranked(points)`, and at least the first front's ends (the
+    first two of `ranked` where that front holds two points or more)."""
+    ends = min(2, front_ranks(points).count(0))
+    keep = max(len(points) // reduction_factor + 1, ends)
     return {p.number for p in ranked(points)[:keep]}
 
 

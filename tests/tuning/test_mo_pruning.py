@@ -1,5 +1,6 @@
-"""MO-ASHA: at a rung, a trial goes on only if it is in the top third of the trials that reached
-it, ranked by Pareto front, then crowding distance, then score (search.tuning.pareto)."""
+"""MO-ASHA: at a rung, a trial goes on only if it is among the first n // 3 + 1 of the n trials
+that reached it (and the first front's two ends always are), ranked by Pareto front, then
+crowding distance, then score (search.tuning.pareto)."""
 
 import math
 
@@ -49,8 +50,8 @@ def test_the_hand_built_front_is_sorted_and_cut_as_the_design_notes_say():
     assert distance["B"] == pytest.approx(0.20 / 0.45 + 990 / 4995)
     # F and G tie at infinity: the higher score first. Then A (1.31), C (0.69), B (0.64).
     assert [NAME[p.number] for p in ranked(points)][:5] == ["F", "G", "A", "C", "B"]
-    # 9 trials, reduction factor 3: the first 3 go on; B and C, on the front but crowded, stop.
-    assert {NAME[n] for n in survivors(points, 3)} == {"F", "G", "A"}
+    # 9 trials, reduction factor 3: the first 9 // 3 + 1 = 4 go on; B, on the front but crowded, stops.
+    assert {NAME[n] for n in survivors(points, 3)} == {"F", "G", "A", "C"}
 
 
 def _study(states: dict[str, TrialState]) -> optuna.Study:
@@ -78,7 +79,7 @@ def test_the_pruner_judges_each_trial_against_the_others_at_the_rung(judged):
     assert pruner.rungs == (1, 3)
     score, cost = FRONT[judged]
     stops = pruner.decide(study, NUMBER[judged], {1: score}, cost)
-    assert stops == (judged not in {"F", "G", "A"})
+    assert stops == (judged not in {"F", "G", "A", "C"})
     assert not pruner.decide(study, NUMBER[judged], {1: score, 2: score}, cost)  # 2 is no rung
 
 
@@ -86,10 +87,11 @@ def test_failed_trials_do_not_count_and_peers_do():
     study = _study({"F": TrialState.FAIL, "G": TrialState.FAIL})  # their retries carry their reports
     pruner = make_pruner("halving", 9, cost="params")
     assert isinstance(pruner, ParetoPruner)
-    # 7 trials at the rung: the first 2 go on, A (best score, an end) and C (cheapest, an end).
+    # 7 trials at the rung: the first 3 go on, the front A, C (its ends) and B; H (front 2) stops.
     assert not pruner.decide(study, NUMBER["A"], {1: 0.90}, 1000)
     assert not pruner.decide(study, NUMBER["C"], {1: 0.70}, 10)
-    assert pruner.decide(study, NUMBER["B"], {1: 0.80}, 100)
+    assert not pruner.decide(study, NUMBER["B"], {1: 0.80}, 100)
+    assert pruner.decide(study, NUMBER["H"], {1: 0.75}, 300)
     # A stack's member not yet in the storage is judged with its peers: alone at the rung it goes
     # on; against two peers that dominate it, it stops.
     empty = optuna.create_study(directions=["maximize", "minimize"])
@@ -98,6 +100,26 @@ def test_failed_trials_do_not_count_and_peers_do():
     peers = {1: ({1: 0.9}, 50.0), 2: ({1: 0.8}, 60.0), 3: ({2: 0.99}, 1.0)}  # 3 has not reached epoch 1
     assert fresh.decide(empty, 0, {1: 0.5}, 100, peers)
     assert fresh.decide(empty, 0, {1: math.nan}, 100)  # a NaN score stops
+
+
+def test_both_ends_of_the_first_front_go_on_even_where_a_third_would_keep_one():
+    accurate, cheap = Point(0, 0.90, 6_400_000), Point(1, 0.50, 800_000)
+    assert survivors([accurate, cheap], 3) == {0, 1}  # neither dominates: both are the front's ends
+    better = Point(2, 0.60, 700_000)
+    assert survivors([better, Point(3, 0.50, 800_000)], 3) == {2}  # one dominates: it alone goes on
+    # the same with a trial judged against the storage: the cheaper trial arrives second and goes on
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(
+        create_trial(
+            state=TrialState.RUNNING,
+            params={},
+            distributions={},
+            user_attrs={ATTR_EPOCH_SCORES: {"4": 0.90}, ATTR_PARAMS: 6_400_000},
+        )  # fmt: skip
+    )
+    pruner = ParetoPruner(cost="params", max_resource=24, min_resource=4)
+    assert not pruner.decide(study, 1, {4: 0.50}, 800_000)
+    assert pruner.decide(study, 1, {4: 0.50}, 7_000_000)  # dominated: stops
 
 
 def test_make_pruner_with_two_objectives():
