@@ -11,7 +11,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
 from search.data.image_files import DataError
-from search.data.tables import TableSpec, load_table, read_table, smooth_clip
+from search.data.numeric import MAX_CODES
+from search.data.tables import TableSpec, code_columns, load_table, read_table, smooth_clip
 
 
 def _frame(n=200, seed=0):
@@ -135,3 +136,39 @@ def test_an_empty_or_non_table_file_is_a_one_line_error(tmp_path):
         with pytest.raises(DataError) as e:
             read_table(tmp_path / name, what="--data")
         assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_code_columns_are_whole_numbers_with_three_to_max_codes_values():
+    n = 600
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({
+        "school": rng.integers(0, 40, n), "grade": rng.integers(0, 300, n).astype(float),
+        "flag": rng.integers(0, 2, n), "size": rng.normal(0, 1, n), "wide": rng.integers(0, 600, n),
+    })  # fmt: skip
+    frame.loc[::9, "school"] = np.nan  # a gap does not make a code a measurement
+    assert code_columns(frame, list(frame.columns)) == ["school"]
+    assert code_columns(frame.assign(grade=rng.integers(0, MAX_CODES, n).astype(float)), ["grade"]) == [
+        "grade"
+    ]
+
+
+def test_with_codes_a_code_column_is_one_hot_beside_its_number_by_value():
+    frame = _frame(500)
+    frame["school"] = np.random.default_rng(2).integers(1, 8, len(frame))
+    data = _load(frame, target="label", drop=("id",))
+    plain, coded = data.variant("quantile"), data.variant("quantile+codes")
+    # the quantile columns come first, unchanged; then one column per school, as pandas' dummies
+    assert coded.numeric_features == plain.numeric_features == 2  # size and school stay numbers
+    assert torch.equal(coded.x_train[:, : plain.in_features], plain.x_train)
+    dummies = pd.get_dummies(data.table.frames["train"]["school"]).to_numpy(dtype=np.float32)
+    assert np.array_equal(coded.x_train[:, plain.in_features :].numpy(), dummies)
+    # 3.0 from a file read with a gap is the same code as 3
+    rows = frame.drop(columns=["label"]).head(4).copy()
+    floats = rows.assign(school=rows["school"].astype(float))
+    assert np.array_equal(
+        data.table.encode("quantile+codes", rows), data.table.encode("quantile+codes", floats)
+    )
+    names = data.table.transformer("ple8+codes").get_feature_names_out()
+    assert len(names) == data.variant("ple8+codes").in_features and any(
+        n.startswith("codes__") for n in names
+    )
