@@ -340,8 +340,9 @@ def export_study(
     if chosen:
         header.append(chosen)
     files = [BEST_JSON, MODEL_PT, MODEL_TXT, REPORT_TXT, REPORT_JSON, TRIALS_CSV]
+    crossed = every_row is not None and every_row.folds > 0
     lines = ensemble_lines(selection, ens if chose_ensemble else None, data.metric, single_eval.score,
-                           evaluation.score)  # fmt: skip
+                           evaluation.score, crossfit=crossed)  # fmt: skip
     if every_row is not None and searched is not None:
         how = (f"cross-fitted: {len(every_row.members)} models, {every_row.folds} folds of"
                if every_row.folds else "refit on")  # fmt: skip
@@ -441,14 +442,19 @@ def ensemble_record(selection, ens, results: Path, single_test: float, test: flo
     }
 
 
-def ensemble_lines(selection, ens, metric: str, single_test: float, test: float) -> list[str]:
+def ensemble_lines(
+    selection, ens, metric: str, single_test: float, test: float, *, crossfit: bool = False
+) -> list[str]:  # fmt: skip
+    """The selection's summary and what was exported; with `crossfit`, the chosen configs were
+    cross-fitted (the line after these says how)."""
     if selection is None:
         return []
     lines = ensemble.summary_lines(selection, metric)
     if ens is None:
-        return [*lines, "it does not beat the best single trial on validation: the trial is exported alone"]
+        alone = "cross-fitted alone" if crossfit else "exported alone"
+        return [*lines, f"it does not beat the best single trial on validation: the trial is {alone}"]
     figures = f"test {metric}: ensemble {test:.4f}, best single trial {single_test:.4f}"
-    return [*lines, f"{figures}; exported: the ensemble"]
+    return [*lines, f"{figures}; exported: the ensemble{', cross-fitted' if crossfit else ''}"]
 
 
 def data_fields(attrs: dict[str, Any], data_dir: str | None, data: Dataset) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ def code_columns(frame, num_cols: list[str]) -> list[str]:
 
 
 def make_transformer(
-    numeric: str, num_cols: list[str], cat_cols: list[str], *, rows: int = 1000, codes: list[str] = ()
+    numeric: str, num_cols: list[str], cat_cols: list[str], *, rows: int = 1000, codes: Sequence[str] = ()
 ):  # fmt: skip
     """The unfitted ColumnTransformer for a numeric transform (one of NUMERICS), for `rows`
     training rows (the quantile transform takes at most one quantile a row); `codes`, numeric

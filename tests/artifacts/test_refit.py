@@ -112,14 +112,17 @@ def test_crossfit_folds_leave_each_row_out_once_and_keep_the_class_shares():
     assert np.array_equal(np.sort(np.concatenate(left_out)), np.arange(n))
 
 
-def test_crossfit_export_averages_models_each_trained_without_its_fold(diabetes, tmp_path):
+def test_crossfit_export_averages_models_each_trained_without_its_fold(diabetes, tmp_path, capsys):
     csv = tmp_path / "d.csv"
     diabetes.to_csv(csv, index=False)
     with one_torch_thread("search.tuning.run"):
         run = _args(tmp_path, "--data", str(csv), "--target", "target", "--trials", "2", "--epochs", "2")
         assert run_main(run) == 0
         out = tmp_path / "cross"
+        capsys.readouterr()
         assert export_main(_args(tmp_path, "--out", str(out), "--crossfit", "3")) == 0
+        said = capsys.readouterr().out
+        assert "cross-fitted: " in said and "exported alone" not in said, said
         best = json.loads((out / "best.json").read_text())
         assert best["refit"]["folds"] == 3
         saved = torch.load(out / "ensemble.pt", weights_only=True)
