@@ -8,8 +8,10 @@
 study's search on them (the shipped studies/table.toml, or `study`; `space` overrides knobs of its
 [space] table, `epochs` its budget), then **refits** the best config on every row of X, as
 `GridSearchCV(refit=True)` does: the validation rows' work (choosing the config) is done, and the
-final model should learn from all the data it was given. The preprocessing (search.data.tables)
-stays the one fitted on the training part. The study lives in memory unless `storage` names an
+final model should learn from all the data it was given; the preprocessing (search.data.tables)
+is fitted again on all of X too. With `crossfit` K >= 2 the best config is instead trained K times,
+each time leaving one fold of X out, and the K models averaged (search.artifacts.refit, as
+`search.export --crossfit K`). The study lives in memory unless `storage` names an
 Optuna storage URL. Fitted estimators pickle, clone, and run under `Pipeline`, `cross_val_score`
 and `GridSearchCV`; tests/test_estimators.py runs scikit-learn's own `parametrize_with_checks`.
 """
@@ -27,12 +29,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
 
 from search.artifacts.predict import Predictor, Preprocess
-from search.data.merged import with_validation_rows
+from search.artifacts.refit import refit
 from search.data.tables import TableSpec, load_table
 from search.device import resolve_device
 from search.errors import UserError
 from search.schema import ATTR_BASELINE, ATTR_SEED
-from search.training.fit import fit as fit_config
 from search.tuning.objective import Objective
 from search.tuning.runner import run_trials
 from search.tuning.space import parse_space, replay_config
@@ -49,6 +50,7 @@ class _MLPSearch(BaseEstimator):
         self, *, trials: int = 20, timeout: float | None = None, epochs: int | None = None,
         space: dict[str, Any] | None = None, study: str = "table", metric: str | None = None,
         val_fraction: float = 0.2, storage: str | None = None, seed: int = 0, device: str = "cpu",
+        crossfit: int = 0,
     ):  # fmt: skip
         self.trials = trials
         self.timeout = timeout
@@ -60,12 +62,15 @@ class _MLPSearch(BaseEstimator):
         self.storage = storage
         self.seed = seed
         self.device = device
+        self.crossfit = crossfit
 
     def fit(self, X, y):
         import pandas as pd
 
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        if self.crossfit == 1 or self.crossfit < 0:
+            raise ValueError(f"crossfit={self.crossfit}: 0 refits once; K >= 2 folds cross-fit")
         frame, y = self._checked(X, y, reset=True)
         if self._task == "classification":
             check_classification_targets(y)
@@ -107,15 +112,18 @@ class _MLPSearch(BaseEstimator):
             raise RuntimeError(f"no trial of the search completed ({len(study.trials)} tried)")
         best = max(done, key=lambda t: t.value)
         config = replay_config(best.params, spec.space, epochs=spec.epochs, seed=best.user_attrs[ATTR_SEED])
-        every_row = with_validation_rows(data)  # the preprocessing refitted on all of X, too
-        result = fit_config(config, every_row.variant(config.numeric))
-        if result.diverged:
-            raise RuntimeError(f"refitting the best config on every row diverged: {result.diverged}")
+        try:  # on all of X, the preprocessing refitted on it too
+            every_row = refit(
+                config, None, data, with_ensemble=False, trial_number=best.number, folds=self.crossfit
+            )
+        except UserError as e:
+            raise RuntimeError(str(e)) from None
+        model = every_row.ensemble if every_row.ensemble is not None else every_row.single
         self.study_ = study
         self.best_params_ = dict(best.params)
         self.best_score_ = float(best.value)
         self.best_config_ = config
-        self.predictor_ = Predictor(result.model.eval(), Preprocess.of(every_row, config.numeric), device)
+        self.predictor_ = Predictor(model, Preprocess.of(every_row.data, config.numeric), device)
         if self._task == "classification":
             self.classes_ = np.asarray(self.predictor_.classes)
         return self

@@ -104,3 +104,21 @@ def test_the_refit_preprocessing_is_fitted_on_all_of_x():
     assert transformer.n_features_in_ == x.shape[1]
     imputer = transformer.named_transformers_["numeric"][0]
     assert np.allclose(imputer.statistics_, np.median(x.to_numpy(), axis=0))  # medians of all rows
+
+
+def test_crossfit_averages_k_models_each_trained_without_one_fold():
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    reg = MLPSearchRegressor(trials=2, epochs=5, crossfit=3).fit(x, y)
+    members = list(reg.predictor_.model.members)
+    assert len(members) == 3
+    # the model's output is the mean of the three members' own outputs on the same preprocessed
+    # rows (the standardized log target, which predict turns back into the target's units)
+    alone = []
+    for m in members:
+        reg_k = pickle.loads(pickle.dumps(reg))
+        reg_k.predictor_.model, reg_k.predictor_.exact = m, None
+        alone.append(reg_k.predictor_.outputs(x[:20]).numpy())
+    assert np.allclose(reg.predictor_.outputs(x[:20]).numpy(), np.mean(alone, axis=0), atol=1e-9)
+    assert len({tuple(np.round(a.ravel(), 3)) for a in alone}) == 3  # three different models
+    with pytest.raises(ValueError, match="crossfit=1"):
+        MLPSearchRegressor(trials=1, epochs=1, crossfit=1).fit(x, y)
