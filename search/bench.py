@@ -313,9 +313,11 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     request = request_from_args(args)
+    # what produced the figures travels with them: the code as the measurement started
+    started = collect(prog=PROG, argv=argv, device=resolve_device(args.device)) if args.json else None
     result, table = measure(request, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.json:  # what produced the figures travels with them
-        result["provenance"] = collect(prog=PROG, argv=argv, device=resolve_device(args.device))
+    if args.json:
+        result["provenance"] = started
         write_json(result, args.json)
     print(table)
     return 0

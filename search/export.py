@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from search import cli
 from search.artifacts.evaluation import score_line
 from search.artifacts.export import PROG, export_study
+from search.artifacts.refit import AUTO_FOLDS, AUTO_MAX_ROWS
 from search.artifacts.smaller import QUANTIZE
 from search.tuning.trials import value_of
 
@@ -50,12 +51,13 @@ def build_parser() -> cli.ArgumentParser:
     )
     p.add_argument(
         "--crossfit",
-        type=cli.positive_int,
+        type=cli.non_negative_int,
         metavar="K",
-        default=0,
+        default=None,
         help="tables: instead of one refit, train each chosen config K times, each time leaving one fold "
-        "of the training and validation rows out, and export the K models averaged (ensemble.pt; "
-        "K times the refit's training)",
+        f"of the training and validation rows out, and export the K models averaged (ensemble.pt; "
+        f"K times the refit's training); 0: one refit (default: {AUTO_FOLDS} for a table of at most "
+        f"{AUTO_MAX_ROWS:,} training and validation rows, else 0)",
     )
     p.add_argument("--max-params", type=cli.positive_int, metavar="N",
                    help="export the best trial with at most N parameters (never the ensemble)")  # fmt: skip

@@ -41,6 +41,7 @@ from search.artifacts.evaluation import (
 )
 from search.artifacts.pictures import write_prediction_figures
 from search.artifacts.predict import Predictor, Preprocess
+from search.artifacts.refit import default_folds
 from search.artifacts.refit import refit as refit_rows
 from search.artifacts.table_figures import importance_lines, permutation_importance, write_table_figures
 from search.data.datasets import Dataset
@@ -227,7 +228,7 @@ def export_study(
     quantize: str | None = None,
     half: bool = False,
     refit: bool = True,
-    crossfit: int = 0,
+    crossfit: int | None = None,
     max_params: int | None = None,
     max_latency_ms: float | None = None,
 ) -> Exported:
@@ -235,7 +236,8 @@ def export_study(
     configs are trained again on the training and validation rows (search.artifacts.refit) and
     that model is exported; the search's own model is still scored on the test split beside it.
     `crossfit` K >= 2: cross-fitted instead, the exported model the average of K fold models per
-    chosen config (search.artifacts.refit).
+    chosen config (search.artifacts.refit); 0 refits once; None: `refit.default_folds` for a
+    table study with one objective, no limits and `refit`, else 0.
     `max_params`, `max_latency_ms`: the best trial within them (its recorded n_params and
     latency_ms), alone; a two-objective study's best score on its Pareto front, alone, likewise."""
     if quantize not in (None, *smaller.QUANTIZE):
@@ -273,6 +275,9 @@ def export_study(
         (None, None) if single else ensemble.choose(ckpt_dir, study.completed(), data, value_of(trial))
     )
     selection, ens = choice
+    if crossfit is None:  # the default: where it was measured to pay
+        rows = len(data.y_train) + len(data.y_val)
+        crossfit = default_folds(rows) if refit and data.table is not None and not (two or limited) else 0
     if crossfit and (two or data.table is None):
         why = "" if data.table is None else " (a Pareto front is chosen by each model's own cost)"
         raise UserError(f"--crossfit is for a table study with one objective{why}")

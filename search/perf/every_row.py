@@ -4,9 +4,12 @@ The search chooses on its validation rows; the export then trains the chosen con
 the training and validation rows together (search.artifacts.refit). Two ways, measured here on
 the same study, so the chosen configs are the same and only the way differs:
 
-    refit      each chosen config trained once on every row (`search.export`, the default)
+    refit      each chosen config trained once on every row (`search.export --crossfit 0`)
     crossfit   each trained K times, each time leaving one fold out, the K models averaged
                (`search.export --crossfit K`, AutoGluon's bagging); K times the training
+
+The export's default picks one of the two by the table's size (search.artifacts.refit's
+default_folds), from this measurement.
 
 Per target of the suite (--only), on its reference split (search.perf.tables): the user's search
 (`python -m search.run ... --timeout BUDGET`) in DIR/<target>/, then the two exports. The refit
@@ -57,7 +60,7 @@ def run_target(t: Target, *, budget_s: float, folds: int, folder: Path) -> dict[
     frames, _ = reference_split(t)
     run = search_command(t, frames, budget_s=budget_s, folder=folder)
     started = time.perf_counter()
-    exports = [["search.export", "--out", "refit"],
+    exports = [["search.export", "--crossfit", "0", "--out", "refit"],
                ["search.export", "--crossfit", str(folds), "--out", "crossfit"]]  # fmt: skip
     failed = run_commands([run, *exports], folder=folder, limit_s=2 * budget_s + 3600)
     if failed is not None:

@@ -15,7 +15,7 @@ from helpers import one_torch_thread
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import KFold
 
-from search.artifacts.refit import fold_rows
+from search.artifacts.refit import AUTO_FOLDS, AUTO_MAX_ROWS, default_folds, fold_rows
 from search.data.merged import with_validation_rows
 from search.data.tables import TableSpec, load_table
 from search.export import main as export_main
@@ -73,9 +73,15 @@ def test_the_export_is_the_refit_model_and_records_both_test_figures(diabetes, t
             )
             == 0
         )
-        assert export_main(_args(tmp_path, "--out", str(tmp_path / "refit"))) == 0
+        assert export_main(_args(tmp_path, "--out", str(tmp_path / "refit"), "--crossfit", "0")) == 0
         assert export_main(_args(tmp_path, "--out", str(tmp_path / "kept"), "--no-refit")) == 0
-    refit, kept = (json.loads((tmp_path / d / "best.json").read_text()) for d in ("refit", "kept"))
+        assert export_main(_args(tmp_path, "--out", str(tmp_path / "default"))) == 0
+    refit, kept, default = (
+        json.loads((tmp_path / d / "best.json").read_text()) for d in ("refit", "kept", "default")
+    )
+    # a table this small is cross-fitted unless told otherwise; one past the bound is refit once
+    assert refit["refit"]["folds"] == 0 and default["refit"]["folds"] == AUTO_FOLDS
+    assert default_folds(AUTO_MAX_ROWS) == AUTO_FOLDS and default_folds(AUTO_MAX_ROWS + 1) == 0
     rest = len(diabetes) - math.ceil(0.2 * len(diabetes))  # train_test_split's test share rounds up
     assert refit["refit"]["rows"] == rest and refit["refit"]["searched_rows"] == rest - round(0.2 * rest)
     assert kept["refit"] is None
