@@ -85,12 +85,13 @@ def _one(config: TrainConfig, data: Dataset, on_epoch: EpochCallback | None) -> 
 
 def fold_rows(data: Dataset, folds: int, seed: int) -> list[torch.Tensor]:
     """The training rows each of `folds` models learns from: all but one fold's, the folds
-    stratified by class for a classification (no more folds than the rarest class has rows)."""
+    stratified by class for a classification (no more folds than the rarest class has rows, nor
+    than there are rows)."""
     y = data.y_train.cpu().numpy()
     n = len(y)
     classes = [] if data.task == "regression" else torch.bincount(data.y_train.cpu()).tolist()
     counts = [c for c in classes if c]
-    splitter: KFold = KFold(folds, shuffle=True, random_state=seed)
+    splitter: KFold = KFold(max(2, min(folds, n)), shuffle=True, random_state=seed)  # no more folds than rows
     if counts and min(counts) >= 2:  # a class of one row cannot be stratified
         splitter = StratifiedKFold(min(folds, min(counts)), shuffle=True, random_state=seed)
     return [torch.as_tensor(kept, device=data.device) for kept, _ in splitter.split(torch.zeros(n), y)]

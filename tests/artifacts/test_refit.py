@@ -116,6 +116,9 @@ def test_crossfit_folds_leave_each_row_out_once_and_keep_the_class_shares():
     data.y_train[0] = 1
     left_out = [np.setdiff1d(np.arange(n), k.numpy()) for k in fold_rows(data, 4, seed=0)]
     assert np.array_equal(np.sort(np.concatenate(left_out)), np.arange(n))
+    # three rows make at most three folds
+    tiny = dataclasses.replace(data, task="regression", y_train=data.y_train[:3].float())
+    assert sorted(len(k) for k in fold_rows(tiny, 5, seed=0)) == [2, 2, 2]
 
 
 def test_crossfit_export_averages_models_each_trained_without_its_fold(diabetes, tmp_path, capsys):
