@@ -182,3 +182,22 @@ def test_the_real_suite_loads_and_its_split_reproduces_the_reference_figure():
     with threadpool_limits(1):
         trees = HistGradientBoostingClassifier(random_state=0).fit(split.x_train, split.y_train)
     assert round(float((trees.predict(split.x_test) == split.y_test).mean()), 4) == t.reference["hgb_default"]
+
+
+def test_the_sklearn_mlp_peer_is_fitted_again_when_our_preprocessing_changes(tmp_path, monkeypatch):
+    suite, out = made_up_suite(tmp_path), tmp_path / "out"
+    fits: list[str] = []
+    monkeypatch.setattr(peers, "run_peer", fake_peer(fits))
+    monkeypatch.setattr(
+        tables, "run_search", lambda t, frames, *, budget_s, folder: {"score": 0.7, "wall_s": 1}
+    )
+    code = tmp_path / "tables.py"
+    code.write_text("MAX_CATEGORIES = 64\n")
+    monkeypatch.setattr(tables, "PREPROCESSING_FILES", (code,))
+    both = ("hgb", "sklearn-mlp")
+    run_tables_bench(suite=suite, only=["cancer-kind"], budget_s=5, folder=out, peers=both)
+    run_tables_bench(suite=suite, only=["cancer-kind"], budget_s=5, folder=out, peers=both)
+    assert fits == ["hgb", "sklearn-mlp"]  # the second run took both from the cache
+    code.write_text("MAX_CATEGORIES = 256\n")
+    run_tables_bench(suite=suite, only=["cancer-kind"], budget_s=5, folder=out, peers=both)
+    assert fits == ["hgb", "sklearn-mlp", "sklearn-mlp"]  # the trees do not run on our preprocessing
