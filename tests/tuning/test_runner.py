@@ -126,8 +126,6 @@ def test_a_new_study_tries_its_start_configs_right_after_the_baseline(tmp_path):
 
 
 def test_the_timeout_stops_the_running_trial_after_the_epoch_it_passes_in(tmp_path):
-    import time
-
     from search.tuning.space import parse_space
 
     url = f"sqlite:///{tmp_path}/s.db"
@@ -135,11 +133,11 @@ def test_the_timeout_stops_the_running_trial_after_the_epoch_it_passes_in(tmp_pa
     spec = load_study("digits").with_overrides(epochs=200, pruner="none", space=parse_space(slow, where="t"))
     opts = RunOptions(spec=spec, storage_url=url, study_name="d", trials=50, timeout=2.0, device="cpu",
                       results_dir=tmp_path, heartbeat_s=None)  # fmt: skip
-    started = time.perf_counter()
     run_search(opts)
-    assert time.perf_counter() - started < 60  # not the 200 epochs the trial would have taken
     (trial,) = optuna.load_study(study_name="d", storage=url).trials
-    assert trial.state == TrialState.PRUNED and 1 <= len(trial.intermediate_values) < 200
+    # stopped after the epoch the 2 s ran out in, not the 200 it would have taken (counted in
+    # epochs, not seconds: a busy machine slows every epoch alike)
+    assert trial.state == TrialState.PRUNED and 1 <= len(trial.intermediate_values) < 20
     assert trial.user_attrs["reason"].startswith("stopped when the run's time ran out after epoch")
 
 
