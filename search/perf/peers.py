@@ -195,7 +195,25 @@ def fit_predict(peer: str, s: Split):
 
     name = {"realmlp": "RealMLP_TD", "tabm": "TabM_D"}[peer] + ("_Regressor" if regression else "_Classifier")
     model = getattr(pytabkit, name)(random_state=0, verbosity=0)
-    return model.fit(_categoricals(s.x_train), s.y_train).predict(_categoricals(s.x_test))
+    train, test = _filled(_categoricals(s.x_train), _categoricals(s.x_test))
+    return model.fit(train, s.y_train).predict(test)
+
+
+def _filled(train, test):
+    """pytabkit refuses NaN in numeric columns: each such column's gaps take its training median,
+    and a 0/1 column marks them where the training rows have gaps (what our preprocessing does)."""
+    import pandas as pd
+
+    train, test = train.copy(), test.copy()
+    for c in [c for c in train.columns if pd.api.types.is_numeric_dtype(train[c])]:
+        if train[c].isna().any():
+            train[f"{c}__missing"], test[f"{c}__missing"] = (
+                train[c].isna().astype(float),
+                test[c].isna().astype(float),
+            )
+        median = train[c].median()
+        train[c], test[c] = train[c].fillna(median), test[c].fillna(median)
+    return train, test
 
 
 def _exit_with_parent(parent: int) -> None:

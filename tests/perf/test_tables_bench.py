@@ -201,3 +201,13 @@ def test_the_sklearn_mlp_peer_is_fitted_again_when_our_preprocessing_changes(tmp
     code.write_text("MAX_CATEGORIES = 256\n")
     run_tables_bench(suite=suite, only=["cancer-kind"], budget_s=5, folder=out, peers=both)
     assert fits == ["hgb", "sklearn-mlp", "sklearn-mlp"]  # the trees do not run on our preprocessing
+
+
+def test_pytabkits_peers_get_numeric_gaps_filled_with_training_medians_and_marked():
+    train = pd.DataFrame({"a": [1.0, None, 3.0, 10.0], "b": [1.0, 2.0, 3.0, 4.0], "t": ["x", "y", None, "x"]})
+    test = pd.DataFrame({"a": [None, 5.0], "b": [None, 1.0], "t": ["y", "x"]})
+    tr, te = peers._filled(train, test)
+    assert tr["a"].tolist() == [1.0, 3.0, 3.0, 10.0] and te["a"].tolist() == [3.0, 5.0]  # median 3
+    assert tr["a__missing"].tolist() == [0, 1, 0, 0] and te["a__missing"].tolist() == [1, 0]
+    assert te["b"].tolist() == [2.5, 1.0] and "b__missing" not in te  # no gap in training: no marker
+    assert tr["t"].isna().sum() == 1  # text columns are pytabkit's own to handle
