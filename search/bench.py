@@ -208,6 +208,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="finished rows and the peers' cached figures; a rerun keeps what still holds and goes on",
     )  # fmt: skip
     g.add_argument("--rerun-peers", action="store_true", help="fit the peers again, ignoring their cache")
+    g.add_argument(
+        "--cached-peers", action="store_true",
+        help="leave out a peer with no cached figure instead of fitting it (the search rows first; "
+        "a later run without this flag fits the rest and keeps the finished search rows)",
+    )  # fmt: skip
 
     g = p.add_argument_group(
         "--portfolio: a warm start learned across the suite's tables (and --only, --tables-suite)"
@@ -285,6 +290,8 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
     kind = kinds[0] if kinds else "bench"
     if kind == "every-row" and args.crossfit < 2:
         raise UserError(f"--crossfit {args.crossfit}: K folds leave one out each, so K must be at least 2")
+    if args.cached_peers and args.rerun_peers:
+        raise UserError("--cached-peers uses the peers' cache and --rerun-peers ignores it: pass one")
     if kind == "storage-load" and not args.storage:
         raise UserError("--storage-load needs --storage postgresql://USER@HOST/DBNAME")
     opts = BenchOptions(
@@ -302,6 +309,7 @@ def request_from_args(args: argparse.Namespace) -> MeasureRequest:
         storage=args.storage, load_workers=args.load_workers, load_trials=args.load_trials,
         tables_budget=args.tables_budget, tables_suite=args.tables_suite, tables_only=tuple(args.only or ()),
         tables_dir=args.tables_dir, tables_rerun_peers=args.rerun_peers,
+        tables_cached_peers=args.cached_peers,
         predict_budget=args.predict_budget, predict_rows=args.predict_rows,
         portfolio_study=args.portfolio_study, portfolio_configs=args.portfolio_configs,
         portfolio_size=args.portfolio_size, portfolio_rows=args.portfolio_rows,

@@ -73,6 +73,7 @@ class MeasureRequest:
     tables_only: tuple[str, ...] = ()  # target names (or comma lists of them); () every target
     tables_dir: str = "results/bench-tables"  # finished rows and the peers' cache
     tables_rerun_peers: bool = False  # ignore the peers' cache
+    tables_cached_peers: bool = False  # leave out a peer with no cached figure instead of fitting it
     predict_budget: float = 60.0  # predict-speed: the search's timeout
     predict_rows: int = 200  # predict-speed: rows predicted one at a time a pass
     portfolio_study: str = "table"  # the study whose baseline, [[start]] rows and space give candidates
@@ -134,7 +135,8 @@ def measure(request: MeasureRequest, *, progress: Callable[[str], None]) -> tupl
 
         result = run_tables_bench(
             suite=request.tables_suite, only=request.tables_only, budget_s=request.tables_budget,
-            folder=request.tables_dir, rerun_peers=request.tables_rerun_peers, progress=progress,
+            folder=request.tables_dir, rerun_peers=request.tables_rerun_peers,
+            cached_peers=request.tables_cached_peers, progress=progress,
         )  # fmt: skip
         return result, format_tables(result)
     if request.kind == "overhead":  # digits searches in child processes: no images to prepare

@@ -224,9 +224,11 @@ def cached_peer(entry: dict[str, Any] | None, budget_s: float) -> dict[str, Any]
 def run_tables_bench(
     *, suite: str | Path | None = None, only: Sequence[str] = (), budget_s: float = 600.0,
     folder: str | Path = DEFAULT_DIR, rerun_peers: bool = False, peers: Sequence[str] = PEERS,
-    progress: Callable[[str], None] = lambda line: None,
+    cached_peers: bool = False, progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Every selected target's row (kept from `folder` where it is finished), and the summary."""
+    """Every selected target's row (kept from `folder` where it is finished), and the summary.
+    With `cached_peers`, a peer with no cached figure is left out of its row (listed in
+    "left_out"), so that the search rows can be measured first and the peers fitted on a later run."""
     suite_path = Path(suite) if suite is not None else SHARED_SUITE
     targets = select(load_suite(suite_path), only)
     folder = Path(folder)
@@ -256,6 +258,10 @@ def run_tables_bench(
             result = None if rerun_peers else cached_peer(peer_cache.entries.get(key), budget_s)
             if result is not None:
                 say(f"{peer} {_cell(result)} (cached, {_package(peer, version)})")
+            elif cached_peers:
+                say(f"{peer} left out: no cached figure")
+                row.setdefault("left_out", []).append(peer)
+                continue
             else:
                 say(f"{peer} fitting (stopped at {budget_s:g} s)")
                 result = peer_models.run_peer(peer, split, budget_s=budget_s)
@@ -383,7 +389,9 @@ def format_tables(r: dict[str, Any]) -> str:
                     if "not_installed" in row["models"].get(m, {})})  # fmt: skip
     failed = [f"{row['name']} {m}: {row['models'][m]['failed']}" for row in r["rows"] for m in models
               if "failed" in row["models"].get(m, {})]  # fmt: skip
+    left = [f"{row['name']} {', '.join(row['left_out'])}" for row in r["rows"] if row.get("left_out")]
     lines += [f"  not installed, {n}" for n in notes] + [f"  failed, {f}" for f in failed]
+    lines += [f"  left out (no cached figure, --cached-peers), {x}" for x in left]
     s = r["summary"]
     if r["rows"]:
         wins = ", ".join(f"{p} {w['wins']}-{w['ties']}-{w['losses']}" for p, w in s["wins"].items())

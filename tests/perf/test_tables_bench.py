@@ -142,6 +142,37 @@ def test_summary_wins_gap_and_mean_rank_on_the_figures_as_shown():
     assert s["mean_rank"]["realmlp"]["n"] == 2
 
 
+def test_cached_peers_leaves_out_the_uncached_ones_and_a_later_run_fits_them_keeping_the_search(
+    tmp_path, monkeypatch
+):
+    suite, out = made_up_suite(tmp_path), tmp_path / "out"
+    fits: list[str] = []
+    searches: list[str] = []
+
+    def search(t, frames, *, budget_s, folder):
+        searches.append(t.name)
+        return {"score": 0.7, "wall_s": budget_s, "n_test": len(frames[1])}
+
+    monkeypatch.setattr(peers, "run_peer", fake_peer(fits))
+    monkeypatch.setattr(tables, "run_search", search)
+    run_tables_bench(suite=suite, only=["cancer-kind"], budget_s=5, folder=out, peers=("hgb",))
+    fits.clear(), searches.clear()
+    two = ("hgb", "catboost")
+    r = run_tables_bench(suite=suite, budget_s=5, folder=out, peers=two, cached_peers=True)
+    assert fits == [] and searches == ["diabetes-y"]
+    cancer, diabetes = r["rows"]
+    assert set(cancer["models"]) == {"hgb", "search"} and cancer["left_out"] == ["catboost"]
+    assert set(diabetes["models"]) == {"search"} and diabetes["left_out"] == ["hgb", "catboost"]
+    assert r["summary"]["mean_rank"]["catboost"]["n"] == 0  # a left-out peer is not ranked
+    assert "left out (no cached figure, --cached-peers), diabetes-y hgb, catboost" in format_tables(r)
+    searches.clear()
+    r = run_tables_bench(suite=suite, budget_s=5, folder=out, peers=two)
+    assert fits == ["catboost", "hgb", "catboost"] and searches == []  # the search rows were kept
+    assert all("left_out" not in row for row in r["rows"])
+    with pytest.raises(UserError, match="pass one"):
+        request_from_args(build_parser().parse_args(["--tables", "--cached-peers", "--rerun-peers"]))
+
+
 def test_the_flags_reach_the_request_and_bad_names_are_refused(tmp_path):
     args = build_parser().parse_args(
         [
