@@ -11,7 +11,7 @@ the same study, so the chosen configs are the same and only the way differs:
 The export's default picks one of the two by the table's size (search.artifacts.refit's
 default_folds), from this measurement.
 
-Per target of the suite (--only), on its reference split (search.perf.tables): the user's search
+Per target of the suite (--only), on its reference split (search.perf.table_suite): the user's search
 (`python -m search.run ... --timeout BUDGET`) in DIR/<target>/, then the two exports. The refit
 export also scores the search's own model, trained on the training rows only, so each row holds
 three test figures of one choice: searched, refit, crossfit; each is the test split touched once.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from search.perf.tables import (
+from search.perf.table_suite import (
     SHARED_SUITE,
     Store,
     Target,

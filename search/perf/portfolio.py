@@ -4,7 +4,7 @@ A zero-shot portfolio as TabRepo (arXiv 2311.02971) and AutoGluon build theirs. 
 are the table study's `[baseline]`, its `[[start]]` rows and `configs` draws from its space
 (Optuna's RandomSampler, seeded; floats rounded to 3 significant digits so the rows read well
 in a study file). Each candidate trains once on every suite target (its reference split's
-training rows, with the study's own validation split carved from them; search.perf.tables),
+training rows, with the study's own validation split carved from them; search.perf.table_suite),
 with the study's epochs and the candidate's own fixed seed. That gives a matrix of validation
 scores, candidate by target. `rows` caps the rows each fit draws from a target's training split
 (a seeded sample; validation is carved from it, the test split stays whole), so that the
@@ -42,7 +42,7 @@ from typing import Any
 
 from search.errors import UserError
 from search.files import atomic_write
-from search.perf.tables import (
+from search.perf.table_suite import (
     PACKAGE_ROOT,
     Store,
     Target,
@@ -51,7 +51,7 @@ from search.perf.tables import (
     reference_split,
     select,
 )
-from search.perf.tables import split_fingerprint as table_fingerprint
+from search.perf.table_suite import split_fingerprint as table_fingerprint
 from search.training.config import TrainConfig
 
 DEFAULT_DIR = Path("results") / "bench-portfolio"

@@ -41,7 +41,7 @@ from search.data.tables import table_spec
 from search.errors import UserError
 from search.perf.alternate import alternate, quartiles, ratios
 from search.perf.peers import scores
-from search.perf.tables import SHARED_SUITE, load_suite, reference_split, select
+from search.perf.table_suite import SHARED_SUITE, load_suite, reference_split, select
 from search.schema import BEST_JSON
 from search.tuning.run import prepare_run
 from search.tuning.runner import run_search

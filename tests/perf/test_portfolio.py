@@ -24,7 +24,7 @@ from search.perf.portfolio import (
     start_rows,
     summarize,
 )
-from search.perf.tables import Target, reference_split
+from search.perf.table_suite import Target, reference_split
 from search.training.fit import fit
 from search.tuning.study_file import load_study, parse_study
 

@@ -16,14 +16,8 @@ from threadpoolctl import threadpool_limits
 from search.bench import build_parser, request_from_args
 from search.errors import UserError
 from search.perf import peers, tables
-from search.perf.tables import (
-    SHARED_SUITE,
-    format_tables,
-    load_suite,
-    reference_split,
-    run_tables_bench,
-    summarize,
-)
+from search.perf.table_suite import SHARED_SUITE, load_suite, reference_split
+from search.perf.tables import format_tables, run_tables_bench, summarize
 
 
 def test_the_reference_split_and_a_real_search_and_peer_on_it(tmp_path, monkeypatch):
