@@ -29,6 +29,10 @@
     [[start]]               # optional, repeatable: full configs a new study tries next (a
     hidden = [1536, 1086]   # warm start from an earlier study's best), pruned like any trial
     ...
+    [[start]]
+    objectives = ["score", "params"]  # optional: tried only in a study with these objectives
+    hidden = [560, 384]
+    ...
 
 `--study NAME` looks for `studies/NAME.toml` in the working directory, then beside the package;
 `--study PATH` reads that file. The study's name (and so the Optuna study name) is the file's stem.
@@ -109,6 +113,8 @@ class StudySpec:
     ensemble: int = 16
     baseline: TrainConfig | None = None  # the [baseline] table, enqueued as trial 0 of a new study
     start: tuple[TrainConfig, ...] = ()  # the [[start]] tables, enqueued after it
+    # Per [[start]] table, the objectives it is tried with; () for every study's.
+    start_objectives: tuple[tuple[str, ...], ...] = ()
     table: TableSpec | None = None  # dataset "table": its files, target and columns
     # The score, then at most one cost to minimize; with two, the study is Optuna's
     # multi-objective one and the pruner is search.tuning.pareto's.
@@ -133,8 +139,14 @@ class StudySpec:
         return config_params(self.baseline, self.space, epochs=self.epochs)
 
     def start_params(self) -> list[dict[str, Any]]:
-        """The [[start]] configs as this space's params (checked when the file is read)."""
-        return [config_params(c, self.space, epochs=self.epochs) for c in self.start]
+        """The [[start]] configs for this study's objectives, as this space's params (checked
+        when the file is read)."""
+        only = self.start_objectives or ((),) * len(self.start)
+        return [
+            config_params(c, self.space, epochs=self.epochs)
+            for c, objectives in zip(self.start, only)
+            if not objectives or objectives == tuple(self.objectives)
+        ]
 
     def with_overrides(self, **changes: Any) -> StudySpec:
         """Apply command-line overrides (None means "not given"), re-checking them."""
@@ -221,19 +233,38 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
         space=parse_space(raw_space, where=where),
         raw_space=raw_space,
         baseline=None if baseline is None else _parse_config(baseline, where=where, what="[baseline]"),
-        start=_parse_start(doc.get("start"), where=where),
+        **_parse_start(doc.get("start"), where=where),
         **values,
     )
     _check_study_values(spec, where=where)
     return spec
 
 
-def _parse_start(tables: Any, *, where: str) -> tuple[TrainConfig, ...]:
+def _parse_start(tables: Any, *, where: str) -> dict[str, tuple]:
+    """The [[start]] tables: StudySpec's `start` and `start_objectives`."""
     if tables is None:
-        return ()
+        return {}
     if not isinstance(tables, list):
         raise UserError(f"{where}: start must be an array of tables ([[start]]), one per config")
-    return tuple(_parse_config(t, where=where, what=f"[[start]] #{i + 1}") for i, t in enumerate(tables))
+    configs, only = [], []
+    for i, t in enumerate(tables):
+        what = f"[[start]] #{i + 1}"
+        objectives = t.get("objectives", ()) if isinstance(t, dict) else ()
+        if not isinstance(objectives, (list, tuple)) or _allowed_objectives(objectives) is None:
+            raise UserError(f"{where}: {what} objectives {objectives!r} are not allowed; allowed: {_ALLOWED}")
+        table = {k: v for k, v in t.items() if k != "objectives"} if isinstance(t, dict) else t
+        configs.append(_parse_config(table, where=where, what=what))
+        only.append(tuple(objectives))
+    return {"start": tuple(configs), "start_objectives": tuple(only)}
+
+
+def _allowed_objectives(objectives: Any) -> tuple[str, ...] | None:
+    """`objectives` as a tuple when it is one a study may have (or empty), else None."""
+    value = tuple(objectives)
+    return value if value in [(), ("score",), *(("score", c) for c in COSTS)] else None
+
+
+_ALLOWED = ", ".join(str(["score", *c]).replace("'", '"') for c in ((), *((c,) for c in COSTS)))
 
 
 def _parse_config(table: Any, *, where: str, what: str) -> TrainConfig:
@@ -268,11 +299,8 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
         raise UserError(f"{where}: startup_trials, min_epochs and ensemble must be >= 0")
     if not 1 <= spec.stack <= MAX_STACK:
         raise UserError(f"{where}: stack must be in [1, {MAX_STACK}], got {spec.stack}")
-    if tuple(spec.objectives) not in [("score",), *(("score", c) for c in COSTS)]:
-        raise UserError(
-            f"{where}: objectives {list(spec.objectives)} are not allowed; allowed: "
-            + ", ".join(str(["score", *c]).replace("'", '"') for c in ((), *((c,) for c in COSTS)))
-        )
+    if not _allowed_objectives(spec.objectives):
+        raise UserError(f"{where}: objectives {list(spec.objectives)} are not allowed; allowed: {_ALLOWED}")
     if spec.max_params is not None and spec.max_params < 1:
         raise UserError(f"{where}: max_params must be >= 1, got {spec.max_params}")
     if spec.max_latency_ms is not None and not 0 < spec.max_latency_ms < math.inf:

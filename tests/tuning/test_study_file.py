@@ -132,12 +132,23 @@ def test_start_tables_are_read_in_order_as_params_of_the_space(tmp_path):
     ]
 
 
+def test_a_start_table_with_objectives_is_tried_only_in_a_study_with_them(tmp_path):
+    text = BASELINE_STUDY + START.replace("hidden = [48]", 'objectives = ["score", "params"]\nhidden = [48]')
+    spec = load_study(_write(tmp_path, text))
+    big = {"n_layers": 2, "width_0": 64, "width_1": 16, "optimizer": "adam", "lr_adam": 0.003}
+    assert spec.start_params() == [big]
+    small = {"n_layers": 1, "width_0": 48, "optimizer": "sgd", "lr_sgd": 0.1}
+    assert spec.with_overrides(objectives=("score", "params")).start_params() == [big, small]
+    assert spec.with_overrides(objectives=("score", "latency")).start_params() == [big]
+
+
 @pytest.mark.parametrize(
     "old, new, words",
     [
         ("lr = 0.1\n", "lr = 0.9\n", ["[[start]] #2", "lr_sgd"]),
         ("hidden = [48]", "hidden = [48]\nseed = 3", ["[[start]] #2 seed", "come from the study"]),
         ("[[start]]\nhidden = [64, 16]", "[start]\nhidden = [64, 16]", ["[[start]]", "array of tables"]),
+        ("hidden = [48]", 'objectives = ["params"]\nhidden = [48]', ["[[start]] #2 objectives", "allowed"]),
     ],
 )
 def test_a_bad_start_config_is_refused_in_one_line(tmp_path, old, new, words):
