@@ -144,7 +144,7 @@ class StudySpec:
         only = self.start_objectives or ((),) * len(self.start)
         return [
             config_params(c, self.space, epochs=self.epochs)
-            for c, objectives in zip(self.start, only)
+            for c, objectives in zip(self.start, only, strict=True)
             if not objectives or objectives == tuple(self.objectives)
         ]
 
