@@ -63,6 +63,7 @@ PRUNERS = ("median", "halving", "hyperband", "none")
 # What a study optimizes: the validation score (maximized), then at most one cost (minimized).
 COSTS = ("params", "latency")  # parameter count; latency of a forward pass (search.tuning.costs)
 OBJECTIVES = ("score", *COSTS)
+ALLOWED = (("score",), *(("score", c) for c in COSTS))  # the objectives a study may have
 MAX_STACK = 1024  # trials per stacked model; the device's memory caps it further at run time
 PACKAGE_STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -250,7 +251,7 @@ def _parse_start(tables: Any, *, where: str) -> dict[str, tuple]:
     for i, t in enumerate(tables):
         what = f"[[start]] #{i + 1}"
         objectives = t.get("objectives", ()) if isinstance(t, dict) else ()
-        if not isinstance(objectives, (list, tuple)) or _allowed_objectives(objectives) is None:
+        if not isinstance(objectives, (list, tuple)) or objectives and tuple(objectives) not in ALLOWED:
             raise UserError(f"{where}: {what} objectives {objectives!r} are not allowed; allowed: {_ALLOWED}")
         table = {k: v for k, v in t.items() if k != "objectives"} if isinstance(t, dict) else t
         configs.append(_parse_config(table, where=where, what=what))
@@ -258,13 +259,7 @@ def _parse_start(tables: Any, *, where: str) -> dict[str, tuple]:
     return {"start": tuple(configs), "start_objectives": tuple(only)}
 
 
-def _allowed_objectives(objectives: Any) -> tuple[str, ...] | None:
-    """`objectives` as a tuple when it is one a study may have (or empty), else None."""
-    value = tuple(objectives)
-    return value if value in [(), ("score",), *(("score", c) for c in COSTS)] else None
-
-
-_ALLOWED = ", ".join(str(["score", *c]).replace("'", '"') for c in ((), *((c,) for c in COSTS)))
+_ALLOWED = ", ".join(str(list(o)).replace("'", '"') for o in ALLOWED)
 
 
 def _parse_config(table: Any, *, where: str, what: str) -> TrainConfig:
@@ -299,7 +294,7 @@ def _check_study_values(spec: StudySpec, *, where: str) -> None:
         raise UserError(f"{where}: startup_trials, min_epochs and ensemble must be >= 0")
     if not 1 <= spec.stack <= MAX_STACK:
         raise UserError(f"{where}: stack must be in [1, {MAX_STACK}], got {spec.stack}")
-    if not _allowed_objectives(spec.objectives):
+    if tuple(spec.objectives) not in ALLOWED:
         raise UserError(f"{where}: objectives {list(spec.objectives)} are not allowed; allowed: {_ALLOWED}")
     if spec.max_params is not None and spec.max_params < 1:
         raise UserError(f"{where}: max_params must be >= 1, got {spec.max_params}")
