@@ -241,7 +241,7 @@ def parse_study(doc: dict[str, Any], *, name: str, path: Path) -> StudySpec:
     return spec
 
 
-def _parse_start(tables: Any, *, where: str) -> dict[str, tuple]:
+def _parse_start(tables: Any, *, where: str) -> dict[str, Any]:
     """The [[start]] tables: StudySpec's `start` and `start_objectives`."""
     if tables is None:
         return {}
