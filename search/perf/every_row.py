@@ -28,18 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from search.perf.table_suite import (
-    SHARED_SUITE,
-    Store,
-    Target,
-    code_fingerprint,
-    load_suite,
-    reference_split,
-    run_commands,
-    search_command,
-    select,
-    split_fingerprint,
-)
+from search.perf import table_suite
 
 DEFAULT_DIR = Path("results") / "bench-every-row"
 WAYS = ("searched", "refit", "crossfit")
@@ -53,16 +42,16 @@ def _export(folder: Path, name: str) -> dict[str, Any]:
             "seconds": refit.get("seconds"), "models": refit.get("models")}  # fmt: skip
 
 
-def run_target(t: Target, *, budget_s: float, folds: int, folder: Path) -> dict[str, Any]:
+def run_target(t: table_suite.Target, *, budget_s: float, folds: int, folder: Path) -> dict[str, Any]:
     """One search of `t` in `folder` (emptied first), its two exports, their test figures."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    frames, _ = reference_split(t)
-    run = search_command(t, frames, budget_s=budget_s, folder=folder)
+    frames, _ = table_suite.reference_split(t)
+    run = table_suite.search_command(t, frames, budget_s=budget_s, folder=folder)
     started = time.perf_counter()
     exports = [["search.export", "--crossfit", "0", "--out", "refit"],
                ["search.export", "--crossfit", str(folds), "--out", "crossfit"]]  # fmt: skip
-    failed = run_commands([run, *exports], folder=folder, limit_s=2 * budget_s + 3600)
+    failed = table_suite.run_commands([run, *exports], folder=folder, limit_s=2 * budget_s + 3600)
     if failed is not None:
         return {"failed": failed}
     refit, cross = _export(folder, "refit"), _export(folder, "crossfit")
@@ -79,14 +68,14 @@ def run_every_row(
     folder: str | Path = DEFAULT_DIR, progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every selected target's row (kept from `folder` where it is finished), and the summary."""
-    suite_path = Path(suite) if suite is not None else SHARED_SUITE
-    targets = select(load_suite(suite_path), only)
+    suite_path = Path(suite) if suite is not None else table_suite.SHARED_SUITE
+    targets = table_suite.select(table_suite.load_suite(suite_path), only)
     folder = Path(folder)
-    store = Store(folder / "rows.json")
-    code = code_fingerprint()
+    store = table_suite.Store(folder / "rows.json")
+    code = table_suite.code_fingerprint()
     rows = []
     for i, t in enumerate(targets, 1):
-        key = {"budget_s": budget_s, "folds": folds, "split": split_fingerprint(t), "code": code}
+        key = {"budget_s": budget_s, "folds": folds, "split": table_suite.split_fingerprint(t), "code": code}
         kept = store.entries.get(t.name)
         if kept is not None and all(kept.get(k) == v for k, v in key.items()) and "failed" not in kept:
             progress(f"[{i}/{len(targets)}] {t.name}: kept from {store.path}")
